@@ -1,0 +1,2 @@
+//! Runnable programs that show aioctx at work. Run one with
+//! `cargo run --release -p examples --example NAME`.

@@ -1,0 +1,336 @@
+//! One iteration of the loop, QEMU's `aio_poll`, step by step:
+//!
+//! 1. timeout = the nearest deadline if blocking (0 if a BH is scheduled, 10 ms if only idle BHs are,
+//!    else the nearest timer over all clocks, else infinite), 0 otherwise.
+//! 2. Polling phase: if busy-polling is allowed (every handler has a poll function and the monitor does
+//!    not need to wait) spin over the poll functions for up to the largest handler window, capped by the
+//!    timeout; a hit makes the timeout 0. The time spent is taken off the timeout.
+//! 3. If the loop may block, announce it (notify_me) and re-check `notified`.
+//! 4. If it still has a timeout or the monitor needs a wait: leave poll mode (`poll_end` + one last
+//!    poll), then wait in the fd monitor with the ns timeout.
+//! 5. Withdraw the announcement, accept notifications, measure how long this call blocked.
+//! 6. Dispatch: BHs, then ready handlers (adjusting each polled handler's window), then expired timers.
+//! 7. Report whether anything made progress.
+
+use std::rc::Rc;
+
+use super::handlers::HandlerNode;
+use super::polling::soonest;
+use super::Inner;
+use crate::fdmon::{bits, Event};
+use crate::sys::monotonic_ns;
+use crate::time::Clock;
+
+/// A handler found ready in this iteration: by the fd monitor (`revents`) and/or by its poll function.
+pub(crate) struct Ready {
+    node: Rc<HandlerNode>,
+    revents: u32,
+    poll_ready: bool,
+}
+
+/// Clears a handler's `in_poll_ready` when its `poll_ready` returns, or unwinds.
+struct PollReadyGuard<'a>(&'a HandlerNode);
+
+impl Drop for PollReadyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.in_poll_ready.set(false);
+    }
+}
+
+impl Inner {
+    pub(crate) fn aio_poll(&self, blocking: bool) -> bool {
+        let stats = &self.shared.stats;
+        stats.iterations.bump();
+        let params = self.poll_params.get();
+        let start = if params.max_ns > 0 { monotonic_ns() } else { 0 };
+        let mut ready = self.ready_pool.borrow_mut().pop().unwrap_or_default();
+
+        let mut timeout = if blocking { self.compute_timeout() } else { 0 };
+        let mut progress = self.try_poll_mode(&mut ready, &mut timeout);
+
+        // From here until the wait returns, a notifier must write the eventfd to wake us.
+        let use_notify_me = timeout != 0;
+        if use_notify_me && self.shared.notify_state.prepare_wait() {
+            timeout = 0;
+        }
+
+        if timeout != 0 || self.need_wait() {
+            // Leave poll mode before sleeping so that, e.g., guest notifications are re-enabled.
+            if self.poll_set_started(&mut ready, false) {
+                timeout = 0;
+                progress = true;
+            }
+            self.wait(timeout, &mut ready);
+        }
+
+        if use_notify_me {
+            self.shared.notify_state.finish_wait();
+        }
+        self.shared.notify_state.accept();
+
+        let block_ns = if params.max_ns > 0 {
+            monotonic_ns() - start
+        } else {
+            0
+        };
+
+        progress |= self.bh_poll();
+        progress |= self.dispatch_ready(&mut ready, block_ns);
+        self.ready_pool.borrow_mut().push(ready);
+        progress |= self.run_timers();
+        progress
+    }
+
+    /// Busy-polling is impossible while a handler lacks a poll function or the monitor has work queued.
+    fn need_wait(&self) -> bool {
+        self.handlers.borrow().poll_disabled() || self.monitor.borrow().need_wait()
+    }
+
+    /// QEMU's `aio_compute_timeout`.
+    fn compute_timeout(&self) -> i64 {
+        let bh = self.bh_timeout();
+        if bh == Some(0) {
+            return 0;
+        }
+        let timers = self.timer_deadline();
+        if timers == 0 {
+            return 0;
+        }
+        soonest(bh.unwrap_or(-1), timers)
+    }
+
+    /// The ns until the nearest timer over all clocks: 0 if one is due, -1 if none is armed.
+    fn timer_deadline(&self) -> i64 {
+        let timers = self.timers.borrow();
+        let mut deadline = -1;
+        for clock in Clock::ALL {
+            let Some(first) = timers.first_deadline(clock) else {
+                continue;
+            };
+            let remaining = match clock {
+                Clock::Virtual => {
+                    let (now, paused) = self.virtual_clock.read();
+                    if first <= now {
+                        0
+                    } else if paused {
+                        // Paused guest time will not reach it by itself; an advance or resume notifies us.
+                        continue;
+                    } else {
+                        first - now
+                    }
+                }
+                _ => (first - crate::time::clock_now(clock, &self.virtual_clock)).max(0),
+            };
+            deadline = soonest(deadline, remaining);
+        }
+        deadline
+    }
+
+    /// QEMU's `try_poll_mode`: returns true if a poll function found work (other than the notifier).
+    fn try_poll_mode(&self, ready: &mut Vec<Ready>, timeout: &mut i64) -> bool {
+        let params = self.poll_params.get();
+        if params.max_ns == 0 {
+            return false;
+        }
+        let list = self.handlers.borrow().poll_list();
+        if list.is_empty() {
+            return false;
+        }
+        let widest = list.iter().map(|n| n.window_ns.get()).max().unwrap_or(0);
+        let max_ns = soonest(*timeout, widest);
+        if max_ns > 0 && !self.need_wait() {
+            self.poll_set_started(ready, true);
+            return self.run_poll_handlers(&list, ready, max_ns, timeout);
+        }
+        false
+    }
+
+    /// QEMU's `run_poll_handlers`: spins until a poll function hits, the window elapses or the monitor
+    /// needs to wait. Takes the time spent off `timeout`.
+    fn run_poll_handlers(
+        &self,
+        list: &[Rc<HandlerNode>],
+        ready: &mut Vec<Ready>,
+        mut max_ns: i64,
+        timeout: &mut i64,
+    ) -> bool {
+        let start = monotonic_ns();
+        let mut progress;
+        let mut elapsed;
+        loop {
+            progress = run_poll_handlers_once(list, ready, timeout);
+            elapsed = monotonic_ns() - start;
+            max_ns = soonest(*timeout, max_ns);
+            if elapsed >= max_ns || self.need_wait() {
+                break;
+            }
+        }
+        let stats = &self.shared.stats;
+        stats.poll_ns.add(elapsed.max(0) as u64);
+        if *timeout == 0 {
+            stats.poll_hits.bump();
+        } else {
+            stats.poll_misses.bump();
+        }
+        if *timeout != -1 {
+            *timeout -= (*timeout).min(elapsed);
+        }
+        progress
+    }
+
+    /// QEMU's `poll_set_started`: enters or leaves poll mode, calling `poll_begin`/`poll_end`. On leaving,
+    /// polls each handler once more in case work raced with `poll_end`; returns whether that found any.
+    fn poll_set_started(&self, ready: &mut Vec<Ready>, started: bool) -> bool {
+        if self.poll_started.get() == started {
+            return false;
+        }
+        self.poll_started.set(started);
+        let list = self.handlers.borrow().poll_list();
+        let mut progress = false;
+        for node in list.iter() {
+            if node.deleted.get() {
+                continue;
+            }
+            let hook = if started {
+                &node.poll_begin
+            } else {
+                &node.poll_end
+            };
+            if let Some(hook) = hook {
+                hook();
+            }
+            if !started && !node.in_poll_ready.get() && !node.deleted.get() {
+                if let Some((poll, _)) = &node.poll {
+                    if poll() {
+                        push_poll_ready(ready, node);
+                        progress |= !node.is_ctx_notifier;
+                    }
+                }
+            }
+        }
+        progress
+    }
+
+    /// Waits in the fd monitor and turns its events into ready entries.
+    fn wait(&self, timeout: i64, ready: &mut Vec<Ready>) {
+        if timeout != 0 {
+            self.shared.stats.blocking_waits.bump();
+        }
+        // A nested iteration finds the buffer taken and uses a fresh one.
+        let mut events: Vec<Event> = std::mem::take(&mut *self.events_buf.borrow_mut());
+        {
+            let mut monitor = self.monitor.borrow_mut();
+            // Errors other than EINTR (which the monitors absorb) cannot happen with valid arguments;
+            // there is nobody to report them to from here, and the next iteration simply waits again.
+            let _ = monitor.wait(timeout, &mut events);
+        }
+        if !events.is_empty() {
+            let handlers = self.handlers.borrow();
+            ready.extend(events.drain(..).filter_map(|ev| {
+                Some(Ready {
+                    node: handlers.lookup(ev.token)?,
+                    revents: ev.revents,
+                    poll_ready: false,
+                })
+            }));
+        }
+        *self.events_buf.borrow_mut() = events;
+    }
+
+    /// QEMU's `aio_dispatch_ready_handlers`.
+    fn dispatch_ready(&self, ready: &mut Vec<Ready>, block_ns: i64) -> bool {
+        let params = self.poll_params.get();
+        let mut progress = false;
+        for Ready {
+            node,
+            revents,
+            poll_ready,
+        } in ready.drain(..)
+        {
+            let mut dispatched = false;
+            if poll_ready && !node.deleted.get() && !node.in_poll_ready.get() {
+                if let Some((_, on_ready)) = &node.poll {
+                    node.in_poll_ready.set(true);
+                    let _guard = PollReadyGuard(&node);
+                    on_ready();
+                    dispatched = true;
+                }
+            }
+            if revents & (bits::IN | bits::HUP | bits::ERR) != 0 && !node.deleted.get() {
+                if let Some(read) = &node.read {
+                    read();
+                    dispatched = true;
+                }
+            }
+            if revents & (bits::OUT | bits::ERR) != 0 && !node.deleted.get() {
+                if let Some(write) = &node.write {
+                    write();
+                    dispatched = true;
+                }
+            }
+            if dispatched {
+                if !node.is_ctx_notifier {
+                    progress = true;
+                }
+                self.shared.stats.handlers_dispatched.bump();
+            }
+            if params.max_ns > 0 && node.poll.is_some() && !node.deleted.get() {
+                node.window_ns
+                    .set(params.adjust_window(node.window_ns.get(), block_ns));
+            }
+        }
+        progress
+    }
+
+    /// Runs expired timers of every clock, each clock read once (QEMU's `timerlist_run_timers`).
+    fn run_timers(&self) -> bool {
+        let mut progress = false;
+        for clock in Clock::ALL {
+            if self.timers.borrow().is_empty(clock) {
+                continue;
+            }
+            let now = crate::time::clock_now(clock, &self.virtual_clock);
+            loop {
+                let callback = self.timers.borrow_mut().pop_expired(clock, now);
+                let Some(callback) = callback else {
+                    break;
+                };
+                self.shared.stats.timers_fired.bump();
+                callback();
+                progress = true;
+            }
+        }
+        progress
+    }
+}
+
+/// QEMU's `run_poll_handlers_once`: one pass over the poll functions. Any hit sets `timeout` to 0 so
+/// polling stops; hits other than the context's own notifier are progress.
+fn run_poll_handlers_once(list: &[Rc<HandlerNode>], ready: &mut Vec<Ready>, timeout: &mut i64) -> bool {
+    let mut progress = false;
+    for node in list {
+        if node.deleted.get() || node.in_poll_ready.get() {
+            continue;
+        }
+        if let Some((poll, _)) = &node.poll {
+            if poll() {
+                push_poll_ready(ready, node);
+                *timeout = 0;
+                progress |= !node.is_ctx_notifier;
+            }
+        }
+    }
+    progress
+}
+
+fn push_poll_ready(ready: &mut Vec<Ready>, node: &Rc<HandlerNode>) {
+    if let Some(entry) = ready.iter_mut().find(|r| Rc::ptr_eq(&r.node, node)) {
+        entry.poll_ready = true;
+        return;
+    }
+    ready.push(Ready {
+        node: Rc::clone(node),
+        revents: 0,
+        poll_ready: true,
+    });
+}

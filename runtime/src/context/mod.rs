@@ -1,0 +1,362 @@
+//! The AioContext: QEMU's per-thread event loop.
+//!
+//! [`AioContext`] is the home-thread object: it owns the handler table, the bottom-half callbacks, the
+//! timers and the fd monitor, all behind `RefCell`s that are never borrowed while user code runs.
+//! [`Shared`] is the part other threads reach through [`Remote`]: the notify_me word, the context's
+//! eventfd, the lock-free BH list and the statistics. See `aio_poll.rs` for one iteration of the loop.
+
+mod aio_poll;
+pub(crate) mod bh;
+pub(crate) mod bh_list;
+mod builder;
+mod handlers;
+pub(crate) mod notify;
+mod polling;
+mod remote;
+mod stats;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use slab::Slab;
+
+pub use bh::{Bh, RemoteBh};
+pub use builder::{Backend, Builder};
+pub use handlers::{FdHandlers, FdRegistration};
+pub use polling::PollParams;
+pub use remote::Remote;
+pub use stats::Stats;
+
+use crate::fdmon::FdMonitor;
+use crate::time::{Clock, Timer, TimerLists, VirtualClock};
+use crate::{sys, EventNotifier};
+
+/// The part of a context that other threads may touch.
+pub(crate) struct Shared {
+    pub(crate) notify_state: notify::NotifyState,
+    /// The context's own eventfd (QEMU's `ctx->notifier`), written only when the loop may be asleep.
+    pub(crate) notifier: EventNotifier,
+    pub(crate) bhs: bh_list::BhList<bh::BhPayload>,
+    pub(crate) stats: stats::Counters,
+    pub(crate) closed: AtomicBool,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// `aio_notify`.
+    pub(crate) fn notify(&self) {
+        if self.notify_state.notify() {
+            // Failing to write our own eventfd can only mean its counter is saturated, i.e. it is set.
+            let _ = self.notifier.set();
+            self.stats
+                .remote
+                .notify_writes
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats
+                .remote
+                .notify_skipped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The home-thread state of a context.
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) monitor: RefCell<FdMonitor>,
+    pub(crate) handlers: RefCell<handlers::Registry>,
+    pub(crate) bh_callbacks: RefCell<Slab<bh::BhCallback>>,
+    /// Slices of BHs being run (QEMU's `bh_slice_list`); more than one only during nested polls.
+    pub(crate) bh_slices: RefCell<VecDeque<bh::Slice>>,
+    pub(crate) timers: RefCell<TimerLists>,
+    pub(crate) virtual_clock: VirtualClock,
+    pub(crate) poll_params: Cell<PollParams>,
+    /// Whether the loop is in busy-poll mode (`poll_begin` called, `poll_end` not yet).
+    pub(crate) poll_started: Cell<bool>,
+    /// Spare ready lists, so an iteration does not allocate (nested iterations take their own).
+    pub(crate) ready_pool: RefCell<Vec<Vec<aio_poll::Ready>>>,
+    /// The fd monitor's output buffer, reused across iterations.
+    pub(crate) events_buf: RefCell<Vec<crate::fdmon::Event>>,
+    pub(crate) notifier_token: Cell<Option<u64>>,
+}
+
+/// A QEMU-style event loop bound to the thread that created it (its home thread).
+///
+/// One iteration, [`poll`](AioContext::poll), busy-polls if allowed, sleeps in the fd monitor until an fd
+/// is ready, a timer is due or another thread notifies it, then runs bottom halves, ready fd handlers and
+/// expired timers, in QEMU's order. Sources of work:
+/// - [`bh`](AioContext::bh) / [`Remote::schedule_oneshot`]: bottom halves, schedulable from any thread;
+/// - [`set_fd_handler`](AioContext::set_fd_handler), [`set_event_notifier`](AioContext::set_event_notifier):
+///   fd readiness and userspace poll functions;
+/// - [`timer`](AioContext::timer): nanosecond timers on three clocks.
+///
+/// The context is `!Send`: it lives and runs on its home thread; other threads use [`Remote`].
+/// Dropping it drops every remaining callback on the home thread; remote handles then do nothing.
+///
+/// ```
+/// use std::{cell::Cell, rc::Rc, time::Duration};
+/// use aioctx::{AioContext, time::Clock};
+///
+/// let ctx = AioContext::new()?;
+/// let log = Rc::new(std::cell::RefCell::new(Vec::new()));
+/// let bh = ctx.bh({ let log = log.clone(); move || log.borrow_mut().push("bh") });
+/// let timer = ctx.timer(Clock::Realtime, { let log = log.clone(); move || log.borrow_mut().push("timer") });
+/// bh.schedule();
+/// timer.arm_after(Duration::from_micros(200));
+/// while log.borrow().len() < 2 {
+///     ctx.poll(true);
+/// }
+/// assert_eq!(*log.borrow(), ["bh", "timer"]);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct AioContext {
+    inner: Rc<Inner>,
+}
+
+impl fmt::Debug for AioContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AioContext")
+            .field("backend", &self.backend())
+            .field("poll_params", &self.poll_params())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AioContext {
+    /// A context with the default configuration: `Backend::Auto` (or `AIOCTX_BACKEND`), polling off.
+    pub fn new() -> io::Result<AioContext> {
+        Builder::new().build()
+    }
+
+    /// A [`Builder`] to choose the backend and polling parameters.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    fn from_builder(b: Builder) -> io::Result<AioContext> {
+        let poll = b.poll.validate()?;
+        let (backend, forced) = match b.backend {
+            Backend::Auto => Backend::resolve_auto()?,
+            other => (other, true),
+        };
+        let notifier = EventNotifier::new()
+            .map_err(|e| sys::with_context(e, "creating the context's event notifier"))?;
+        let monitor = FdMonitor::new(backend, forced)?;
+        let shared = Arc::new(Shared {
+            notify_state: notify::NotifyState::new(),
+            notifier,
+            bhs: bh_list::BhList::new(),
+            stats: stats::Counters::default(),
+            closed: AtomicBool::new(false),
+        });
+        let inner = Rc::new(Inner {
+            virtual_clock: VirtualClock::new(Arc::clone(&shared)),
+            shared,
+            monitor: RefCell::new(monitor),
+            handlers: RefCell::default(),
+            bh_callbacks: RefCell::default(),
+            bh_slices: RefCell::default(),
+            timers: RefCell::default(),
+            poll_params: Cell::new(poll),
+            poll_started: Cell::new(false),
+            ready_pool: RefCell::default(),
+            events_buf: RefCell::default(),
+            notifier_token: Cell::new(None),
+        });
+        let notify_token = inner.add_handler(
+            inner.shared.notifier.as_raw_fd(),
+            FdHandlers::new()
+                .read({
+                    let shared = Arc::clone(&inner.shared);
+                    move || {
+                        let _ = shared.notifier.test_and_clear();
+                    }
+                })
+                .poll(
+                    {
+                        let shared = Arc::clone(&inner.shared);
+                        move || shared.notify_state.is_notified()
+                    },
+                    || {},
+                ),
+            true,
+        )?;
+        inner.notifier_token.set(Some(notify_token));
+        sys::set_thread_timer_slack_1ns();
+        Ok(AioContext { inner })
+    }
+
+    /// Runs one iteration of the loop (QEMU's `aio_poll`) and returns whether it made progress: ran a
+    /// bottom half, an fd handler or a timer (activity on the context's own notifier and idle BHs do not
+    /// count). With `blocking`, it first sleeps until something is due; without, it only checks.
+    ///
+    /// May be called from inside any callback of this context (a nested poll, QEMU's `AIO_WAIT_WHILE`).
+    /// A panic in a callback propagates out of `poll`; the context stays consistent and usable, and the
+    /// work that had not run yet runs at the next iteration.
+    pub fn poll(&self, blocking: bool) -> bool {
+        self.inner.aio_poll(blocking)
+    }
+
+    /// Wakes the loop from its current or next wait (QEMU's `aio_notify`).
+    pub fn notify(&self) {
+        self.inner.shared.notify();
+    }
+
+    /// A `Send + Sync` handle for other threads.
+    pub fn remote(&self) -> Remote {
+        Remote {
+            shared: Arc::clone(&self.inner.shared),
+        }
+    }
+
+    /// The fd monitor in use. The poll monitor reports `Epoll` once it upgraded itself (64 fds or more),
+    /// and an auto-chosen epoll monitor reports `Poll` after it fell back for an fd epoll cannot watch.
+    pub fn backend(&self) -> Backend {
+        self.inner.monitor.borrow().backend()
+    }
+
+    /// Counters since the context was created.
+    pub fn stats(&self) -> Stats {
+        self.inner.shared.stats.snapshot()
+    }
+
+    /// The current polling parameters.
+    pub fn poll_params(&self) -> PollParams {
+        self.inner.poll_params.get()
+    }
+
+    /// Changes the polling parameters at run time and resets every handler's window (QEMU's
+    /// `aio_context_set_poll_params`). Fails with `InvalidInput` if a value does not fit in an `i64`.
+    pub fn set_poll_params(&self, params: PollParams) -> io::Result<()> {
+        let params = params.validate()?;
+        self.inner.poll_params.set(params);
+        for node in self.inner.handlers.borrow().poll_list().iter() {
+            node.window_ns.set(0);
+        }
+        self.notify();
+        Ok(())
+    }
+
+    /// Creates a bottom half (QEMU's `aio_bh_new`). It runs `f` on this thread at the iteration after each
+    /// [`Bh::schedule`]. See [`Bh`].
+    pub fn bh(&self, f: impl Fn() + 'static) -> Bh {
+        Bh::new(&self.inner, Rc::new(f))
+    }
+
+    /// Runs `f` once at the next iteration (QEMU's `aio_bh_schedule_oneshot`). For a `Send` closure from
+    /// another thread use [`Remote::schedule_oneshot`].
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let ran = std::rc::Rc::new(std::cell::Cell::new(false));
+    /// ctx.bh_oneshot({ let r = ran.clone(); move || r.set(true) });
+    /// assert!(!ran.get());
+    /// ctx.poll(false);
+    /// assert!(ran.get());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn bh_oneshot(&self, f: impl FnOnce() + 'static) {
+        bh::schedule_local_oneshot(&self.inner, Box::new(f));
+    }
+
+    /// Registers handlers for `fd` (QEMU's `aio_set_fd_handler`); dropping the returned registration
+    /// removes them. See [`FdHandlers`] for what each callback does.
+    ///
+    /// Errors: `fd` is not open (`EBADF`), `fd` already has handlers in this context (`AlreadyExists`),
+    /// or the forced epoll backend cannot watch it (`EPERM`, e.g. a regular file; the default backends
+    /// fall back to poll instead). The context is unchanged after an error.
+    pub fn set_fd_handler(
+        &self,
+        fd: std::os::fd::RawFd,
+        handlers: FdHandlers,
+    ) -> io::Result<FdRegistration> {
+        let token = self.inner.add_handler(fd, handlers, false)?;
+        Ok(FdRegistration::new(&self.inner, token, fd, None))
+    }
+
+    /// Watches an [`EventNotifier`] (QEMU's `aio_set_event_notifier`): `on_read` runs when it is set.
+    /// It does not clear the notifier: call [`EventNotifier::test_and_clear`] in `on_read`.
+    ///
+    /// With `poll`, the handler takes part in busy-polling: the loop calls `poll` while it spins and calls
+    /// `on_read` when it returns true, with no syscall. For separate `poll_ready`, `poll_begin` and
+    /// `poll_end` callbacks use [`set_fd_handler`](Self::set_fd_handler) on the notifier's fd.
+    ///
+    /// ```
+    /// use std::{cell::Cell, rc::Rc};
+    /// use aioctx::{AioContext, EventNotifier};
+    ///
+    /// let ctx = AioContext::new()?;
+    /// let n = EventNotifier::new()?;
+    /// let hits = Rc::new(Cell::new(0));
+    /// let _reg = ctx.set_event_notifier(&n, {
+    ///     let (n, hits) = (n.clone(), hits.clone());
+    ///     move || if n.test_and_clear().unwrap() { hits.set(hits.get() + 1) }
+    /// }, None)?;
+    /// n.set()?;
+    /// ctx.poll(false);
+    /// assert_eq!(hits.get(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_event_notifier(
+        &self,
+        notifier: &EventNotifier,
+        on_read: impl Fn() + 'static,
+        poll: Option<Box<dyn Fn() -> bool>>,
+    ) -> io::Result<FdRegistration> {
+        let fd = handlers::notifier_fd(notifier);
+        let token = self
+            .inner
+            .add_handler(fd, handlers::notifier_handlers(on_read, poll), false)?;
+        Ok(FdRegistration::new(
+            &self.inner,
+            token,
+            fd,
+            Some(notifier.clone()),
+        ))
+    }
+
+    /// Creates a timer on `clock` that runs `f` when it expires (QEMU's `timer_new_ns`). It starts
+    /// disarmed; see [`Timer`].
+    pub fn timer(&self, clock: Clock, f: impl Fn() + 'static) -> Timer {
+        Timer::new(&self.inner, clock, Rc::new(f))
+    }
+
+    /// This context's guest clock, the one [`Clock::Virtual`] timers use.
+    pub fn virtual_clock(&self) -> VirtualClock {
+        self.inner.virtual_clock.clone()
+    }
+
+    /// Reads `clock` in ns as this context sees it.
+    pub fn now_ns(&self, clock: Clock) -> i64 {
+        crate::time::clock_now(clock, &self.inner.virtual_clock)
+    }
+}
+
+impl Drop for AioContext {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        inner.shared.closed.store(true, Ordering::Release);
+        // Take everything out first and drop it after the borrows end: user closures may own
+        // registrations, timers and BHs of this context whose own drops come back here.
+        let handlers = inner.handlers.borrow_mut().drain();
+        for node in &handlers {
+            inner.monitor.borrow_mut().set(node.fd, 0, 0).ok();
+        }
+        drop(handlers);
+        let timers = inner.timers.borrow_mut().drain();
+        drop(timers);
+        inner.drop_all_bhs();
+    }
+}

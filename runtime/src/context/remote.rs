@@ -1,0 +1,74 @@
+//! [`Remote`]: the `Send + Sync` handle other threads use to reach a context.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use super::bh::BhPayload;
+use super::bh_list::{BhNode, ONESHOT, SCHEDULED};
+use super::Shared;
+use crate::Stats;
+
+/// A cheap, cloneable handle to a context that any thread may use: notify it, schedule one-shot work
+/// in it, read its statistics.
+///
+/// A `Remote` keeps only the context's shared part alive (its eventfd and bottom-half list), never the
+/// loop itself, so using it after the context was dropped is safe and does nothing.
+///
+/// ```
+/// use std::sync::{atomic::{AtomicBool, Ordering}, Arc};
+///
+/// let ctx = aioctx::AioContext::new()?;
+/// let remote = ctx.remote();
+/// let ran = Arc::new(AtomicBool::new(false));
+/// let flag = ran.clone();
+/// std::thread::spawn(move || remote.schedule_oneshot(move || flag.store(true, Ordering::SeqCst)))
+///     .join()
+///     .unwrap();
+/// while !ran.load(Ordering::SeqCst) {
+///     ctx.poll(true); // the closure runs here, on the context's home thread
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Remote {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Remote {
+    /// Wakes the context (QEMU's `aio_notify`): its current or next wait returns at once. Costs an eventfd
+    /// write only if the loop is asleep or about to sleep; while it runs or busy-polls, a flag suffices.
+    pub fn notify(&self) {
+        self.shared.notify();
+    }
+
+    /// Runs `f` once on the context's home thread, at its next iteration (QEMU's
+    /// `aio_bh_schedule_oneshot`). If the context is gone, `f` is dropped without running.
+    pub fn schedule_oneshot(&self, f: impl FnOnce() + Send + 'static) {
+        if self.is_closed() {
+            return;
+        }
+        let node = BhNode::new(BhPayload::Remote(Mutex::new(Some(Box::new(f)))), ONESHOT);
+        if self.shared.bhs.enqueue(&node, SCHEDULED) {
+            self.shared.notify();
+        }
+    }
+
+    /// The context's statistics, readable from any thread.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Whether the context has been dropped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,99 @@
+//! Loop statistics: counters the home thread bumps and any thread can read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a context's counters since it was created. Read it with
+/// [`AioContext::stats`](crate::AioContext::stats) (or from another thread through
+/// [`Remote::stats`](crate::Remote::stats)).
+///
+/// ```
+/// let ctx = aioctx::AioContext::new()?;
+/// let before = ctx.stats();
+/// ctx.poll(false);
+/// assert_eq!(ctx.stats().iterations, before.iterations + 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Calls of `poll` (loop iterations), nested ones included.
+    pub iterations: u64,
+    /// Polling phases that ended because a poll function found work.
+    pub poll_hits: u64,
+    /// Polling phases whose window elapsed (or that were cut short) without finding work.
+    pub poll_misses: u64,
+    /// Nanoseconds spent busy-polling in userspace.
+    pub poll_ns: u64,
+    /// Waits in the fd monitor with a non-zero timeout (times the loop was ready to sleep).
+    pub blocking_waits: u64,
+    /// Notifications that had to write the eventfd because the loop was (about to be) asleep.
+    pub notify_writes: u64,
+    /// Notifications that skipped the eventfd write thanks to the notify_me protocol.
+    pub notify_skipped: u64,
+    /// Bottom-half callbacks run.
+    pub bhs_run: u64,
+    /// fd handler dispatches (read, write or poll_ready callbacks invoked for one ready handler).
+    pub handlers_dispatched: u64,
+    /// Timer callbacks run.
+    pub timers_fired: u64,
+}
+
+/// The live counters. Home-thread counters are bumped with a plain load and store (there is one writer, so
+/// no locked instruction is needed); notification counters are written by any thread and live on their own
+/// cache line so that remote notifiers do not bounce the loop's line.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) iterations: Counter,
+    pub(crate) poll_hits: Counter,
+    pub(crate) poll_misses: Counter,
+    pub(crate) poll_ns: Counter,
+    pub(crate) blocking_waits: Counter,
+    pub(crate) bhs_run: Counter,
+    pub(crate) handlers_dispatched: Counter,
+    pub(crate) timers_fired: Counter,
+    pub(crate) remote: RemoteCounters,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct RemoteCounters {
+    pub(crate) notify_writes: AtomicU64,
+    pub(crate) notify_skipped: AtomicU64,
+}
+
+/// A counter with a single writer, the home thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Home thread only: the load and store are not one atomic step.
+    pub(crate) fn add(&self, n: u64) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    pub(crate) fn bump(&self) {
+        self.add(1);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            iterations: self.iterations.get(),
+            poll_hits: self.poll_hits.get(),
+            poll_misses: self.poll_misses.get(),
+            poll_ns: self.poll_ns.get(),
+            blocking_waits: self.blocking_waits.get(),
+            notify_writes: self.remote.notify_writes.load(Ordering::Relaxed),
+            notify_skipped: self.remote.notify_skipped.load(Ordering::Relaxed),
+            bhs_run: self.bhs_run.get(),
+            handlers_dispatched: self.handlers_dispatched.get(),
+            timers_fired: self.timers_fired.get(),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The poll monitor: a pollfd array and `ppoll` with a nanosecond timeout (QEMU's fdmon-poll.c).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+use std::ptr;
+
+use super::{bits, Event, MonitorOps};
+use crate::{sys, Backend};
+
+pub(crate) struct PollMonitor {
+    pollfds: Vec<libc::pollfd>,
+    tokens: Vec<u64>,
+    index: HashMap<RawFd, usize>,
+}
+
+impl PollMonitor {
+    pub(crate) fn new() -> Self {
+        Self {
+            pollfds: Vec::new(),
+            tokens: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+}
+
+impl MonitorOps for PollMonitor {
+    fn add(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.index.insert(fd, self.pollfds.len());
+        self.pollfds.push(libc::pollfd {
+            fd,
+            events: events as libc::c_short,
+            revents: 0,
+        });
+        self.tokens.push(token);
+        Ok(())
+    }
+
+    fn modify(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let &i = self.index.get(&fd).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("fd {fd} is not registered"))
+        })?;
+        self.pollfds[i].events = events as libc::c_short;
+        self.tokens[i] = token;
+        Ok(())
+    }
+
+    fn remove(&mut self, fd: RawFd) {
+        let Some(i) = self.index.remove(&fd) else {
+            return;
+        };
+        self.pollfds.swap_remove(i);
+        self.tokens.swap_remove(i);
+        if let Some(moved) = self.pollfds.get(i) {
+            self.index.insert(moved.fd, i);
+        }
+    }
+
+    fn wait(&mut self, timeout_ns: i64, out: &mut Vec<Event>) -> io::Result<()> {
+        let ts = sys::timespec_from_ns(timeout_ns.max(0));
+        let ts_ptr = if timeout_ns < 0 { ptr::null() } else { &ts as *const _ };
+        // SAFETY: `pollfds` is a live, correctly sized array of pollfd that ppoll may write revents into;
+        // the timespec (if any) lives on our stack for the call; no signal mask is passed.
+        let n = unsafe {
+            libc::ppoll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                ts_ptr,
+                ptr::null(),
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::Interrupted => Ok(()),
+                _ => Err(sys::with_context(err, "ppoll in the poll fd monitor")),
+            };
+        }
+        let mut left = n as usize;
+        for (pfd, &token) in self.pollfds.iter().zip(&self.tokens) {
+            if left == 0 {
+                break;
+            }
+            if pfd.revents != 0 {
+                left -= 1;
+                let mut revents = pfd.revents as u32;
+                if revents & bits::NVAL != 0 {
+                    // The fd was closed under us; report it as an error so its handlers find out.
+                    revents = (revents & !bits::NVAL) | bits::ERR;
+                }
+                out.push(Event { token, revents });
+            }
+        }
+        Ok(())
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Poll
+    }
+}

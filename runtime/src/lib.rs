@@ -1,0 +1,58 @@
+//! # aioctx: QEMU's AioContext as a Rust runtime
+//!
+//! aioctx is an event loop for virtual machine device models and block layers, built the way QEMU builds
+//! its `AioContext`: one loop per thread, woken by fd readiness, event notifiers (eventfd), nanosecond
+//! timers and bottom halves that any thread can schedule, with adaptive busy-polling before it sleeps so
+//! that a cross-thread wakeup or a guest kick costs no syscall while the loop is busy.
+//!
+//! This layer is the callback loop; the async executor is built on top of it.
+//!
+//! ```
+//! use std::{cell::Cell, rc::Rc, time::Duration};
+//! use aioctx::{AioContext, Backend, EventNotifier, time::Clock};
+//!
+//! let ctx = AioContext::builder().backend(Backend::Epoll).build()?;
+//!
+//! // A bottom half another thread can schedule.
+//! let runs = Rc::new(Cell::new(0));
+//! let bh = ctx.bh({ let r = runs.clone(); move || r.set(r.get() + 1) });
+//! let remote_bh = bh.remote();
+//! std::thread::spawn(move || remote_bh.schedule()).join().unwrap();
+//!
+//! // An event notifier (say, a guest's ioeventfd).
+//! let kick = EventNotifier::new()?;
+//! let kicks = Rc::new(Cell::new(0));
+//! let _reg = ctx.set_event_notifier(&kick, {
+//!     let (kick, kicks) = (kick.clone(), kicks.clone());
+//!     move || if kick.test_and_clear().unwrap() { kicks.set(kicks.get() + 1) }
+//! }, None)?;
+//! kick.set()?;
+//!
+//! // A 100 us timer.
+//! let fired = Rc::new(Cell::new(false));
+//! let timer = ctx.timer(Clock::Realtime, { let f = fired.clone(); move || f.set(true) });
+//! timer.arm_after(Duration::from_micros(100));
+//!
+//! while !(runs.get() == 1 && kicks.get() == 1 && fired.get()) {
+//!     ctx.poll(true);
+//! }
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+#![warn(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
+
+mod context;
+mod fdmon;
+mod notifier;
+mod sync;
+mod sys;
+pub mod time;
+
+#[cfg(all(test, loom))]
+mod loom_models;
+
+pub use context::{
+    AioContext, Backend, Bh, Builder, FdHandlers, FdRegistration, PollParams, Remote, RemoteBh,
+    Stats,
+};
+pub use notifier::EventNotifier;

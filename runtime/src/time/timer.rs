@@ -1,0 +1,275 @@
+//! Timer lists (QEMU's QEMUTimerList, one per clock) and the [`Timer`] handle.
+
+use std::collections::BTreeMap;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use slab::Slab;
+
+use super::{clock_now, duration_ns, Clock};
+use crate::context::Inner;
+
+struct TimerEntry {
+    clock: Clock,
+    /// Distinguishes this timer from a later one that reuses its slab slot.
+    id: u64,
+    /// `(deadline, sequence)` while armed; the sequence makes equal deadlines fire in arming order.
+    armed: Option<(i64, u64)>,
+    callback: Rc<dyn Fn()>,
+}
+
+/// Every timer of a context: a slab of entries and, per clock, the armed ones ordered by deadline.
+#[derive(Default)]
+pub(crate) struct TimerLists {
+    entries: Slab<TimerEntry>,
+    queues: [BTreeMap<(i64, u64), usize>; 3],
+    next_seq: u64,
+    next_id: u64,
+}
+
+impl TimerLists {
+    fn entry_mut(&mut self, key: usize, id: u64) -> Option<&mut TimerEntry> {
+        self.entries.get_mut(key).filter(|e| e.id == id)
+    }
+
+    /// Arms (or re-arms) a timer. Returns true if it became the earliest deadline of its clock, which
+    /// means a sleeping loop must recompute its timeout.
+    fn arm(&mut self, key: usize, id: u64, deadline: i64) -> bool {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let Some(entry) = self.entries.get_mut(key).filter(|e| e.id == id) else {
+            return false;
+        };
+        let clock = entry.clock;
+        let old = entry.armed.replace((deadline, seq));
+        let queue = &mut self.queues[clock.index()];
+        if let Some(old) = old {
+            queue.remove(&old);
+        }
+        queue.insert((deadline, seq), key);
+        queue.first_key_value().map(|(k, _)| *k) == Some((deadline, seq))
+    }
+
+    fn cancel(&mut self, key: usize, id: u64) {
+        if let Some(entry) = self.entry_mut(key, id) {
+            if let Some(armed) = entry.armed.take() {
+                let clock = entry.clock;
+                self.queues[clock.index()].remove(&armed);
+            }
+        }
+    }
+
+    /// Removes a timer; the callback is returned so the caller can drop it outside any borrow.
+    fn remove(&mut self, key: usize, id: u64) -> Option<Rc<dyn Fn()>> {
+        self.cancel(key, id);
+        self.entry_mut(key, id)?;
+        Some(self.entries.remove(key).callback)
+    }
+
+    /// Takes every callback out (context teardown).
+    pub(crate) fn drain(&mut self) -> Vec<Rc<dyn Fn()>> {
+        for q in &mut self.queues {
+            q.clear();
+        }
+        self.entries.drain().map(|e| e.callback).collect()
+    }
+
+    pub(crate) fn is_empty(&self, clock: Clock) -> bool {
+        self.queues[clock.index()].is_empty()
+    }
+
+    /// The earliest armed deadline of `clock`.
+    pub(crate) fn first_deadline(&self, clock: Clock) -> Option<i64> {
+        self.queues[clock.index()]
+            .first_key_value()
+            .map(|(&(deadline, _), _)| deadline)
+    }
+
+    /// Pops the earliest timer of `clock` if it expired at `now`, disarming it, and returns its callback.
+    pub(crate) fn pop_expired(&mut self, clock: Clock, now: i64) -> Option<Rc<dyn Fn()>> {
+        let queue = &mut self.queues[clock.index()];
+        let (&(deadline, _), _) = queue.first_key_value()?;
+        if deadline > now {
+            return None;
+        }
+        let (_, key) = queue.pop_first()?;
+        let entry = &mut self.entries[key];
+        entry.armed = None;
+        Some(Rc::clone(&entry.callback))
+    }
+}
+
+/// A weak, cloneable handle to a [`Timer`]: it can arm, cancel and inspect the timer, and does nothing once
+/// the timer (or its context) is gone. Hand it to the timer's own callback to re-arm it.
+///
+/// ```
+/// use std::{cell::Cell, rc::Rc, time::Duration};
+/// use aioctx::{AioContext, time::Clock};
+///
+/// let ctx = AioContext::new()?;
+/// let fired = Rc::new(Cell::new(0));
+/// let slot = Rc::new(std::cell::OnceCell::new());
+/// let timer = ctx.timer(Clock::Realtime, {
+///     let (fired, slot) = (fired.clone(), slot.clone());
+///     move || {
+///         fired.set(fired.get() + 1);
+///         if fired.get() < 3 {
+///             let handle: &aioctx::time::TimerHandle = slot.get().unwrap();
+///             handle.arm_after(Duration::from_micros(50)); // re-arm from the callback
+///         }
+///     }
+/// });
+/// slot.set(timer.handle()).unwrap();
+/// timer.arm_after(Duration::from_micros(50));
+/// while fired.get() < 3 {
+///     ctx.poll(true);
+/// }
+/// assert!(!timer.is_pending());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct TimerHandle {
+    ctx: Weak<Inner>,
+    key: usize,
+    id: u64,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for TimerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimerHandle")
+            .field("clock", &self.clock)
+            .field("expire_time_ns", &self.expire_time_ns())
+            .finish()
+    }
+}
+
+impl TimerHandle {
+    fn with<R>(&self, f: impl FnOnce(&Inner, &mut TimerLists) -> R) -> Option<R> {
+        let inner = self.ctx.upgrade()?;
+        let mut timers = inner.timers.borrow_mut();
+        Some(f(&inner, &mut timers))
+    }
+
+    /// The clock this timer's deadlines are measured on.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Arms the timer to fire when its clock reaches `deadline_ns` (QEMU's `timer_mod_ns`). A deadline in
+    /// the past fires at the next iteration. Re-arming replaces the previous deadline.
+    pub fn arm_ns(&self, deadline_ns: i64) {
+        let became_head = self
+            .with(|_, t| t.arm(self.key, self.id, deadline_ns))
+            .unwrap_or(false);
+        if became_head {
+            if let Some(inner) = self.ctx.upgrade() {
+                inner.shared.notify();
+            }
+        }
+    }
+
+    /// Arms the timer only if that makes it fire earlier (QEMU's `timer_mod_anticipate_ns`).
+    pub fn arm_ns_anticipate(&self, deadline_ns: i64) {
+        match self.expire_time_ns() {
+            Some(current) if current <= deadline_ns => {}
+            _ => self.arm_ns(deadline_ns),
+        }
+    }
+
+    /// Arms the timer `after` from now on its clock.
+    pub fn arm_after(&self, after: Duration) {
+        let Some(inner) = self.ctx.upgrade() else {
+            return;
+        };
+        let now = clock_now(self.clock, &inner.virtual_clock);
+        self.arm_ns(now.saturating_add(duration_ns(after)));
+    }
+
+    /// Disarms the timer (QEMU's `timer_del`). Idempotent.
+    pub fn cancel(&self) {
+        self.with(|_, t| t.cancel(self.key, self.id));
+    }
+
+    /// The deadline the timer is armed for, or `None` if it is not armed.
+    pub fn expire_time_ns(&self) -> Option<i64> {
+        self.with(|_, t| {
+            t.entries
+                .get(self.key)
+                .filter(|e| e.id == self.id)
+                .and_then(|e| e.armed.map(|(deadline, _)| deadline))
+        })
+        .flatten()
+    }
+
+    /// Whether the timer is armed.
+    pub fn is_pending(&self) -> bool {
+        self.expire_time_ns().is_some()
+    }
+}
+
+/// A timer on a context's timer list, created with [`AioContext::timer`](crate::AioContext::timer).
+///
+/// It dereferences to [`TimerHandle`] for `arm_ns`, `arm_after`, `cancel`, `expire_time_ns`. Dropping it
+/// deletes the timer (QEMU's `timer_free`); its callback is dropped at once, on the home thread.
+///
+/// ```
+/// use std::{cell::Cell, rc::Rc, time::Duration};
+/// use aioctx::{AioContext, time::Clock};
+///
+/// let ctx = AioContext::new()?;
+/// let fired = Rc::new(Cell::new(false));
+/// let timer = ctx.timer(Clock::Realtime, { let f = fired.clone(); move || f.set(true) });
+/// timer.arm_after(Duration::from_micros(100));
+/// while !fired.get() {
+///     ctx.poll(true); // sleeps about 100 us, then runs the callback
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Timer {
+    handle: TimerHandle,
+}
+
+impl Timer {
+    pub(crate) fn new(inner: &Rc<Inner>, clock: Clock, callback: Rc<dyn Fn()>) -> Self {
+        let mut timers = inner.timers.borrow_mut();
+        let id = timers.next_id;
+        timers.next_id += 1;
+        let key = timers.entries.insert(TimerEntry {
+            clock,
+            id,
+            armed: None,
+            callback,
+        });
+        Timer {
+            handle: TimerHandle {
+                ctx: Rc::downgrade(inner),
+                key,
+                id,
+                clock,
+            },
+        }
+    }
+
+    /// A weak handle that can arm and cancel this timer, e.g. from its own callback.
+    pub fn handle(&self) -> TimerHandle {
+        self.handle.clone()
+    }
+}
+
+impl std::ops::Deref for Timer {
+    type Target = TimerHandle;
+
+    fn deref(&self) -> &TimerHandle {
+        &self.handle
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        let callback = self.handle.with(|_, t| t.remove(self.handle.key, self.handle.id));
+        // Dropped here, after the borrow ended: the closure may own other timers.
+        drop(callback);
+    }
+}
