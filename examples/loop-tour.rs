@@ -64,8 +64,12 @@ fn run(poll: PollParams) -> std::io::Result<()> {
 
     let done = Arc::new(AtomicBool::new(false));
     let vcpu = std::thread::spawn({
-        let (published, completed, kick, done) =
-            (published.clone(), completed.clone(), kick.clone(), done.clone());
+        let (published, completed, kick, done) = (
+            published.clone(),
+            completed.clone(),
+            kick.clone(),
+            done.clone(),
+        );
         move || {
             let mut latencies = Vec::with_capacity(KICKS as usize);
             for i in 1..=KICKS {

@@ -37,13 +37,17 @@ fn bh_schedule_run(c: &mut Criterion) {
         })
     });
     let remote = bh.remote();
-    c.bench_function("bh_schedule_remote_handle", |b| b.iter(|| remote.schedule()));
+    c.bench_function("bh_schedule_remote_handle", |b| {
+        b.iter(|| remote.schedule())
+    });
     ctx.poll(false);
 }
 
 fn timer_arm_cancel(c: &mut Criterion) {
     let ctx = ctx(Backend::Epoll);
-    let timers: Vec<_> = (0..1024).map(|_| ctx.timer(Clock::Realtime, || {})).collect();
+    let timers: Vec<_> = (0..1024)
+        .map(|_| ctx.timer(Clock::Realtime, || {}))
+        .collect();
     let mut i = 0;
     c.bench_function("timer_arm_cancel_1024_armed", |b| {
         for t in &timers {
@@ -70,7 +74,10 @@ fn notify(c: &mut Criterion) {
     let loop_thread = std::thread::spawn({
         let stop = stop.clone();
         move || {
-            let ctx = AioContext::builder().backend(Backend::Epoll).build().unwrap();
+            let ctx = AioContext::builder()
+                .backend(Backend::Epoll)
+                .build()
+                .unwrap();
             tx.send(ctx.remote()).unwrap();
             while !stop.load(Ordering::Acquire) {
                 ctx.poll(true);
@@ -84,5 +91,11 @@ fn notify(c: &mut Criterion) {
     loop_thread.join().unwrap();
 }
 
-criterion_group!(benches, empty_poll, bh_schedule_run, timer_arm_cancel, notify);
+criterion_group!(
+    benches,
+    empty_poll,
+    bh_schedule_run,
+    timer_arm_cancel,
+    notify
+);
 criterion_main!(benches);

@@ -306,7 +306,11 @@ impl Inner {
 
 /// QEMU's `run_poll_handlers_once`: one pass over the poll functions. Any hit sets `timeout` to 0 so
 /// polling stops; hits other than the context's own notifier are progress.
-fn run_poll_handlers_once(list: &[Rc<HandlerNode>], ready: &mut Vec<Ready>, timeout: &mut i64) -> bool {
+fn run_poll_handlers_once(
+    list: &[Rc<HandlerNode>],
+    ready: &mut Vec<Ready>,
+    timeout: &mut i64,
+) -> bool {
     let mut progress = false;
     for node in list {
         if node.deleted.get() || node.in_poll_ready.get() {
@@ -333,4 +337,62 @@ fn push_poll_ready(ready: &mut Vec<Ready>, node: &Rc<HandlerNode>) {
         revents: 0,
         poll_ready: true,
     });
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use crate::time::Clock;
+    use crate::AioContext;
+
+    use super::super::bh::IDLE_BH_TIMEOUT_NS;
+
+    /// Scheduling notifies, so to see the wait bound we accept the notification by hand, as an iteration
+    /// that raced with the schedule would have.
+    #[test]
+    fn idle_bh_bounds_the_wait_to_10ms() {
+        let ctx = AioContext::new().unwrap();
+        let inner = &ctx.inner;
+        assert_eq!(inner.compute_timeout(), -1, "nothing to do: sleep forever");
+        let bh = ctx.bh(|| {});
+        bh.schedule_idle();
+        assert_eq!(inner.compute_timeout(), IDLE_BH_TIMEOUT_NS);
+        let timer = ctx.timer(Clock::Realtime, || {});
+        timer.arm_after(Duration::from_millis(3));
+        let t = inner.compute_timeout();
+        assert!(t > 0 && t <= 3_000_000, "the nearer timer wins: {t}");
+        bh.schedule();
+        assert_eq!(inner.compute_timeout(), 0, "a non-idle BH means no wait");
+        bh.cancel();
+        timer.cancel();
+        assert_eq!(
+            inner.compute_timeout(),
+            -1,
+            "a cancelled BH does not bound the wait"
+        );
+
+        bh.schedule_idle();
+        inner.shared.notify_state.accept();
+        let start = std::time::Instant::now();
+        assert!(!ctx.poll(true), "idle BHs are not progress");
+        assert!(
+            start.elapsed() >= Duration::from_millis(10),
+            "slept {:?}",
+            start.elapsed()
+        );
+        assert!(!bh.is_scheduled(), "and it ran");
+    }
+
+    #[test]
+    fn paused_virtual_clock_does_not_bound_the_wait() {
+        let ctx = AioContext::new().unwrap();
+        let clock = ctx.virtual_clock();
+        clock.pause();
+        let timer = ctx.timer(Clock::Virtual, || {});
+        timer.arm_ns(clock.now_ns() + 1_000);
+        assert_eq!(ctx.inner.compute_timeout(), -1);
+        clock.advance(Duration::from_micros(1));
+        assert_eq!(ctx.inner.compute_timeout(), 0);
+    }
 }

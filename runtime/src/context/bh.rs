@@ -90,7 +90,8 @@ impl Bh {
         }
     }
 
-    /// Schedules the BH to run at the next iteration (QEMU's `qemu_bh_schedule`); wakes the loop.
+    /// Schedules the BH to run at the next iteration (QEMU's `qemu_bh_schedule`); wakes the loop. A BH
+    /// pending as idle work becomes normal work.
     pub fn schedule(&self) {
         schedule(&self.shared, &self.node, SCHEDULED);
     }
@@ -173,6 +174,12 @@ impl RemoteBh {
 }
 
 fn schedule(shared: &Shared, node: &Arc<Node>, flags: u32) {
+    // Unlike QEMU, a plain schedule of a BH that is pending as idle makes it normal work again: whoever
+    // asks for it now should not be made to wait up to 10 ms. (IDLE is only a hint; a race here at worst
+    // lets the BH run as idle work once.)
+    if flags & (SCHEDULED | IDLE) == SCHEDULED && node.flags() & IDLE != 0 {
+        node.clear(IDLE);
+    }
     if shared.bhs.enqueue(node, flags) {
         shared.notify();
     }
@@ -331,4 +338,3 @@ impl Inner {
         drop(pending);
     }
 }
-

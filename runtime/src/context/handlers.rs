@@ -118,13 +118,16 @@ impl FdHandlers {
     }
 }
 
+/// A poll function and the callback run when it finds work.
+pub(crate) type PollPair = (Rc<dyn Fn() -> bool>, Rc<dyn Fn()>);
+
 /// A registered handler as the loop sees it. Immutable but for the cells.
 pub(crate) struct HandlerNode {
     pub(crate) fd: RawFd,
     pub(crate) read: Option<Rc<dyn Fn()>>,
     pub(crate) write: Option<Rc<dyn Fn()>>,
     /// `poll` and `poll_ready` together, or neither.
-    pub(crate) poll: Option<(Rc<dyn Fn() -> bool>, Rc<dyn Fn()>)>,
+    pub(crate) poll: Option<PollPair>,
     pub(crate) poll_begin: Option<Rc<dyn Fn()>>,
     pub(crate) poll_end: Option<Rc<dyn Fn()>>,
     /// The context's own notifier: its activity is never progress.
@@ -292,7 +295,9 @@ impl Inner {
             ));
         };
         let node = Rc::new(HandlerNode::new(old.fd, handlers, old.is_ctx_notifier));
-        self.monitor.borrow_mut().set(old.fd, token, node.events())?;
+        self.monitor
+            .borrow_mut()
+            .set(old.fd, token, node.events())?;
         old.deleted.set(true);
         let key = (token & u64::from(u32::MAX)) as usize;
         reg.slots[key].node = Rc::clone(&node);
@@ -345,7 +350,9 @@ pub struct FdRegistration {
 
 impl fmt::Debug for FdRegistration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FdRegistration").field("fd", &self.fd).finish()
+        f.debug_struct("FdRegistration")
+            .field("fd", &self.fd)
+            .finish()
     }
 }
 

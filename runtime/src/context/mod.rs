@@ -316,9 +316,9 @@ impl AioContext {
         poll: Option<Box<dyn Fn() -> bool>>,
     ) -> io::Result<FdRegistration> {
         let fd = handlers::notifier_fd(notifier);
-        let token = self
-            .inner
-            .add_handler(fd, handlers::notifier_handlers(on_read, poll), false)?;
+        let token =
+            self.inner
+                .add_handler(fd, handlers::notifier_handlers(on_read, poll), false)?;
         Ok(FdRegistration::new(
             &self.inner,
             token,

@@ -96,7 +96,7 @@ mod tests {
         let mut w = 0;
         let mut seen = vec![];
         for _ in 0..6 {
-            w = P.adjust_window(w, 30_000);
+            w = P.adjust_window(w, 32_500);
             seen.push(w);
         }
         assert_eq!(seen, [4_000, 8_000, 16_000, 32_000, 32_768, 32_768]);
@@ -132,7 +132,13 @@ mod tests {
 
     #[test]
     fn out_of_range_params_are_an_error() {
-        let bad = PollParams { max_ns: u64::MAX, ..P };
-        assert_eq!(bad.validate().unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        let bad = PollParams {
+            max_ns: u64::MAX,
+            ..P
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
     }
 }

@@ -68,8 +68,10 @@ pub(crate) struct Counter(AtomicU64);
 impl Counter {
     /// Adds `n`. Home thread only: the load and store are not one atomic step.
     pub(crate) fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     pub(crate) fn bump(&self) {

@@ -54,7 +54,11 @@ impl EpollMonitor {
     fn epoll_wait(&mut self, timeout_ns: i64) -> libc::c_int {
         if self.have_pwait2 {
             let ts = sys::timespec_from_ns(timeout_ns.max(0));
-            let ts_ptr = if timeout_ns < 0 { ptr::null() } else { &ts as *const _ };
+            let ts_ptr = if timeout_ns < 0 {
+                ptr::null()
+            } else {
+                &ts as *const _
+            };
             // SAFETY: the events buffer holds MAX_EVENTS entries the kernel may write; the timespec lives on
             // our stack for the call; a null sigmask means "do not change it" (sigsetsize is then unused).
             let ret = unsafe {

@@ -38,7 +38,10 @@ impl MonitorOps for PollMonitor {
 
     fn modify(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
         let &i = self.index.get(&fd).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("fd {fd} is not registered"))
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("fd {fd} is not registered"),
+            )
         })?;
         self.pollfds[i].events = events as libc::c_short;
         self.tokens[i] = token;
@@ -58,7 +61,11 @@ impl MonitorOps for PollMonitor {
 
     fn wait(&mut self, timeout_ns: i64, out: &mut Vec<Event>) -> io::Result<()> {
         let ts = sys::timespec_from_ns(timeout_ns.max(0));
-        let ts_ptr = if timeout_ns < 0 { ptr::null() } else { &ts as *const _ };
+        let ts_ptr = if timeout_ns < 0 {
+            ptr::null()
+        } else {
+            &ts as *const _
+        };
         // SAFETY: `pollfds` is a live, correctly sized array of pollfd that ppoll may write revents into;
         // the timespec (if any) lives on our stack for the call; no signal mask is passed.
         let n = unsafe {

@@ -18,8 +18,8 @@ use std::time::Duration;
 use crate::context::Shared;
 use crate::sys;
 
-pub use timer::{Timer, TimerHandle};
 pub(crate) use timer::TimerLists;
+pub use timer::{Timer, TimerHandle};
 
 /// The clock a timer's deadline is measured on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

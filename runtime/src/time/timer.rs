@@ -268,7 +268,9 @@ impl std::ops::Deref for Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        let callback = self.handle.with(|_, t| t.remove(self.handle.key, self.handle.id));
+        let callback = self
+            .handle
+            .with(|_, t| t.remove(self.handle.key, self.handle.id));
         // Dropped here, after the borrow ended: the closure may own other timers.
         drop(callback);
     }
