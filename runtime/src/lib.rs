@@ -56,3 +56,8 @@ pub use context::{
     Stats,
 };
 pub use notifier::EventNotifier;
+
+/// The README's code runs as a doctest, so the tour cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
