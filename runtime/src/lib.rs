@@ -53,8 +53,11 @@ mod loom_models;
 
 pub use context::{
     AioContext, Backend, Bh, Builder, FdHandlers, FdRegistration, PollParams, Remote, RemoteBh,
-    Stats,
+    SqeCompletion, Stats,
 };
+/// The `io-uring` crate aioctx builds on, re-exported so that SQEs for
+/// [`AioContext::add_sqe`] come from the same version.
+pub use io_uring;
 pub use notifier::EventNotifier;
 
 /// The README's code runs as a doctest, so the tour cannot rot.

@@ -4,7 +4,7 @@
 use aioctx::{AioContext, Backend};
 
 /// The backends every loop-level test runs on.
-pub const BACKENDS: [Backend; 2] = [Backend::Poll, Backend::Epoll];
+pub const BACKENDS: [Backend; 3] = [Backend::IoUring, Backend::Poll, Backend::Epoll];
 
 /// A context forced onto `backend`, panicking with a clear message if it cannot be created.
 pub fn context(backend: Backend) -> AioContext {
@@ -21,7 +21,7 @@ pub fn context(backend: Backend) -> AioContext {
 /// ```ignore
 /// per_backend! { fn bh_runs_once(backend) { let ctx = tests::context(backend); ... } }
 /// ```
-/// expands to a module `bh_runs_once` with tests `poll` and `epoll`.
+/// expands to a module `bh_runs_once` with tests `poll`, `epoll` and `io_uring`.
 #[macro_export]
 macro_rules! per_backend {
     ($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block $($rest:tt)*) => {
@@ -40,6 +40,11 @@ macro_rules! per_backend {
             #[test]
             fn epoll() {
                 run(aioctx::Backend::Epoll)
+            }
+
+            #[test]
+            fn io_uring() {
+                run(aioctx::Backend::IoUring)
             }
         }
         $crate::per_backend! { $($rest)* }

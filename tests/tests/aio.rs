@@ -598,3 +598,8 @@ fn nested_aio_poll_poll() {
 fn nested_aio_poll_epoll() {
     nested_poll_does_not_reenter_poll_ready(aioctx::Backend::Epoll);
 }
+
+#[test]
+fn nested_aio_poll_io_uring() {
+    nested_poll_does_not_reenter_poll_ready(aioctx::Backend::IoUring);
+}

@@ -204,3 +204,18 @@ fn oneshots_epoll() {
 fn oneshots_poll_polling() {
     oneshots(Backend::Poll, true);
 }
+
+#[test]
+fn repeating_bhs_io_uring() {
+    repeating_bhs(Backend::IoUring, false);
+}
+
+#[test]
+fn repeating_bhs_io_uring_polling() {
+    repeating_bhs(Backend::IoUring, true);
+}
+
+#[test]
+fn oneshots_io_uring() {
+    oneshots(Backend::IoUring, false);
+}

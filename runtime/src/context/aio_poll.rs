@@ -74,6 +74,10 @@ impl Inner {
             0
         };
 
+        // User SQE completions first (QEMU runs the monitor's CQE handlers before BHs).
+        let mut completions = std::mem::take(&mut *self.completions_buf.borrow_mut());
+        progress |= self.dispatch_completions(&mut completions);
+        *self.completions_buf.borrow_mut() = completions;
         progress |= self.bh_poll();
         progress |= self.dispatch_ready(&mut ready, block_ns);
         self.ready_pool.borrow_mut().push(ready);
@@ -83,7 +87,7 @@ impl Inner {
 
     /// Busy-polling is impossible while a handler lacks a poll function or the monitor has work queued.
     fn need_wait(&self) -> bool {
-        self.handlers.borrow().poll_disabled() || self.monitor.borrow().need_wait()
+        self.handlers.borrow().poll_disabled() || self.monitor.borrow_mut().need_wait()
     }
 
     /// QEMU's `aio_compute_timeout`.
@@ -138,6 +142,10 @@ impl Inner {
         }
         let widest = list.iter().map(|n| n.window_ns.get()).max().unwrap_or(0);
         let max_ns = soonest(*timeout, widest);
+        if max_ns > 0 {
+            // Queued submissions go out now, so that polling never holds them back.
+            self.monitor.borrow_mut().submit_pending();
+        }
         if max_ns > 0 && !self.need_wait() {
             self.poll_set_started(ready, true);
             return self.run_poll_handlers(&list, ready, max_ns, timeout);
@@ -212,7 +220,10 @@ impl Inner {
     }
 
     /// Waits in the fd monitor and turns its events into ready entries.
-    fn wait(&self, timeout: i64, ready: &mut Vec<Ready>) {
+    fn wait(&self, mut timeout: i64, ready: &mut Vec<Ready>) {
+        if timeout != 0 && self.monitor.borrow_mut().completions_ready() {
+            timeout = 0;
+        }
         if timeout != 0 {
             self.shared.stats.blocking_waits.bump();
         }
@@ -222,7 +233,8 @@ impl Inner {
             let mut monitor = self.monitor.borrow_mut();
             // Errors other than EINTR (which the monitors absorb) cannot happen with valid arguments;
             // there is nobody to report them to from here, and the next iteration simply waits again.
-            let _ = monitor.wait(timeout, &mut events);
+            let mut completions = self.completions_buf.borrow_mut();
+            let _ = monitor.wait(timeout, &mut events, &mut completions);
         }
         if !events.is_empty() {
             let handlers = self.handlers.borrow();

@@ -9,11 +9,13 @@ use crate::PollParams;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Backend {
     /// The best the kernel offers, unless the `AIOCTX_BACKEND` environment variable (`poll`, `epoll` or
-    /// `io_uring`) names one. Today that is epoll; io_uring becomes the default once its monitor lands.
+    /// `io_uring`) names one: io_uring if the kernel allows it (setup works and the opcodes the monitor
+    /// needs are there), else epoll when the kernel refuses (`ENOSYS`, `EPERM` from seccomp or
+    /// `kernel.io_uring_disabled`, `ENOMEM` from `RLIMIT_MEMLOCK`). [`AioContext::backend`] tells which.
     #[default]
     Auto,
-    /// io_uring: fd readiness, timeouts and block I/O on one ring. Not available in this build yet:
-    /// forcing it is an `Unsupported` error.
+    /// io_uring: fd readiness, timeouts and user SQEs on one ring per context. Forcing it where the kernel
+    /// refuses io_uring is an error that says why.
     IoUring,
     /// epoll with `epoll_pwait2` nanosecond timeouts. Falls back to poll for fds epoll cannot watch
     /// (regular files), unless forced with [`Builder::backend`].
@@ -44,13 +46,10 @@ impl Backend {
                 let backend = Backend::from_name(&name).map_err(|e| {
                     io::Error::new(e.kind(), format!("AIOCTX_BACKEND={name:?}: {e}"))
                 })?;
-                match backend {
-                    Backend::Auto => Ok((Backend::Epoll, false)),
-                    // Naming a backend in the environment forces it, like naming it in code.
-                    other => Ok((other, true)),
-                }
+                // Naming a backend in the environment forces it, like naming it in code.
+                Ok((backend, backend != Backend::Auto))
             }
-            _ => Ok((Backend::Epoll, false)),
+            _ => Ok((Backend::Auto, false)),
         }
     }
 }
@@ -69,11 +68,26 @@ impl Backend {
 /// assert_eq!(ctx.poll_params().max_ns, 32_768);
 /// # Ok::<(), std::io::Error>(())
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 #[must_use = "a Builder does nothing until .build() is called"]
 pub struct Builder {
     pub(crate) backend: Backend,
     pub(crate) poll: PollParams,
+    pub(crate) ring_entries: u32,
+    pub(crate) max_batch: usize,
+    pub(crate) simulate_uring_errno: Option<i32>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Auto,
+            poll: PollParams::default(),
+            ring_entries: crate::fdmon::io_uring::DEFAULT_ENTRIES,
+            max_batch: 0,
+            simulate_uring_errno: None,
+        }
+    }
 }
 
 impl Builder {
@@ -106,6 +120,28 @@ impl Builder {
         self
     }
 
+    /// The io_uring submission queue size (rounded up to a power of two by the kernel; the completion
+    /// queue is twice as large). Default 128, as in QEMU. More SQEs than this may be queued: the loop
+    /// submits early when the SQ fills.
+    pub fn ring_entries(mut self, entries: u32) -> Self {
+        self.ring_entries = entries;
+        self
+    }
+
+    /// Submits user SQEs early once this many are queued (QEMU's `aio-max-batch`); 0, the default, means
+    /// they go out at the next wait or when the SQ is full.
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch;
+        self
+    }
+
+    /// Fault injection: behave as if io_uring setup failed with `errno` (e.g. `libc::EPERM` as a seccomp
+    /// filter would make it). `Backend::Auto` then falls back to epoll; a forced `Backend::IoUring` fails.
+    pub fn simulate_io_uring_unavailable(mut self, errno: i32) -> Self {
+        self.simulate_uring_errno = Some(errno);
+        self
+    }
+
     /// All polling parameters at once.
     pub fn poll_params(mut self, params: PollParams) -> Self {
         self.poll = params;
@@ -114,8 +150,9 @@ impl Builder {
 
     /// Creates the context on the calling thread, which becomes its home thread.
     ///
-    /// Errors: an invalid `AIOCTX_BACKEND` or poll parameters (`InvalidInput`), a backend the kernel or
-    /// this build does not offer (`Unsupported`), or running out of file descriptors (`EMFILE`).
+    /// Errors: an invalid `AIOCTX_BACKEND`, ring size or poll parameters (`InvalidInput`), a forced
+    /// backend the kernel refuses (io_uring: the error says why), or running out of file descriptors
+    /// (`EMFILE`).
     pub fn build(self) -> io::Result<AioContext> {
         AioContext::from_builder(self)
     }

@@ -14,6 +14,7 @@ pub(crate) mod notify;
 mod polling;
 mod remote;
 mod stats;
+mod uring;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -32,8 +33,10 @@ pub use handlers::{FdHandlers, FdRegistration};
 pub use polling::PollParams;
 pub use remote::Remote;
 pub use stats::Stats;
+pub(crate) use stats::UringCounters;
+pub use uring::SqeCompletion;
 
-use crate::fdmon::FdMonitor;
+use crate::fdmon::{FdMonitor, MonitorConfig};
 use crate::time::{Clock, Timer, TimerLists, VirtualClock};
 use crate::{sys, EventNotifier};
 
@@ -90,6 +93,10 @@ pub(crate) struct Inner {
     /// The fd monitor's output buffer, reused across iterations.
     pub(crate) events_buf: RefCell<Vec<crate::fdmon::Event>>,
     pub(crate) notifier_token: Cell<Option<u64>>,
+    /// Completion callbacks of user SQEs in flight, keyed by the slot in their `user_data`.
+    pub(crate) sqe_callbacks: RefCell<Slab<uring::SqeCallback>>,
+    /// The fd monitor's user-completion buffer, reused across iterations.
+    pub(crate) completions_buf: RefCell<Vec<crate::fdmon::Completion>>,
 }
 
 /// A QEMU-style event loop bound to the thread that created it (its home thread).
@@ -151,14 +158,31 @@ impl AioContext {
             Backend::Auto => Backend::resolve_auto()?,
             other => (other, true),
         };
+        if b.ring_entries == 0 || b.ring_entries > 32_768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "io_uring ring size {} out of range 1..=32768",
+                    b.ring_entries
+                ),
+            ));
+        }
         let notifier = EventNotifier::new()
             .map_err(|e| sys::with_context(e, "creating the context's event notifier"))?;
-        let monitor = FdMonitor::new(backend, forced)?;
+        let counters = stats::Counters::default();
+        let monitor = FdMonitor::new(&MonitorConfig {
+            backend,
+            forced,
+            ring_entries: b.ring_entries,
+            max_batch: b.max_batch,
+            simulate_uring_errno: b.simulate_uring_errno,
+            uring_stats: Arc::clone(&counters.uring),
+        })?;
         let shared = Arc::new(Shared {
             notify_state: notify::NotifyState::new(),
             notifier,
             bhs: bh_list::BhList::new(),
-            stats: stats::Counters::default(),
+            stats: counters,
             closed: AtomicBool::new(false),
         });
         let inner = Rc::new(Inner {
@@ -174,6 +198,8 @@ impl AioContext {
             ready_pool: RefCell::default(),
             events_buf: RefCell::default(),
             notifier_token: Cell::new(None),
+            sqe_callbacks: RefCell::default(),
+            completions_buf: RefCell::default(),
         });
         let notify_token = inner.add_handler(
             inner.shared.notifier.as_raw_fd(),
@@ -348,6 +374,11 @@ impl Drop for AioContext {
     fn drop(&mut self) {
         let inner = &self.inner;
         inner.shared.closed.store(true, Ordering::Release);
+        // First let the kernel finish (or cancel) every user SQE: their memory is owned by callbacks.
+        let cancelled = inner.monitor.borrow_mut().cancel_user_ops();
+        drop(cancelled);
+        let sqe_callbacks = std::mem::take(&mut *inner.sqe_callbacks.borrow_mut());
+        drop(sqe_callbacks);
         // Take everything out first and drop it after the borrows end: user closures may own
         // registrations, timers and BHs of this context whose own drops come back here.
         let handlers = inner.handlers.borrow_mut().drain();

@@ -36,6 +36,14 @@ pub struct Stats {
     pub handlers_dispatched: u64,
     /// Timer callbacks run.
     pub timers_fired: u64,
+    /// io_uring monitor: `io_uring_enter` calls (submissions and waits).
+    pub uring_enters: u64,
+    /// io_uring monitor: SQEs the kernel accepted (fd polls, removals and user SQEs).
+    pub sqes_submitted: u64,
+    /// io_uring monitor: CQEs reaped.
+    pub cqes_reaped: u64,
+    /// io_uring monitor: userspace peeks at the completion ring that found completions (no syscall).
+    pub cq_peek_hits: u64,
 }
 
 /// The live counters. Home-thread counters are bumped with a plain load and store (there is one writer, so
@@ -51,7 +59,17 @@ pub(crate) struct Counters {
     pub(crate) bhs_run: Counter,
     pub(crate) handlers_dispatched: Counter,
     pub(crate) timers_fired: Counter,
+    pub(crate) uring: std::sync::Arc<UringCounters>,
     pub(crate) remote: RemoteCounters,
+}
+
+/// The io_uring monitor's counters (home thread writes, any thread reads).
+#[derive(Debug, Default)]
+pub(crate) struct UringCounters {
+    pub(crate) enters: Counter,
+    pub(crate) sqes_submitted: Counter,
+    pub(crate) cqes_reaped: Counter,
+    pub(crate) cq_peek_hits: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +114,10 @@ impl Counters {
             bhs_run: self.bhs_run.get(),
             handlers_dispatched: self.handlers_dispatched.get(),
             timers_fired: self.timers_fired.get(),
+            uring_enters: self.uring.enters.get(),
+            sqes_submitted: self.uring.sqes_submitted.get(),
+            cqes_reaped: self.uring.cqes_reaped.get(),
+            cq_peek_hits: self.uring.cq_peek_hits.get(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
-use super::{Event, MonitorOps};
+use super::{Completion, Event, MonitorOps};
 use crate::{sys, Backend};
 
 /// Events collected per wait (QEMU uses 128 as well); more stay queued in the kernel for the next wait.
@@ -119,7 +119,12 @@ impl MonitorOps for EpollMonitor {
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
     }
 
-    fn wait(&mut self, timeout_ns: i64, out: &mut Vec<Event>) -> io::Result<()> {
+    fn wait(
+        &mut self,
+        timeout_ns: i64,
+        out: &mut Vec<Event>,
+        _completions: &mut Vec<Completion>,
+    ) -> io::Result<()> {
         let n = self.epoll_wait(timeout_ns);
         if n < 0 {
             let err = io::Error::last_os_error();

@@ -7,12 +7,17 @@
 //! the user forced the epoll backend, in which case the registration fails with that error instead.
 
 mod epoll;
+pub(crate) mod io_uring;
 mod poll;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
+use ::io_uring::squeue;
+
+use crate::context::UringCounters;
 use crate::Backend;
 
 /// Interest and readiness bits. They are the poll(2) values, which epoll shares on Linux.
@@ -34,6 +39,27 @@ pub(crate) struct Event {
     pub(crate) revents: u32,
 }
 
+/// A user SQE's completion: the callback slot it belongs to and the CQE's result and flags.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Completion {
+    pub(crate) key: usize,
+    pub(crate) result: i32,
+    pub(crate) flags: u32,
+}
+
+/// How to build a monitor.
+#[derive(Clone, Debug)]
+pub(crate) struct MonitorConfig {
+    pub(crate) backend: Backend,
+    /// The user named this backend: no fallback, no switching.
+    pub(crate) forced: bool,
+    pub(crate) ring_entries: u32,
+    pub(crate) max_batch: usize,
+    /// Fault injection: pretend io_uring setup failed with this errno.
+    pub(crate) simulate_uring_errno: Option<i32>,
+    pub(crate) uring_stats: Arc<UringCounters>,
+}
+
 /// What every fd monitor provides.
 pub(crate) trait MonitorOps {
     /// Starts watching `fd` for `events` (a non-empty mix of IN and OUT).
@@ -42,11 +68,37 @@ pub(crate) trait MonitorOps {
     fn modify(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()>;
     /// Stops watching `fd`. Best effort: the fd may already be closed.
     fn remove(&mut self, fd: RawFd);
-    /// Sleeps up to `timeout_ns` (-1: forever, 0: just check) and appends ready fds to `out`.
-    fn wait(&mut self, timeout_ns: i64, out: &mut Vec<Event>) -> io::Result<()>;
+    /// Sleeps up to `timeout_ns` (-1: forever, 0: just check) and appends ready fds to `out` and user SQE
+    /// completions to `completions`.
+    fn wait(
+        &mut self,
+        timeout_ns: i64,
+        out: &mut Vec<Event>,
+        completions: &mut Vec<Completion>,
+    ) -> io::Result<()>;
     /// Whether the monitor has work that forbids userspace polling (io_uring: queued SQEs or ready CQEs).
-    fn need_wait(&self) -> bool {
+    fn need_wait(&mut self) -> bool {
         false
+    }
+    /// Whether completions are waiting to be reaped (so a wait must not sleep).
+    fn completions_ready(&mut self) -> bool {
+        false
+    }
+    /// Hands queued submissions to the kernel without waiting (before the loop busy-polls).
+    fn submit_pending(&mut self) {}
+    /// Queues a user SQE whose `user_data` the caller already set.
+    fn push_sqe(&mut self, _sqe: squeue::Entry) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "user SQEs need the io_uring backend; this context uses {:?}",
+                self.backend()
+            ),
+        ))
+    }
+    /// Teardown: cancels user SQEs in flight and waits for their completions.
+    fn cancel_user_ops(&mut self) -> Vec<Completion> {
+        Vec::new()
     }
     fn backend(&self) -> Backend;
 }
@@ -68,31 +120,58 @@ pub(crate) struct FdMonitor {
 }
 
 impl FdMonitor {
-    /// Creates the monitor for a resolved backend (never `Auto`).
-    pub(crate) fn new(backend: Backend, forced: bool) -> io::Result<Self> {
-        let ops: Box<dyn MonitorOps> = match backend {
+    /// Creates the monitor. `Auto` tries io_uring and falls back to epoll when the kernel refuses it.
+    pub(crate) fn new(config: &MonitorConfig) -> io::Result<Self> {
+        let ops: Box<dyn MonitorOps> = match config.backend {
             Backend::Poll => Box::new(poll::PollMonitor::new()),
             Backend::Epoll => Box::new(epoll::EpollMonitor::new()?),
-            Backend::Auto | Backend::IoUring => {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("fd monitor {backend:?} is not available in this build"),
-                ))
-            }
+            Backend::IoUring => Box::new(Self::uring(config)?),
+            Backend::Auto => match Self::uring(config) {
+                Ok(uring) => Box::new(uring),
+                Err(_) => Box::new(epoll::EpollMonitor::new()?),
+            },
         };
         Ok(Self {
             ops,
             fds: BTreeMap::new(),
-            forced,
+            forced: config.forced,
             epoll_refused: false,
         })
+    }
+
+    fn uring(config: &MonitorConfig) -> io::Result<io_uring::UringMonitor> {
+        if let Some(errno) = config.simulate_uring_errno {
+            return Err(io_uring::unavailable(io::Error::from_raw_os_error(errno)));
+        }
+        io_uring::UringMonitor::new(
+            config.ring_entries,
+            config.max_batch,
+            Arc::clone(&config.uring_stats),
+        )
+    }
+
+    pub(crate) fn completions_ready(&mut self) -> bool {
+        self.ops.completions_ready()
+    }
+
+    pub(crate) fn submit_pending(&mut self) {
+        self.ops.submit_pending();
+    }
+
+    pub(crate) fn push_sqe(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        self.ops.push_sqe(sqe)
+    }
+
+    /// Teardown: see [`io_uring::UringMonitor::cancel_user_ops`].
+    pub(crate) fn cancel_user_ops(&mut self) -> Vec<Completion> {
+        self.ops.cancel_user_ops()
     }
 
     pub(crate) fn backend(&self) -> Backend {
         self.ops.backend()
     }
 
-    pub(crate) fn need_wait(&self) -> bool {
+    pub(crate) fn need_wait(&mut self) -> bool {
         self.ops.need_wait()
     }
 
@@ -121,8 +200,13 @@ impl FdMonitor {
         }
     }
 
-    pub(crate) fn wait(&mut self, timeout_ns: i64, out: &mut Vec<Event>) -> io::Result<()> {
-        self.ops.wait(timeout_ns, out)
+    pub(crate) fn wait(
+        &mut self,
+        timeout_ns: i64,
+        out: &mut Vec<Event>,
+        completions: &mut Vec<Completion>,
+    ) -> io::Result<()> {
+        self.ops.wait(timeout_ns, out, completions)
     }
 
     fn add_with_fallback(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {

@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::ptr;
 
-use super::{bits, Event, MonitorOps};
+use super::{bits, Completion, Event, MonitorOps};
 use crate::{sys, Backend};
 
 pub(crate) struct PollMonitor {
@@ -59,7 +59,12 @@ impl MonitorOps for PollMonitor {
         }
     }
 
-    fn wait(&mut self, timeout_ns: i64, out: &mut Vec<Event>) -> io::Result<()> {
+    fn wait(
+        &mut self,
+        timeout_ns: i64,
+        out: &mut Vec<Event>,
+        _completions: &mut Vec<Completion>,
+    ) -> io::Result<()> {
         let ts = sys::timespec_from_ns(timeout_ns.max(0));
         let ts_ptr = if timeout_ns < 0 {
             ptr::null()

@@ -1,0 +1,390 @@
+//! The io_uring monitor (QEMU's fdmon-io_uring.c): fd readiness, the wait's timeout and user SQEs on one
+//! ring per context.
+//!
+//! - **Readiness**: each watched fd has one one-shot `POLL_ADD` in flight, re-armed as soon as its
+//!   completion is reaped. A handler that does not consume its fd is reported again at the next wait, so
+//!   the level-triggered contract of the other monitors holds. (Multishot polls are edge-triggered.)
+//! - **Changes are queued**: adding, changing and removing fds only queues SQEs; they go to the kernel
+//!   with the next `io_uring_enter`. Removal queues a `POLL_REMOVE`, and the poll slot is freed only when
+//!   the `POLL_ADD` itself completes (usually with `-ECANCELED`), so a late completion can never be taken
+//!   for a newer registration of the same fd.
+//! - **One syscall per wait**: the wait is a single `io_uring_enter` that submits everything queued and
+//!   waits for one completion with the nanosecond timeout passed as an extended argument
+//!   (`IORING_ENTER_EXT_ARG`, Linux 5.11).
+//! - **need_wait**: the loop may busy-poll only while no completion is ready; checking the CQ is two loads
+//!   of shared memory, no syscall. Queued SQEs are submitted (without waiting) before polling starts, so
+//!   polling never holds back a submission.
+//! - **User SQEs** (QEMU's `aio_add_sqe`): code running in the context queues its own SQE with a completion
+//!   callback. Those go out at the next wait, or earlier when the SQ is full or `max_batch` SQEs are
+//!   queued; their completions are handed to the loop, which runs the callbacks first in dispatch.
+//!
+//! ## Buffer lifetimes
+//!
+//! An SQE may point at memory the kernel reads or writes until the matching CQE is posted, whatever
+//! happens in userspace meanwhile. This module never owns such memory: it only carries `user_data`. The
+//! contract of [`AioContext::add_sqe`](crate::AioContext::add_sqe) puts the memory in the completion
+//! callback's keeping (or in memory the caller otherwise keeps alive), and the loop drops a callback only
+//! after its CQE was reaped. The one place where that could break is teardown: dropping the ring while
+//! operations are in flight would let the kernel finish them into freed memory. So before the context
+//! drops its callbacks it calls `cancel_user_ops`, which submits an `ASYNC_CANCEL` for
+//! every user operation still in flight and waits until each has posted its CQE (cancelled or done).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use slab::Slab;
+
+use super::{bits, Completion, Event, MonitorOps};
+use crate::context::UringCounters;
+use crate::{sys, Backend};
+
+/// Kinds of operation, in the top byte of `user_data`.
+const KIND_SHIFT: u32 = 56;
+const KIND_POLL: u64 = 1;
+const KIND_POLL_REMOVE: u64 = 2;
+const KIND_USER: u64 = 3;
+const KIND_CANCEL: u64 = 4;
+const INDEX_MASK: u64 = (1 << KIND_SHIFT) - 1;
+
+fn user_data(kind: u64, index: u64) -> u64 {
+    (kind << KIND_SHIFT) | (index & INDEX_MASK)
+}
+
+/// The `user_data` the monitor puts on a user SQE for callback slot `key`.
+pub(crate) fn user_sqe_data(key: usize) -> u64 {
+    user_data(KIND_USER, key as u64)
+}
+
+/// The default ring size (QEMU uses 128 as well). The CQ is twice as large.
+pub(crate) const DEFAULT_ENTRIES: u32 = 128;
+
+struct PollSlot {
+    fd: RawFd,
+    token: u64,
+    events: u32,
+    /// A POLL_REMOVE was queued; free the slot when the POLL_ADD completes.
+    removed: bool,
+}
+
+pub(crate) struct UringMonitor {
+    ring: IoUring,
+    polls: Slab<PollSlot>,
+    by_fd: HashMap<RawFd, usize>,
+    /// SQEs that did not fit in the SQ; they go first at the next submission.
+    backlog: VecDeque<squeue::Entry>,
+    /// User operations whose CQE has not arrived yet.
+    user_inflight: HashSet<u64>,
+    /// User SQEs queued since the last submission, for `max_batch`.
+    user_queued: usize,
+    max_batch: usize,
+    /// Reused buffer for reaped CQEs.
+    cqes: Vec<cqueue::Entry>,
+    stats: Arc<UringCounters>,
+}
+
+/// Why io_uring cannot be used here, as an error for a forced backend (and a reason for `Auto` to fall
+/// back to epoll).
+pub(crate) fn unavailable(err: io::Error) -> io::Error {
+    let hint = match err.raw_os_error() {
+        Some(libc::ENOSYS) => "the kernel has no io_uring",
+        Some(libc::EPERM) => "io_uring is forbidden (kernel.io_uring_disabled or a seccomp filter)",
+        Some(libc::ENOMEM) => "no memory for the ring (RLIMIT_MEMLOCK?)",
+        Some(libc::EINVAL) => "the kernel lacks a feature aioctx needs",
+        _ => "io_uring setup failed",
+    };
+    sys::with_context(err, format!("io_uring unavailable: {hint}"))
+}
+
+impl UringMonitor {
+    /// Sets up a ring and checks that the kernel offers what the monitor uses.
+    pub(crate) fn new(
+        entries: u32,
+        max_batch: usize,
+        stats: Arc<UringCounters>,
+    ) -> io::Result<Self> {
+        let ring = IoUring::new(entries).map_err(unavailable)?;
+        if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
+            return Err(unavailable(io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        let mut probe = Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(unavailable)?;
+        let needed = [
+            opcode::PollAdd::CODE,
+            opcode::PollRemove::CODE,
+            opcode::AsyncCancel::CODE,
+            opcode::Nop::CODE,
+        ];
+        if !needed.iter().all(|&op| probe.is_supported(op)) {
+            return Err(unavailable(io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        Ok(Self {
+            ring,
+            polls: Slab::new(),
+            by_fd: HashMap::new(),
+            backlog: VecDeque::new(),
+            user_inflight: HashSet::new(),
+            user_queued: 0,
+            max_batch,
+            cqes: Vec::new(),
+            stats,
+        })
+    }
+
+    /// Queues an SQE, submitting early if the SQ is full; what still does not fit waits in the backlog.
+    fn queue(&mut self, sqe: squeue::Entry) {
+        if self.backlog.is_empty() {
+            // SAFETY: the entries we queue carry no pointers, or (user SQEs) pointers whose validity until
+            // completion the caller of `add_sqe` guaranteed.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                return;
+            }
+            self.submit_now();
+            // SAFETY: as above.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                return;
+            }
+        }
+        self.backlog.push_back(sqe);
+    }
+
+    /// Moves backlog entries into the SQ, submitting whenever it fills. Returns false if the kernel
+    /// refused to take more (EBUSY: too many completions pending), leaving the rest queued.
+    fn drain_backlog(&mut self) -> bool {
+        while let Some(sqe) = self.backlog.front() {
+            // SAFETY: as in `queue`.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                self.backlog.pop_front();
+                continue;
+            }
+            if !self.submit_now() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `io_uring_enter` to submit what is queued, without waiting. Returns false on EBUSY/EAGAIN.
+    fn submit_now(&mut self) -> bool {
+        self.stats.enters.bump();
+        self.user_queued = 0;
+        match self.ring.submit() {
+            Ok(n) => {
+                self.stats.sqes_submitted.add(n as u64);
+                true
+            }
+            Err(err) => !matches!(err.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)),
+        }
+    }
+
+    fn arm_poll(&mut self, key: usize) {
+        let slot = &self.polls[key];
+        let sqe = opcode::PollAdd::new(types::Fd(slot.fd), slot.events)
+            .build()
+            .user_data(user_data(KIND_POLL, key as u64));
+        self.queue(sqe);
+    }
+
+    /// Reaps every available CQE into `out` and `completions`, re-arming polls.
+    fn reap(&mut self, out: &mut Vec<Event>, completions: &mut Vec<Completion>) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion());
+        self.stats.cqes_reaped.add(cqes.len() as u64);
+        for cqe in cqes.drain(..) {
+            let ud = cqe.user_data();
+            let index = ud & INDEX_MASK;
+            match ud >> KIND_SHIFT {
+                KIND_POLL => self.poll_completed(index as usize, cqe.result(), out),
+                KIND_USER => {
+                    self.user_inflight.remove(&ud);
+                    completions.push(Completion {
+                        key: index as usize,
+                        result: cqe.result(),
+                        flags: cqe.flags(),
+                    });
+                }
+                // POLL_REMOVE and ASYNC_CANCEL results only say whether the target was still there.
+                _ => {}
+            }
+        }
+        self.cqes = cqes;
+    }
+
+    fn poll_completed(&mut self, key: usize, result: i32, out: &mut Vec<Event>) {
+        let Some(slot) = self.polls.get(key) else {
+            return;
+        };
+        if slot.removed {
+            self.polls.remove(key);
+            return;
+        }
+        if result >= 0 {
+            out.push(Event {
+                token: slot.token,
+                revents: result as u32,
+            });
+            self.arm_poll(key);
+        } else if result != -libc::ECANCELED {
+            // The fd cannot be polled (closed under us, say). Report an error once; re-arming would only
+            // fail again at once.
+            out.push(Event {
+                token: slot.token,
+                revents: bits::ERR,
+            });
+        }
+    }
+}
+
+impl MonitorOps for UringMonitor {
+    fn add(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let key = self.polls.insert(PollSlot {
+            fd,
+            token,
+            events,
+            removed: false,
+        });
+        self.by_fd.insert(fd, key);
+        self.arm_poll(key);
+        Ok(())
+    }
+
+    fn modify(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.remove(fd);
+        self.add(fd, token, events)
+    }
+
+    fn remove(&mut self, fd: RawFd) {
+        let Some(key) = self.by_fd.remove(&fd) else {
+            return;
+        };
+        self.polls[key].removed = true;
+        let sqe = opcode::PollRemove::new(user_data(KIND_POLL, key as u64))
+            .build()
+            .user_data(user_data(KIND_POLL_REMOVE, key as u64));
+        self.queue(sqe);
+    }
+
+    fn wait(
+        &mut self,
+        timeout_ns: i64,
+        out: &mut Vec<Event>,
+        completions: &mut Vec<Completion>,
+    ) -> io::Result<()> {
+        let drained = self.drain_backlog();
+        // Never sleep with completions already waiting to be reaped.
+        let timeout_ns = if self.ring.completion().is_empty() {
+            timeout_ns
+        } else {
+            0
+        };
+        let queued = !self.ring.submission().is_empty();
+        let result = if timeout_ns == 0 {
+            if queued {
+                self.stats.enters.bump();
+                self.ring.submit()
+            } else {
+                Ok(0)
+            }
+        } else if !drained {
+            // The kernel is refusing submissions until we reap; do not sleep on top of that.
+            Ok(0)
+        } else {
+            self.stats.enters.bump();
+            if timeout_ns < 0 {
+                self.ring.submit_and_wait(1)
+            } else {
+                let ts = types::Timespec::new()
+                    .sec((timeout_ns / 1_000_000_000) as u64)
+                    .nsec((timeout_ns % 1_000_000_000) as u32);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        self.user_queued = 0;
+        match result {
+            Ok(n) => self.stats.sqes_submitted.add(n as u64),
+            Err(err) => match err.raw_os_error() {
+                // Timeout, signal, or the CQ is full (reap below and go on).
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => {
+                    return Err(sys::with_context(
+                        err,
+                        "io_uring_enter in the io_uring fd monitor",
+                    ))
+                }
+            },
+        }
+        self.reap(out, completions);
+        Ok(())
+    }
+
+    fn need_wait(&mut self) -> bool {
+        if !self.backlog.is_empty() || !self.ring.submission().is_empty() {
+            return true;
+        }
+        let ready = !self.ring.completion().is_empty();
+        if ready {
+            self.stats.cq_peek_hits.bump();
+        }
+        ready
+    }
+
+    fn completions_ready(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
+    fn submit_pending(&mut self) {
+        if !self.backlog.is_empty() {
+            self.drain_backlog();
+        }
+        if !self.ring.submission().is_empty() {
+            self.submit_now();
+        }
+    }
+
+    fn push_sqe(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        let ud = sqe.get_user_data();
+        self.user_inflight.insert(ud);
+        self.queue(sqe);
+        self.user_queued += 1;
+        if self.max_batch > 0 && self.user_queued >= self.max_batch {
+            self.submit_now();
+        }
+        Ok(())
+    }
+
+    /// Cancels every user operation in flight and waits until each has completed, so that no memory
+    /// they use is released while the kernel may still touch it. Returns their completions.
+    fn cancel_user_ops(&mut self) -> Vec<Completion> {
+        let mut completions = Vec::new();
+        let mut events = Vec::new();
+        let inflight: Vec<u64> = self.user_inflight.iter().copied().collect();
+        for ud in inflight {
+            let sqe = opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(user_data(KIND_CANCEL, 0));
+            self.queue(sqe);
+        }
+        while !self.user_inflight.is_empty() || !self.backlog.is_empty() {
+            self.drain_backlog();
+            self.stats.enters.bump();
+            match self.ring.submit_and_wait(1) {
+                Ok(n) => self.stats.sqes_submitted.add(n as u64),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EBUSY)) => {}
+                // Nothing sensible is left to do; leak rather than free memory the kernel may use.
+                Err(_) => break,
+            }
+            self.reap(&mut events, &mut completions);
+        }
+        completions
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::IoUring
+    }
+}
