@@ -46,6 +46,7 @@ mod fdmon;
 mod notifier;
 mod sync;
 mod sys;
+mod task;
 pub mod time;
 
 #[cfg(all(test, loom))]
@@ -59,6 +60,7 @@ pub use context::{
 /// [`AioContext::add_sqe`] come from the same version.
 pub use io_uring;
 pub use notifier::EventNotifier;
+pub use task::{spawn, spawn_local, yield_now, JoinError, JoinHandle, YieldNow};
 
 /// The README's code runs as a doctest, so the tour cannot rot.
 #[cfg(doctest)]

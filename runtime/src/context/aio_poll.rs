@@ -13,13 +13,14 @@
 //! 7. Report whether anything made progress.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 use super::handlers::HandlerNode;
 use super::polling::soonest;
 use super::Inner;
 use crate::fdmon::{bits, Event};
 use crate::sys::monotonic_ns;
-use crate::time::Clock;
+use crate::time::{Clock, Fired};
 
 /// A handler found ready in this iteration: by the fd monitor (`revents`) and/or by its poll function.
 pub(crate) struct Ready {
@@ -82,7 +83,15 @@ impl Inner {
         progress |= self.dispatch_ready(&mut ready, block_ns);
         self.ready_pool.borrow_mut().push(ready);
         progress |= self.run_timers();
+        progress |= self.run_tasks();
         progress
+    }
+
+    /// The task step: runs the tasks that were ready when it began.
+    fn run_tasks(&self) -> bool {
+        let ran = crate::task::run_ready_tasks(&self.shared.tasks);
+        self.shared.stats.tasks_run.add(ran as u64);
+        ran > 0
     }
 
     /// Busy-polling is impossible while a handler lacks a poll function or the monitor has work queued.
@@ -92,6 +101,9 @@ impl Inner {
 
     /// QEMU's `aio_compute_timeout`.
     fn compute_timeout(&self) -> i64 {
+        if self.shared.tasks.has_ready() {
+            return 0;
+        }
         let bh = self.bh_timeout();
         if bh == Some(0) {
             return 0;
@@ -148,7 +160,10 @@ impl Inner {
         }
         if max_ns > 0 && !self.need_wait() {
             self.poll_set_started(ready, true);
-            return self.run_poll_handlers(&list, ready, max_ns, timeout);
+            self.shared.polling.store(true, Ordering::Relaxed);
+            let progress = self.run_poll_handlers(&list, ready, max_ns, timeout);
+            self.shared.polling.store(false, Ordering::Relaxed);
+            return progress;
         }
         false
     }
@@ -303,12 +318,16 @@ impl Inner {
             }
             let now = crate::time::clock_now(clock, &self.virtual_clock);
             loop {
-                let callback = self.timers.borrow_mut().pop_expired(clock, now);
-                let Some(callback) = callback else {
+                let fired = self.timers.borrow_mut().pop_expired(clock, now);
+                let Some(fired) = fired else {
                     break;
                 };
                 self.shared.stats.timers_fired.bump();
-                callback();
+                match fired {
+                    Fired::Call(callback) => callback(),
+                    Fired::Wake(waker) => waker.wake(),
+                    Fired::Nothing => {}
+                }
                 progress = true;
             }
         }

@@ -76,6 +76,7 @@ pub struct Builder {
     pub(crate) ring_entries: u32,
     pub(crate) max_batch: usize,
     pub(crate) simulate_uring_errno: Option<i32>,
+    pub(crate) start_paused: bool,
 }
 
 impl Default for Builder {
@@ -86,6 +87,7 @@ impl Default for Builder {
             ring_entries: crate::fdmon::io_uring::DEFAULT_ENTRIES,
             max_batch: 0,
             simulate_uring_errno: None,
+            start_paused: false,
         }
     }
 }
@@ -139,6 +141,15 @@ impl Builder {
     /// filter would make it). `Backend::Auto` then falls back to epoll; a forced `Backend::IoUring` fails.
     pub fn simulate_io_uring_unavailable(mut self, errno: i32) -> Self {
         self.simulate_uring_errno = Some(errno);
+        self
+    }
+
+    /// Starts with time paused, for deterministic tests (tokio's `start_paused`): the `aioctx::time`
+    /// futures run on the context's virtual clock, which starts paused, and
+    /// [`AioContext::block_on`](crate::AioContext::block_on) auto-advances it: when an iteration finds
+    /// nothing to do, virtual time jumps to the next virtual timer instead of the loop sleeping.
+    pub fn start_paused(mut self, paused: bool) -> Self {
+        self.start_paused = paused;
         self
     }
 

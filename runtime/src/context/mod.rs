@@ -8,7 +8,9 @@
 mod aio_poll;
 pub(crate) mod bh;
 pub(crate) mod bh_list;
+mod block_on;
 mod builder;
+pub(crate) mod current;
 mod handlers;
 pub(crate) mod notify;
 mod polling;
@@ -19,11 +21,13 @@ mod uring;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 
 use slab::Slab;
 
@@ -36,18 +40,30 @@ pub use stats::Stats;
 pub(crate) use stats::UringCounters;
 pub use uring::SqeCompletion;
 
+use async_task::Runnable;
+
 use crate::fdmon::{FdMonitor, MonitorConfig};
+use crate::task::queue::{thread_token, RunQueues};
+use crate::task::{JoinHandle, TaskRegistry};
 use crate::time::{Clock, Timer, TimerLists, VirtualClock};
 use crate::{sys, EventNotifier};
 
 /// The part of a context that other threads may touch.
 pub(crate) struct Shared {
+    /// A process-unique identity (futures keep it to find their context without keeping it alive).
+    pub(crate) id: u64,
+    /// The home thread's [`thread_token`](crate::task::queue::thread_token).
+    pub(crate) home: u64,
     pub(crate) notify_state: notify::NotifyState,
     /// The context's own eventfd (QEMU's `ctx->notifier`), written only when the loop may be asleep.
     pub(crate) notifier: EventNotifier,
     pub(crate) bhs: bh_list::BhList<bh::BhPayload>,
     pub(crate) stats: stats::Counters,
     pub(crate) closed: AtomicBool,
+    /// The task run queues.
+    pub(crate) tasks: RunQueues<Runnable>,
+    /// The loop is busy-polling: a home-thread wake must notify so that polling stops.
+    pub(crate) polling: AtomicBool,
 }
 
 impl fmt::Debug for Shared {
@@ -57,6 +73,26 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// The schedule function of every task of this context.
+    pub(crate) fn schedule_task(&self, runnable: Runnable) {
+        if self.closed.load(Ordering::Acquire) {
+            // The context is gone; its tasks were cancelled at teardown. This can only be a `Send` task
+            // spawned through a Remote afterwards: dropping it here cancels it.
+            drop(runnable);
+            return;
+        }
+        let on_home = thread_token() == self.home;
+        match self.tasks.push(runnable, on_home) {
+            Ok(true) => self.notify(),
+            Ok(false) => {
+                if self.polling.load(Ordering::Relaxed) {
+                    self.notify();
+                }
+            }
+            Err(runnable) => drop(runnable),
+        }
+    }
+
     /// `aio_notify`.
     pub(crate) fn notify(&self) {
         if self.notify_state.notify() {
@@ -97,6 +133,12 @@ pub(crate) struct Inner {
     pub(crate) sqe_callbacks: RefCell<Slab<uring::SqeCallback>>,
     /// The fd monitor's user-completion buffer, reused across iterations.
     pub(crate) completions_buf: RefCell<Vec<crate::fdmon::Completion>>,
+    /// Wakers of live tasks, for teardown.
+    pub(crate) tasks: RefCell<TaskRegistry>,
+    /// The clock `aioctx::time` futures use on this context: Realtime, or Virtual once time is paused.
+    pub(crate) time_clock: Cell<Clock>,
+    /// With the virtual clock paused, `block_on` jumps to the next virtual timer instead of sleeping.
+    pub(crate) auto_advance: Cell<bool>,
 }
 
 /// A QEMU-style event loop bound to the thread that created it (its home thread).
@@ -178,7 +220,13 @@ impl AioContext {
             simulate_uring_errno: b.simulate_uring_errno,
             uring_stats: Arc::clone(&counters.uring),
         })?;
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let home = thread_token();
         let shared = Arc::new(Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            home,
+            tasks: RunQueues::new(home),
+            polling: AtomicBool::new(false),
             notify_state: notify::NotifyState::new(),
             notifier,
             bhs: bh_list::BhList::new(),
@@ -200,7 +248,17 @@ impl AioContext {
             notifier_token: Cell::new(None),
             sqe_callbacks: RefCell::default(),
             completions_buf: RefCell::default(),
+            tasks: RefCell::default(),
+            time_clock: Cell::new(if b.start_paused {
+                Clock::Virtual
+            } else {
+                Clock::Realtime
+            }),
+            auto_advance: Cell::new(b.start_paused),
         });
+        if b.start_paused {
+            inner.virtual_clock.pause();
+        }
         let notify_token = inner.add_handler(
             inner.shared.notifier.as_raw_fd(),
             FdHandlers::new()
@@ -232,7 +290,25 @@ impl AioContext {
     /// A panic in a callback propagates out of `poll`; the context stays consistent and usable, and the
     /// work that had not run yet runs at the next iteration.
     pub fn poll(&self, blocking: bool) -> bool {
+        let _enter = current::enter(&self.inner);
         self.inner.aio_poll(blocking)
+    }
+
+    /// Spawns a `!Send` future as a task of this context; it runs at the task step of the coming
+    /// iterations. See [`JoinHandle`].
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let h = ctx.spawn_local(async { "hello" });
+    /// assert_eq!(ctx.block_on(h).unwrap(), "hello");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn spawn_local<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + 'static,
+        F::Output: 'static,
+    {
+        self.inner.spawn_local(future)
     }
 
     /// Wakes the loop from its current or next wait (QEMU's `aio_notify`).
@@ -370,10 +446,44 @@ impl AioContext {
     }
 }
 
+impl Inner {
+    /// Teardown: wakes every live task and drops each one's future here, on the home thread.
+    fn cancel_all_tasks(&self) {
+        let mut idle_rounds = 0;
+        loop {
+            let wakers: Vec<Waker> = self.tasks.borrow().iter().map(|(_, w)| w.clone()).collect();
+            for waker in wakers {
+                waker.wake();
+            }
+            let mut dropped = 0;
+            while let Some(runnable) = self.shared.tasks.pop_any() {
+                // Dropping a Runnable cancels its task and drops its future, here.
+                drop(runnable);
+                dropped += 1;
+            }
+            if self.tasks.borrow().is_empty() && !self.shared.tasks.has_ready() {
+                return;
+            }
+            if dropped == 0 {
+                // Another thread is between waking a task and queueing it; give it a moment, bounded.
+                idle_rounds += 1;
+                if idle_rounds > 100_000 {
+                    return;
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
 impl Drop for AioContext {
     fn drop(&mut self) {
         let inner = &self.inner;
+        let _enter = current::enter(inner);
+        // Tasks first: their futures may own registrations, timers and BHs of this context.
+        inner.cancel_all_tasks();
         inner.shared.closed.store(true, Ordering::Release);
+        inner.shared.tasks.close();
         // First let the kernel finish (or cancel) every user SQE: their memory is owned by callbacks.
         let cancelled = inner.monitor.borrow_mut().cancel_user_ops();
         drop(cancelled);

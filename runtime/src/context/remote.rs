@@ -62,6 +62,28 @@ impl Remote {
         }
     }
 
+    /// Spawns a `Send` future as a task of the context from any thread (QEMU's `aio_co_schedule`). It
+    /// runs on the context's home thread. If the context is gone, the task is cancelled at once and its
+    /// handle yields [`JoinError::Cancelled`](crate::JoinError::Cancelled).
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let remote = ctx.remote();
+    /// let handle = std::thread::spawn(move || remote.spawn(async { std::thread::current().id() }))
+    ///     .join()
+    ///     .unwrap();
+    /// let ran_on = ctx.block_on(handle).unwrap();
+    /// assert_eq!(ran_on, std::thread::current().id());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn spawn<F>(&self, future: F) -> crate::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.shared.spawn(future)
+    }
+
     /// The context's statistics, readable from any thread.
     pub fn stats(&self) -> Stats {
         self.shared.stats.snapshot()

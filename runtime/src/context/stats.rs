@@ -36,6 +36,8 @@ pub struct Stats {
     pub handlers_dispatched: u64,
     /// Timer callbacks run.
     pub timers_fired: u64,
+    /// Task polls (one per `Runnable` run in the task step).
+    pub tasks_run: u64,
     /// io_uring monitor: `io_uring_enter` calls (submissions and waits).
     pub uring_enters: u64,
     /// io_uring monitor: SQEs the kernel accepted (fd polls, removals and user SQEs).
@@ -59,6 +61,7 @@ pub(crate) struct Counters {
     pub(crate) bhs_run: Counter,
     pub(crate) handlers_dispatched: Counter,
     pub(crate) timers_fired: Counter,
+    pub(crate) tasks_run: Counter,
     pub(crate) uring: std::sync::Arc<UringCounters>,
     pub(crate) remote: RemoteCounters,
 }
@@ -114,6 +117,7 @@ impl Counters {
             bhs_run: self.bhs_run.get(),
             handlers_dispatched: self.handlers_dispatched.get(),
             timers_fired: self.timers_fired.get(),
+            tasks_run: self.tasks_run.get(),
             uring_enters: self.uring.enters.get(),
             sqes_submitted: self.uring.sqes_submitted.get(),
             cqes_reaped: self.uring.cqes_reaped.get(),

@@ -7,9 +7,19 @@
 //!   advanced by hand (QEMU_CLOCK_VIRTUAL); timers on it do not fire while it is paused.
 //!
 //! The loop sleeps exactly until the nearest deadline over all clocks, with nanosecond timeouts in the
-//! kernel (ppoll, epoll_pwait2) and a 1 ns timer slack on the loop's thread, so a 50 us timer fires within
-//! microseconds of its deadline instead of being rounded to a millisecond.
+//! kernel (ppoll, epoll_pwait2, io_uring's timespec) and a 1 ns timer slack on the loop's thread, so a
+//! 50 us timer fires within microseconds of its deadline instead of being rounded to a millisecond.
+//!
+//! Two layers use them: [`Timer`] is QEMU's callback timer; [`sleep`], [`timeout`] and [`interval`] are
+//! futures for tasks. The futures measure time on their context's *time clock*: [`Clock::Realtime`],
+//! or the virtual clock once time is [`pause`]d (or the context was built with
+//! [`Builder::start_paused`](crate::Builder::start_paused)). [`sleep_on`] picks a clock explicitly, e.g.
+//! guest time for a device timer.
 
+mod instant;
+mod interval;
+mod sleep;
+mod timeout;
 mod timer;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,7 +28,11 @@ use std::time::Duration;
 use crate::context::Shared;
 use crate::sys;
 
-pub(crate) use timer::TimerLists;
+pub use instant::Instant;
+pub use interval::{interval, interval_at, Interval, MissedTickBehavior};
+pub use sleep::{advance, pause, resume, sleep, sleep_on, sleep_until, Sleep};
+pub use timeout::{timeout, timeout_at, Elapsed, Timeout};
+pub(crate) use timer::{Fired, TimerCallback, TimerLists};
 pub use timer::{Timer, TimerHandle};
 
 /// The clock a timer's deadline is measured on.
@@ -149,6 +163,14 @@ impl VirtualClock {
             }
         });
         self.shared.notify();
+    }
+
+    /// Moves virtual time forward to `deadline_ns` if it is behind it.
+    pub(crate) fn advance_to(&self, deadline_ns: i64) {
+        let now = self.now_ns();
+        if deadline_ns > now {
+            self.advance(Duration::from_nanos((deadline_ns - now) as u64));
+        }
     }
 
     /// `(now, paused)` in one lock.

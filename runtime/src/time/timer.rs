@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::rc::{Rc, Weak};
+use std::task::Waker;
 use std::time::Duration;
 
 use slab::Slab;
@@ -15,7 +16,21 @@ struct TimerEntry {
     id: u64,
     /// `(deadline, sequence)` while armed; the sequence makes equal deadlines fire in arming order.
     armed: Option<(i64, u64)>,
-    callback: Rc<dyn Fn()>,
+    callback: TimerCallback,
+}
+
+/// What a timer does when it fires: call a callback ([`Timer`]) or wake a task (the `sleep` futures,
+/// which need no allocation of their own).
+pub(crate) enum TimerCallback {
+    Call(Rc<dyn Fn()>),
+    Wake(Option<Waker>),
+}
+
+/// A fired timer's action, taken out so that it runs with no borrow held.
+pub(crate) enum Fired {
+    Call(Rc<dyn Fn()>),
+    Wake(Waker),
+    Nothing,
 }
 
 /// Every timer of a context: a slab of entries and, per clock, the armed ones ordered by deadline.
@@ -24,7 +39,6 @@ pub(crate) struct TimerLists {
     entries: Slab<TimerEntry>,
     queues: [BTreeMap<(i64, u64), usize>; 3],
     next_seq: u64,
-    next_id: u64,
 }
 
 impl TimerLists {
@@ -34,7 +48,7 @@ impl TimerLists {
 
     /// Arms (or re-arms) a timer. Returns true if it became the earliest deadline of its clock, which
     /// means a sleeping loop must recompute its timeout.
-    fn arm(&mut self, key: usize, id: u64, deadline: i64) -> bool {
+    pub(crate) fn arm(&mut self, key: usize, id: u64, deadline: i64) -> bool {
         let seq = self.next_seq;
         self.next_seq += 1;
         let Some(entry) = self.entries.get_mut(key).filter(|e| e.id == id) else {
@@ -50,7 +64,7 @@ impl TimerLists {
         queue.first_key_value().map(|(k, _)| *k) == Some((deadline, seq))
     }
 
-    fn cancel(&mut self, key: usize, id: u64) {
+    pub(crate) fn cancel(&mut self, key: usize, id: u64) {
         if let Some(entry) = self.entry_mut(key, id) {
             if let Some(armed) = entry.armed.take() {
                 let clock = entry.clock;
@@ -59,15 +73,46 @@ impl TimerLists {
         }
     }
 
+    /// Adds a timer. Returns its slot and id.
+    pub(crate) fn insert(&mut self, clock: Clock, callback: TimerCallback) -> (usize, u64) {
+        // Ids are unique across contexts, so a handle can never mistake another context's timer for its own.
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = self.entries.insert(TimerEntry {
+            clock,
+            id,
+            armed: None,
+            callback,
+        });
+        (key, id)
+    }
+
+    /// Arms a waking timer for `deadline` and stores the waker to wake (replacing an older one). Returns
+    /// false if the entry is gone (it fired, or belongs to another timer now).
+    pub(crate) fn arm_waker(&mut self, key: usize, id: u64, deadline: i64, waker: &Waker) -> bool {
+        let Some(entry) = self.entry_mut(key, id) else {
+            return false;
+        };
+        match &mut entry.callback {
+            TimerCallback::Wake(Some(w)) if w.will_wake(waker) => {}
+            TimerCallback::Wake(slot) => *slot = Some(waker.clone()),
+            TimerCallback::Call(_) => return false,
+        }
+        if entry.armed.map(|(d, _)| d) != Some(deadline) {
+            self.arm(key, id, deadline);
+        }
+        true
+    }
+
     /// Removes a timer; the callback is returned so the caller can drop it outside any borrow.
-    fn remove(&mut self, key: usize, id: u64) -> Option<Rc<dyn Fn()>> {
+    pub(crate) fn remove(&mut self, key: usize, id: u64) -> Option<TimerCallback> {
         self.cancel(key, id);
         self.entry_mut(key, id)?;
         Some(self.entries.remove(key).callback)
     }
 
     /// Takes every callback out (context teardown).
-    pub(crate) fn drain(&mut self) -> Vec<Rc<dyn Fn()>> {
+    pub(crate) fn drain(&mut self) -> Vec<TimerCallback> {
         for q in &mut self.queues {
             q.clear();
         }
@@ -85,8 +130,8 @@ impl TimerLists {
             .map(|(&(deadline, _), _)| deadline)
     }
 
-    /// Pops the earliest timer of `clock` if it expired at `now`, disarming it, and returns its callback.
-    pub(crate) fn pop_expired(&mut self, clock: Clock, now: i64) -> Option<Rc<dyn Fn()>> {
+    /// Pops the earliest timer of `clock` if it expired at `now`, disarming it, and returns its action.
+    pub(crate) fn pop_expired(&mut self, clock: Clock, now: i64) -> Option<Fired> {
         let queue = &mut self.queues[clock.index()];
         let (&(deadline, _), _) = queue.first_key_value()?;
         if deadline > now {
@@ -95,7 +140,15 @@ impl TimerLists {
         let (_, key) = queue.pop_first()?;
         let entry = &mut self.entries[key];
         entry.armed = None;
-        Some(Rc::clone(&entry.callback))
+        Some(match &mut entry.callback {
+            TimerCallback::Call(f) => Fired::Call(Rc::clone(f)),
+            // A sleep's entry is one-shot: it goes away when it fires (its future re-inserts one if it is
+            // polled early again), so an entry whose future was dropped elsewhere cannot leak.
+            TimerCallback::Wake(_) => match self.entries.remove(key).callback {
+                TimerCallback::Wake(Some(w)) => Fired::Wake(w),
+                _ => Fired::Nothing,
+            },
+        })
     }
 }
 
@@ -233,15 +286,10 @@ pub struct Timer {
 
 impl Timer {
     pub(crate) fn new(inner: &Rc<Inner>, clock: Clock, callback: Rc<dyn Fn()>) -> Self {
-        let mut timers = inner.timers.borrow_mut();
-        let id = timers.next_id;
-        timers.next_id += 1;
-        let key = timers.entries.insert(TimerEntry {
-            clock,
-            id,
-            armed: None,
-            callback,
-        });
+        let (key, id) = inner
+            .timers
+            .borrow_mut()
+            .insert(clock, TimerCallback::Call(callback));
         Timer {
             handle: TimerHandle {
                 ctx: Rc::downgrade(inner),

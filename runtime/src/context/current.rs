@@ -1,0 +1,45 @@
+//! The thread's current context: the innermost context that is polling (or running `block_on`) on this
+//! thread. `aioctx::spawn_local`, the time futures and task bookkeeping find their context here.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::Inner;
+
+thread_local! {
+    static CURRENT: RefCell<Vec<Rc<Inner>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes a context current until dropped.
+pub(crate) struct EnterGuard(());
+
+pub(crate) fn enter(inner: &Rc<Inner>) -> EnterGuard {
+    CURRENT.with(|c| c.borrow_mut().push(Rc::clone(inner)));
+    EnterGuard(())
+}
+
+impl Drop for EnterGuard {
+    fn drop(&mut self) {
+        let popped = CURRENT.with(|c| c.borrow_mut().pop());
+        drop(popped);
+    }
+}
+
+/// Runs `f` with the current context, if there is one.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Rc<Inner>) -> R) -> Option<R> {
+    let inner = CURRENT.with(|c| c.borrow().last().cloned())?;
+    Some(f(&inner))
+}
+
+/// Runs `f` with the context whose identity is `id` if it is current on this thread (at any depth).
+pub(crate) fn with_context<R>(id: u64, f: impl FnOnce(&Rc<Inner>) -> R) -> Option<R> {
+    let inner = CURRENT.with(|c| c.borrow().iter().rev().find(|i| i.id() == id).cloned())?;
+    Some(f(&inner))
+}
+
+impl Inner {
+    /// An identity for this context that futures can keep without keeping the context alive.
+    pub(crate) fn id(&self) -> u64 {
+        self.shared.id
+    }
+}

@@ -1,0 +1,160 @@
+//! [`JoinHandle`] and [`JoinError`].
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::future::AbortHandle;
+
+/// Why a task produced no value.
+pub enum JoinError {
+    /// The task was aborted with [`JoinHandle::abort`], or dropped because its context was dropped (or its
+    /// IOThread stopped) before it finished.
+    Cancelled,
+    /// The task panicked; the payload is what it panicked with.
+    Panic(Box<dyn Any + Send + 'static>),
+}
+
+impl JoinError {
+    /// Whether the task was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, JoinError::Cancelled)
+    }
+
+    /// Whether the task panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, JoinError::Panic(_))
+    }
+
+    /// The panic payload, to resume it with [`std::panic::resume_unwind`].
+    ///
+    /// # Panics
+    ///
+    /// If the task was cancelled rather than panicking (check [`is_panic`](Self::is_panic) first, or use
+    /// [`try_into_panic`](Self::try_into_panic)).
+    pub fn into_panic(self) -> Box<dyn Any + Send + 'static> {
+        self.try_into_panic()
+            .unwrap_or_else(|_| panic!("JoinError::into_panic on a cancelled task"))
+    }
+
+    /// The panic payload, or the error itself if the task was cancelled.
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, JoinError> {
+        match self {
+            JoinError::Panic(p) => Ok(p),
+            other => Err(other),
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<non-string panic payload>")
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinError::Cancelled => f.write_str("JoinError::Cancelled"),
+            JoinError::Panic(p) => write!(f, "JoinError::Panic({:?})", panic_message(&**p)),
+        }
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JoinError::Cancelled => f.write_str("task was cancelled"),
+            JoinError::Panic(p) => write!(f, "task panicked: {}", panic_message(&**p)),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+impl From<JoinError> for std::io::Error {
+    fn from(e: JoinError) -> Self {
+        std::io::Error::other(e.to_string())
+    }
+}
+
+/// An owned permission to await a task's result: a future of `Result<T, JoinError>`.
+///
+/// Dropping the handle detaches the task (it keeps running, as in tokio); [`abort`](Self::abort) cancels
+/// it: its future is dropped, on its home thread, the next time the context runs it.
+///
+/// ```
+/// let ctx = aioctx::AioContext::new()?;
+/// let answer = ctx.block_on(async {
+///     let h = aioctx::spawn_local(async { 6 * 7 });
+///     h.await
+/// });
+/// assert_eq!(answer.unwrap(), 42);
+///
+/// let failed = ctx.block_on(ctx.spawn_local(async { panic!("boom") }));
+/// assert!(failed.unwrap_err().is_panic());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[must_use = "dropping a JoinHandle detaches the task; `let _ =` it to make that explicit"]
+pub struct JoinHandle<T> {
+    task: Option<async_task::FallibleTask<Result<T, JoinError>>>,
+    abort: AbortHandle,
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+impl<T> JoinHandle<T> {
+    pub(crate) fn new(task: async_task::Task<Result<T, JoinError>>, abort: AbortHandle) -> Self {
+        Self {
+            task: Some(task.fallible()),
+            abort,
+        }
+    }
+
+    /// Cancels the task. Its future is dropped the next time its context runs it (on its home thread);
+    /// awaiting the handle then gives [`JoinError::Cancelled`]. A task that already finished keeps its
+    /// result. Works from any thread.
+    pub fn abort(&self) {
+        self.abort.abort();
+    }
+
+    /// Whether the task has finished (completed, panicked or been cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(task) = self.task.as_mut() else {
+            return Poll::Ready(Err(JoinError::Cancelled));
+        };
+        match Pin::new(task).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(out) => {
+                self.task = None;
+                Poll::Ready(out.unwrap_or(Err(JoinError::Cancelled)))
+            }
+        }
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.detach();
+        }
+    }
+}

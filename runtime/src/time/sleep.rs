@@ -1,0 +1,219 @@
+//! [`Sleep`] and the functions that control a context's time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use super::{clock_now, duration_ns, Clock, Instant, TimerCallback};
+use crate::context::{current, Inner};
+
+/// Where a sleep's timer lives: which context, which slot.
+#[derive(Clone, Copy, Debug)]
+struct Registration {
+    context: u64,
+    key: usize,
+    id: u64,
+}
+
+/// A future that completes at a deadline; see [`sleep`].
+///
+/// It is `Send` and `Unpin`, takes no allocation of its own, and registers a timer on the context that
+/// polls it; the timer is removed when the sleep completes or is dropped.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct Sleep {
+    deadline: i64,
+    clock: Clock,
+    registration: Option<Registration>,
+}
+
+fn time_clock() -> Clock {
+    current::with_current(|inner| inner.time_clock.get()).unwrap_or(Clock::Realtime)
+}
+
+/// Waits for `duration` on the current context's time clock, with nanosecond precision.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// let ctx = aioctx::AioContext::new()?;
+/// let start = Instant::now();
+/// ctx.block_on(aioctx::time::sleep(Duration::from_micros(50)));
+/// assert!(start.elapsed() >= Duration::from_micros(50));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn sleep(duration: Duration) -> Sleep {
+    sleep_until(Instant::now() + duration)
+}
+
+/// Waits until `deadline` on the current context's time clock.
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep {
+        deadline: deadline.as_ns(),
+        clock: time_clock(),
+        registration: None,
+    }
+}
+
+/// Waits for `duration` on an explicit clock, e.g. [`Clock::Virtual`] for a device timer that must stop
+/// while the guest is paused, whatever the context's time clock is.
+///
+/// # Panics
+///
+/// Outside a context (the clock is read from the current context).
+///
+/// ```
+/// use std::time::Duration;
+/// use aioctx::time::{sleep_on, Clock};
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async { sleep_on(Clock::Virtual, Duration::from_micros(10)).await });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[track_caller]
+pub fn sleep_on(clock: Clock, duration: Duration) -> Sleep {
+    let now = current::with_current(|inner| clock_now(clock, &inner.virtual_clock))
+        .unwrap_or_else(|| panic!("aioctx::time::sleep_on called outside an aioctx context"));
+    Sleep {
+        deadline: now.saturating_add(duration_ns(duration)),
+        clock,
+        registration: None,
+    }
+}
+
+impl Sleep {
+    /// The deadline.
+    pub fn deadline(&self) -> Instant {
+        Instant::from_ns(self.deadline)
+    }
+
+    /// The clock the deadline is on.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Moves the deadline (earlier or later); the sleep can be awaited again.
+    pub fn reset(&mut self, deadline: Instant) {
+        self.deadline = deadline.as_ns();
+    }
+
+    /// Whether the deadline has passed, on the current context's view of the clock.
+    pub fn is_elapsed(&self) -> bool {
+        current::with_current(|inner| clock_now(self.clock, &inner.virtual_clock) >= self.deadline)
+            .unwrap_or(false)
+    }
+
+    fn deregister(&mut self) {
+        if let Some(reg) = self.registration.take() {
+            current::with_context(reg.context, |inner| {
+                let entry = inner.timers.borrow_mut().remove(reg.key, reg.id);
+                drop(entry);
+            });
+        }
+    }
+
+    /// Arms this sleep's timer on `inner` with the task's waker. No notification is needed: sleeps are
+    /// polled by the loop's own thread, which computes its next timeout afterwards.
+    fn register(&mut self, inner: &Inner, cx: &Context<'_>) {
+        let mut timers = inner.timers.borrow_mut();
+        if let Some(reg) = self.registration {
+            if reg.context == inner.id()
+                && timers.arm_waker(reg.key, reg.id, self.deadline, cx.waker())
+            {
+                return;
+            }
+        }
+        // First poll, the entry fired, or the task moved to another context: a new entry here. (An entry
+        // left on another context fires once, waking the task spuriously, and goes away.)
+        let (key, id) = timers.insert(self.clock, TimerCallback::Wake(None));
+        timers.arm_waker(key, id, self.deadline, cx.waker());
+        self.registration = Some(Registration {
+            context: inner.id(),
+            key,
+            id,
+        });
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let inner = current::with_current(std::rc::Rc::clone).unwrap_or_else(|| {
+            panic!("an aioctx::time future was polled outside an aioctx context")
+        });
+        if clock_now(this.clock, &inner.virtual_clock) >= this.deadline {
+            this.deregister();
+            return Poll::Ready(());
+        }
+        this.register(&inner, cx);
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
+#[track_caller]
+fn with_current_or_panic<R>(what: &str, f: impl FnOnce(&Inner) -> R) -> R {
+    current::with_current(|inner| f(inner))
+        .unwrap_or_else(|| panic!("aioctx::time::{what} called outside an aioctx context"))
+}
+
+/// Pauses time on the current context: from now on its `aioctx::time` futures and [`Instant::now`] use
+/// its virtual clock, frozen, and `block_on` auto-advances it to the next timer whenever the loop has
+/// nothing else to do (tokio's `time::pause`). Sleeps created before the call keep the clock they were
+/// created with.
+///
+/// # Panics
+///
+/// Outside a context.
+///
+/// ```
+/// use std::time::Duration;
+/// use aioctx::time::{self, Instant};
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     time::pause();
+///     let t0 = Instant::now();
+///     time::advance(Duration::from_millis(5));
+///     assert_eq!(Instant::now() - t0, Duration::from_millis(5));
+///     time::resume();
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[track_caller]
+pub fn pause() {
+    with_current_or_panic("pause", |inner| {
+        inner.time_clock.set(Clock::Virtual);
+        inner.auto_advance.set(true);
+        inner.virtual_clock.pause();
+    });
+}
+
+/// Lets the current context's virtual time run again (at real speed) and stops auto-advancing.
+///
+/// # Panics
+///
+/// Outside a context.
+#[track_caller]
+pub fn resume() {
+    with_current_or_panic("resume", |inner| {
+        inner.auto_advance.set(false);
+        inner.virtual_clock.resume();
+    });
+}
+
+/// Moves the current context's virtual time forward by `by`; virtual timers it passes fire at the next
+/// iteration.
+///
+/// # Panics
+///
+/// Outside a context.
+#[track_caller]
+pub fn advance(by: Duration) {
+    with_current_or_panic("advance", |inner| inner.virtual_clock.advance(by));
+}
