@@ -120,7 +120,8 @@ fn read_on_a_pipe_completes_when_data_arrives() {
     let (rd, wr) = pipe();
     let buf = vec![0u8; 16].into_boxed_slice();
     let ptr = buf.as_ptr() as *mut u8;
-    let got: Rc<RefCell<Option<(i32, Box<[u8]>)>>> = Rc::default();
+    type ReadResult = Option<(i32, Box<[u8]>)>;
+    let got: Rc<RefCell<ReadResult>> = Rc::default();
     let sqe = opcode::Read::new(types::Fd(rd.as_raw_fd()), ptr, 16).build();
     // SAFETY: the buffer moves into the callback, which the context keeps until the CQE arrives.
     unsafe {

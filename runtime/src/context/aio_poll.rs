@@ -132,10 +132,12 @@ impl Inner {
                         // Paused guest time will not reach it by itself; an advance or resume notifies us.
                         continue;
                     } else {
-                        first - now
+                        first.saturating_sub(now)
                     }
                 }
-                _ => (first - crate::time::clock_now(clock, &self.virtual_clock)).max(0),
+                _ => first
+                    .saturating_sub(crate::time::clock_now(clock, &self.virtual_clock))
+                    .max(0),
             };
             deadline = soonest(deadline, remaining);
         }

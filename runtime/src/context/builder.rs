@@ -20,7 +20,8 @@ pub enum Backend {
     /// epoll with `epoll_pwait2` nanosecond timeouts. Falls back to poll for fds epoll cannot watch
     /// (regular files), unless forced with [`Builder::backend`].
     Epoll,
-    /// `ppoll` over a pollfd array; upgrades itself to epoll at 64 fds unless forced.
+    /// `ppoll` over a pollfd array; upgrades itself to epoll at 64 fds, as QEMU's does (even when named),
+    /// unless epoll refused one of its fds.
     Poll,
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Each monitor implements [`MonitorOps`]. [`FdMonitor`] wraps the active one and keeps the table of
 //! registered fds, so it can switch monitors the way QEMU does: the poll monitor upgrades itself to epoll
-//! once 64 fds are registered (scanning a pollfd array per wait is O(n), epoll is O(ready)), and an epoll
-//! monitor that meets an fd epoll cannot watch (a regular file gives `EPERM`) falls back to poll, unless
-//! the user forced the epoll backend, in which case the registration fails with that error instead.
+//! once 64 fds are registered (scanning a pollfd array per wait is O(n), epoll is O(ready)), whether it
+//! was chosen or named, and an epoll monitor that meets an fd epoll cannot watch (a regular file gives
+//! `EPERM`) falls back to poll, unless the user named the epoll backend, in which case the registration
+//! fails with that error instead. A poll monitor that fell back never upgrades again.
 
 mod epoll;
 pub(crate) mod io_uring;
@@ -113,8 +114,8 @@ struct Registered {
 pub(crate) struct FdMonitor {
     ops: Box<dyn MonitorOps>,
     fds: BTreeMap<RawFd, Registered>,
-    /// The user asked for this exact backend: never switch, report errors instead.
-    forced: bool,
+    /// The user named the epoll backend: report fds it refuses instead of falling back to poll.
+    epoll_named: bool,
     /// epoll refused one of our fds; stay on poll from then on.
     epoll_refused: bool,
 }
@@ -134,7 +135,7 @@ impl FdMonitor {
         Ok(Self {
             ops,
             fds: BTreeMap::new(),
-            forced: config.forced,
+            epoll_named: config.forced && config.backend == Backend::Epoll,
             epoll_refused: false,
         })
     }
@@ -214,7 +215,7 @@ impl FdMonitor {
             Err(err)
                 if err.raw_os_error_deep() == Some(libc::EPERM)
                     && self.ops.backend() == Backend::Epoll
-                    && !self.forced =>
+                    && !self.epoll_named =>
             {
                 // QEMU's fdmon_epoll_disable: epoll cannot watch this fd (a regular file, say); poll can.
                 self.epoll_refused = true;
@@ -226,8 +227,9 @@ impl FdMonitor {
     }
 
     fn maybe_upgrade(&mut self) {
-        if self.forced
-            || self.epoll_refused
+        // A named poll backend upgrades too: that is what QEMU's poll monitor does, and scanning a
+        // pollfd array per wait would make every loop with many fds O(n).
+        if self.epoll_refused
             || self.ops.backend() != Backend::Poll
             || self.fds.len() < EPOLL_ENABLE_THRESHOLD
         {
