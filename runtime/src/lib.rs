@@ -53,8 +53,8 @@ pub mod time;
 mod loom_models;
 
 pub use context::{
-    AioContext, Backend, Bh, Builder, FdHandlers, FdRegistration, PollParams, Remote, RemoteBh,
-    SqeCompletion, Stats,
+    AioContext, Backend, Bh, Builder, EnterGuard, FdHandlers, FdRegistration, PollParams, Remote,
+    RemoteBh, SqeCompletion, Stats,
 };
 /// The `io-uring` crate aioctx builds on, re-exported so that SQEs for
 /// [`AioContext::add_sqe`] come from the same version.

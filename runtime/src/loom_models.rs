@@ -242,3 +242,51 @@ impl Ctx {
         n
     }
 }
+
+/// The task wake path: a remote wake (remote queue push + notify) and a home-thread wake (local push, no
+/// notification) against a loop that is about to sleep. Both tasks run exactly once; a lost remote wake
+/// deadlocks the model.
+#[test]
+fn loom_task_wakes_local_and_remote() {
+    use crate::task::queue::RunQueues;
+
+    loom::model(|| {
+        let ctx = Ctx::new();
+        let queues = Arc::new(RunQueues::<u32>::new(0));
+        let remote = thread::spawn({
+            let (ctx, queues) = (Arc::clone(&ctx), Arc::clone(&queues));
+            move || {
+                if queues.push(2, false).unwrap_or(false) {
+                    ctx.notify();
+                }
+            }
+        });
+        // A task woken on the home thread during dispatch.
+        queues.push(1, true).unwrap();
+        let mut ran = Vec::new();
+        while ran.len() < 2 {
+            let use_notify_me = !queues.has_ready();
+            let mut block = use_notify_me;
+            if use_notify_me && ctx.notify.prepare_wait() {
+                block = false;
+            }
+            if block {
+                ctx.eventfd.wait_and_clear();
+            } else {
+                ctx.eventfd.clear();
+            }
+            if use_notify_me {
+                ctx.notify.finish_wait();
+            }
+            ctx.notify.accept();
+            let ready = queues.begin_step();
+            for _ in 0..ready {
+                ran.push(queues.pop().unwrap());
+            }
+        }
+        remote.join().unwrap();
+        ran.sort_unstable();
+        assert_eq!(ran, [1, 2]);
+        assert!(queues.pop_any().is_none());
+    });
+}

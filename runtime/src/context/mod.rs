@@ -311,6 +311,25 @@ impl AioContext {
         self.inner.spawn_local(future)
     }
 
+    /// Makes this context the thread's current one until the guard is dropped, so that
+    /// [`spawn_local`](crate::spawn_local), the [`time`](crate::time) futures and [`Instant::now`](crate::time::Instant::now)
+    /// find it outside `block_on` and `poll` (for example to poll a future by hand in a test).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+    /// let _guard = ctx.enter();
+    /// let sleep = aioctx::time::sleep(Duration::from_millis(5)); // measured on ctx's clock
+    /// assert!(!sleep.is_elapsed());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn enter(&self) -> EnterGuard<'_> {
+        EnterGuard {
+            _guard: current::enter(&self.inner),
+            _context: std::marker::PhantomData,
+        }
+    }
+
     /// Wakes the loop from its current or next wait (QEMU's `aio_notify`).
     pub fn notify(&self) {
         self.inner.shared.notify();
@@ -443,6 +462,19 @@ impl AioContext {
     /// Reads `clock` in ns as this context sees it.
     pub fn now_ns(&self, clock: Clock) -> i64 {
         crate::time::clock_now(clock, &self.inner.virtual_clock)
+    }
+}
+
+/// Keeps a context current on this thread; see [`AioContext::enter`].
+#[must_use = "the context is current only while the guard lives"]
+pub struct EnterGuard<'a> {
+    _guard: current::EnterGuard,
+    _context: std::marker::PhantomData<&'a AioContext>,
+}
+
+impl fmt::Debug for EnterGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnterGuard")
     }
 }
 

@@ -32,6 +32,7 @@ pub(crate) fn thread_token() -> u64 {
 
 /// A `RefCell` that only its home thread may touch.
 pub(crate) struct HomeCell<T> {
+    #[cfg_attr(loom, allow(dead_code))]
     home: u64,
     cell: RefCell<T>,
 }
