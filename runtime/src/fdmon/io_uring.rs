@@ -14,6 +14,12 @@
 //! - **need_wait**: the loop may busy-poll only while no completion is ready; checking the CQ is two loads
 //!   of shared memory, no syscall. Queued SQEs are submitted (without waiting) before polling starts, so
 //!   polling never holds back a submission.
+//! - **Deferred task running**: the ring is set up with `SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG`
+//!   (Linux 6.1; older kernels get a plain ring). Completions are then posted only when the home thread
+//!   enters the kernel, which it does anyway, and the kernel flags pending ones in the SQ ring, so the
+//!   polling phase still sees them without a syscall. Measured with the loop-tour example (polling off,
+//!   eventfd kick to completion across threads): p50 13.7 us with a plain ring, 2.1 us with deferred
+//!   task running (epoll: 1.1 us).
 //! - **User SQEs** (QEMU's `aio_add_sqe`): code running in the context queues its own SQE with a completion
 //!   callback. Those go out at the next wait, or earlier when the SQ is full or `max_batch` SQEs are
 //!   queued; their completions are handed to the loop, which runs the callbacks first in dispatch.
@@ -105,7 +111,13 @@ impl UringMonitor {
         max_batch: usize,
         stats: Arc<UringCounters>,
     ) -> io::Result<Self> {
-        let ring = IoUring::new(entries).map_err(unavailable)?;
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)
+            .or_else(|_| IoUring::new(entries))
+            .map_err(unavailable)?;
         if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
             return Err(unavailable(io::Error::from_raw_os_error(libc::EINVAL)));
         }
@@ -276,12 +288,15 @@ impl MonitorOps for UringMonitor {
     ) -> io::Result<()> {
         let drained = self.drain_backlog();
         // Never sleep with completions already waiting to be reaped.
-        let timeout_ns = if self.ring.completion().is_empty() {
-            timeout_ns
-        } else {
+        let timeout_ns = if self.completions_ready() {
             0
+        } else {
+            timeout_ns
         };
-        let queued = !self.ring.submission().is_empty();
+        let queued = {
+            let sq = self.ring.submission();
+            !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+        };
         let result = if timeout_ns == 0 {
             if queued {
                 self.stats.enters.bump();
@@ -326,7 +341,7 @@ impl MonitorOps for UringMonitor {
         if !self.backlog.is_empty() || !self.ring.submission().is_empty() {
             return true;
         }
-        let ready = !self.ring.completion().is_empty();
+        let ready = self.completions_ready();
         if ready {
             self.stats.cq_peek_hits.bump();
         }
@@ -334,7 +349,9 @@ impl MonitorOps for UringMonitor {
     }
 
     fn completions_ready(&mut self) -> bool {
-        !self.ring.completion().is_empty()
+        // With deferred task running, finished operations wait as task work (flagged in the SQ ring)
+        // until an io_uring_enter posts their CQEs.
+        !self.ring.completion().is_empty() || self.ring.submission().taskrun()
     }
 
     fn submit_pending(&mut self) {
