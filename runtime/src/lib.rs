@@ -43,7 +43,9 @@
 
 mod context;
 mod fdmon;
+mod iothread;
 mod notifier;
+mod pool;
 mod sync;
 mod sys;
 mod task;
@@ -59,8 +61,38 @@ pub use context::{
 /// The `io-uring` crate aioctx builds on, re-exported so that SQEs for
 /// [`AioContext::add_sqe`] come from the same version.
 pub use io_uring;
+pub use iothread::{IoThread, IoThreadBuilder};
 pub use notifier::EventNotifier;
-pub use task::{spawn, spawn_local, yield_now, JoinError, JoinHandle, YieldNow};
+pub use pool::spawn_blocking;
+pub use task::{reschedule, spawn, spawn_local, yield_now, JoinError, JoinHandle, YieldNow};
+
+/// Runs `async fn main` on an [`AioContext`] created on the main thread, with
+/// [`AioContext::block_on`]. Options: `backend = "auto" | "io_uring" | "epoll" | "poll"`,
+/// `poll_max_ns = <integer>`, `start_paused = true | false`.
+///
+/// ```no_run
+/// #[aioctx::main(backend = "epoll")]
+/// async fn main() -> Result<(), aioctx::JoinError> {
+///     let answer = aioctx::spawn_local(async { 42 }).await?;
+///     aioctx::time::sleep(std::time::Duration::from_millis(1)).await;
+///     assert_eq!(answer, 42);
+///     Ok(())
+/// }
+/// ```
+pub use aioctx_macros::main;
+/// Turns an `async fn` into a `#[test]` that runs it on a fresh [`AioContext`]. Options as for
+/// [`main`](macro@main), plus `backend = "all"`: one test per backend, `name::io_uring`, `name::epoll`
+/// and `name::poll`.
+///
+/// ```ignore
+/// #[aioctx::test(start_paused = true)]
+/// async fn an_hour_passes_instantly() {
+///     let start = aioctx::time::Instant::now();
+///     aioctx::time::sleep(std::time::Duration::from_secs(3600)).await;
+///     assert_eq!(start.elapsed(), std::time::Duration::from_secs(3600));
+/// }
+/// ```
+pub use aioctx_macros::test;
 
 /// The README's code runs as a doctest, so the tour cannot rot.
 #[cfg(doctest)]

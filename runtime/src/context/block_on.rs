@@ -48,6 +48,7 @@ impl AioContext {
     /// ```
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         let _enter = current::enter(&self.inner);
+        let _hidden = crate::task::hide_running_task();
         let flag = Arc::new(BlockOnWaker {
             woken: AtomicBool::new(true),
             shared: Arc::clone(&self.inner.shared),

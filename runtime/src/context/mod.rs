@@ -40,11 +40,9 @@ pub use stats::Stats;
 pub(crate) use stats::UringCounters;
 pub use uring::SqeCompletion;
 
-use async_task::Runnable;
-
 use crate::fdmon::{FdMonitor, MonitorConfig};
 use crate::task::queue::{thread_token, RunQueues};
-use crate::task::{JoinHandle, TaskRegistry};
+use crate::task::{JoinHandle, Runnable, TaskRegistry};
 use crate::time::{Clock, Timer, TimerLists, VirtualClock};
 use crate::{sys, EventNotifier};
 
@@ -139,6 +137,10 @@ pub(crate) struct Inner {
     pub(crate) time_clock: Cell<Clock>,
     /// With the virtual clock paused, `block_on` jumps to the next virtual timer instead of sleeping.
     pub(crate) auto_advance: Cell<bool>,
+    /// The blocking thread pool, created at the first `spawn_blocking`.
+    pub(crate) pool: RefCell<Option<Arc<crate::pool::Pool>>>,
+    /// `(min, max)` workers for the pool.
+    pub(crate) pool_size: Cell<(usize, usize)>,
 }
 
 /// A QEMU-style event loop bound to the thread that created it (its home thread).
@@ -255,6 +257,8 @@ impl AioContext {
                 Clock::Realtime
             }),
             auto_advance: Cell::new(b.start_paused),
+            pool: RefCell::new(None),
+            pool_size: Cell::new((0, crate::pool::DEFAULT_MAX_THREADS)),
         });
         if b.start_paused {
             inner.virtual_clock.pause();
@@ -311,6 +315,15 @@ impl AioContext {
         self.inner.spawn_local(future)
     }
 
+    /// Runs `f` on this context's blocking thread pool; see [`spawn_blocking`](crate::spawn_blocking).
+    pub fn spawn_blocking<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.spawn_blocking(f)
+    }
+
     /// Makes this context the thread's current one until the guard is dropped, so that
     /// [`spawn_local`](crate::spawn_local), the [`time`](crate::time) futures and [`Instant::now`](crate::time::Instant::now)
     /// find it outside `block_on` and `poll` (for example to poll a future by hand in a test).
@@ -361,13 +374,21 @@ impl AioContext {
     /// Changes the polling parameters at run time and resets every handler's window (QEMU's
     /// `aio_context_set_poll_params`). Fails with `InvalidInput` if a value does not fit in an `i64`.
     pub fn set_poll_params(&self, params: PollParams) -> io::Result<()> {
-        let params = params.validate()?;
-        self.inner.poll_params.set(params);
-        for node in self.inner.handlers.borrow().poll_list().iter() {
-            node.window_ns.set(0);
-        }
-        self.notify();
-        Ok(())
+        self.inner.set_poll_params(params)
+    }
+
+    /// Sets the bounds of this context's blocking thread pool (QEMU's `thread-pool-min`/`-max`): at
+    /// most `max` workers run [`spawn_blocking`](crate::spawn_blocking) jobs; idle workers above `min`
+    /// exit after 10 s. Fails with `InvalidInput` if `max` is 0 or `min > max`.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.set_thread_pool_size(1, 4)?;
+    /// assert!(ctx.set_thread_pool_size(5, 4).is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_thread_pool_size(&self, min: usize, max: usize) -> io::Result<()> {
+        self.inner.set_thread_pool_size(min, max)
     }
 
     /// Creates a bottom half (QEMU's `aio_bh_new`). It runs `f` on this thread at the iteration after each
@@ -478,7 +499,28 @@ impl fmt::Debug for EnterGuard<'_> {
     }
 }
 
+/// Runs `f` on the current context's home-thread state (for work that reaches a context as a closure,
+/// e.g. an IOThread's control calls). Fails with `NotConnected` outside a context.
+pub(crate) fn with_current_inner<R>(f: impl FnOnce(&Inner) -> io::Result<R>) -> io::Result<R> {
+    current::with_current(|inner| f(inner)).unwrap_or_else(|| {
+        Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "not running inside an aioctx context",
+        ))
+    })
+}
+
 impl Inner {
+    pub(crate) fn set_poll_params(&self, params: PollParams) -> io::Result<()> {
+        let params = params.validate()?;
+        self.poll_params.set(params);
+        for node in self.handlers.borrow().poll_list().iter() {
+            node.window_ns.set(0);
+        }
+        self.shared.notify();
+        Ok(())
+    }
+
     /// Teardown: wakes every live task and drops each one's future here, on the home thread.
     fn cancel_all_tasks(&self) {
         let mut idle_rounds = 0;
@@ -497,9 +539,12 @@ impl Inner {
                 return;
             }
             if dropped == 0 {
-                // Another thread is between waking a task and queueing it; give it a moment, bounded.
+                // What is left is a task another thread is queueing right now (give it a moment), or a
+                // task that moved to another context (its registration here is stale). Bounded.
                 idle_rounds += 1;
-                if idle_rounds > 100_000 {
+                if idle_rounds > 1_000 {
+                    let stale = std::mem::take(&mut *self.tasks.borrow_mut());
+                    drop(stale);
                     return;
                 }
                 std::thread::yield_now();
@@ -516,6 +561,9 @@ impl Drop for AioContext {
         inner.cancel_all_tasks();
         inner.shared.closed.store(true, Ordering::Release);
         inner.shared.tasks.close();
+        if let Some(pool) = inner.pool.borrow_mut().take() {
+            pool.shutdown();
+        }
         // First let the kernel finish (or cancel) every user SQE: their memory is owned by callbacks.
         let cancelled = inner.monitor.borrow_mut().cancel_user_ops();
         drop(cancelled);

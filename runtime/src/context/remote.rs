@@ -60,6 +60,12 @@ impl Remote {
         if self.shared.bhs.enqueue(&node, SCHEDULED) {
             self.shared.notify();
         }
+        if self.is_closed() {
+            // The context closed while we pushed: nobody will run the closure, and whoever waits for it
+            // (`call`) must learn that now, not when the last Remote goes. With the home thread gone,
+            // any thread may empty the list; the swap hands each node to exactly one taker.
+            drop(self.shared.bhs.take_all());
+        }
     }
 
     /// Spawns a `Send` future as a task of the context from any thread (QEMU's `aio_co_schedule`). It
@@ -82,6 +88,46 @@ impl Remote {
         F::Output: Send + 'static,
     {
         self.shared.spawn(future)
+    }
+
+    /// Runs `f` in the context and waits for its result (QEMU's `aio_wait_bh_oneshot`), from a thread that
+    /// does not run this context. Called on the context's own home thread, it runs `f` at once instead of
+    /// waiting for itself. If `f` panics, the panic resumes here, in the caller; the context goes on.
+    ///
+    /// Fails with `NotConnected` if the context is gone (or goes away before running `f`).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("call-demo")?;
+    /// let tid = io.remote().call(|| unsafe { libc::gettid() })?;
+    /// assert_eq!(tid, io.thread_id());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> std::io::Result<R> {
+        let gone = || {
+            std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the context was dropped before running the call",
+            )
+        };
+        if crate::task::queue::thread_token() == self.shared.home {
+            if self.is_closed() {
+                return Err(gone());
+            }
+            return Ok(f());
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.schedule_oneshot(move || {
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = tx.send(out);
+        });
+        match rx.recv() {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => Err(gone()),
+        }
     }
 
     /// The context's statistics, readable from any thread.

@@ -101,7 +101,7 @@ impl From<JoinError> for std::io::Error {
 /// ```
 #[must_use = "dropping a JoinHandle detaches the task; `let _ =` it to make that explicit"]
 pub struct JoinHandle<T> {
-    task: Option<async_task::FallibleTask<Result<T, JoinError>>>,
+    task: Option<async_task::FallibleTask<Result<T, JoinError>, super::spawn::TaskMeta>>,
     abort: AbortHandle,
 }
 
@@ -114,7 +114,7 @@ impl<T> fmt::Debug for JoinHandle<T> {
 }
 
 impl<T> JoinHandle<T> {
-    pub(crate) fn new(task: async_task::Task<Result<T, JoinError>>, abort: AbortHandle) -> Self {
+    pub(crate) fn new(task: super::Task<Result<T, JoinError>>, abort: AbortHandle) -> Self {
         Self {
             task: Some(task.fallible()),
             abort,
@@ -126,6 +126,21 @@ impl<T> JoinHandle<T> {
     /// result. Works from any thread.
     pub fn abort(&self) {
         self.abort.abort();
+    }
+
+    /// Blocks the calling thread until the task finishes and returns its result. For threads that do not
+    /// run the task's context (a vCPU thread waiting for an IOThread, a test's main thread); on the
+    /// task's own home thread use [`AioContext::block_on`](crate::AioContext::block_on) instead, since
+    /// this would wait for a loop that it keeps from running.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("join-demo")?;
+    /// let h = io.remote().spawn(async { 40 + 2 });
+    /// assert_eq!(h.join_blocking().unwrap(), 42);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn join_blocking(self) -> Result<T, JoinError> {
+        futures::executor::block_on(self)
     }
 
     /// Whether the task has finished (completed, panicked or been cancelled).

@@ -17,7 +17,7 @@ mod spawn;
 mod yield_now;
 
 pub use join::{JoinError, JoinHandle};
-pub use spawn::{spawn, spawn_local};
+pub use spawn::{reschedule, spawn, spawn_local};
 pub use yield_now::{yield_now, YieldNow};
 
-pub(crate) use spawn::{run_ready_tasks, TaskRegistry};
+pub(crate) use spawn::{hide_running_task, run_ready_tasks, Runnable, Task, TaskRegistry};

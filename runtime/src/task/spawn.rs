@@ -1,12 +1,13 @@
-//! Spawning tasks and the task wrapper.
+//! Spawning tasks, the task wrapper, and moving tasks between contexts.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use async_task::Runnable;
 use futures::future::{AbortHandle, Abortable};
 use futures::FutureExt;
 use slab::Slab;
@@ -14,29 +15,64 @@ use slab::Slab;
 use super::queue::RunQueues;
 use super::{JoinError, JoinHandle};
 use crate::context::{current, Inner, Shared};
+use crate::Remote;
+
+/// What a task carries besides its future: for a `Send` task, the context it currently belongs to
+/// (changed by [`reschedule`]); `!Send` tasks never move and carry nothing.
+#[derive(Debug)]
+pub(crate) struct TaskMeta {
+    home: Option<Mutex<Arc<Shared>>>,
+}
+
+pub(crate) type Runnable = async_task::Runnable<TaskMeta>;
+pub(crate) type Task<T> = async_task::Task<T, TaskMeta>;
 
 /// The wakers of a context's live tasks, so that teardown can reach tasks that wait for something.
 pub(crate) type TaskRegistry = Slab<Waker>;
 
+thread_local! {
+    /// The metadata of the task being run on this thread, for [`reschedule`].
+    static RUNNING: Cell<*const TaskMeta> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Where a task is registered: the context (kept alive so a move can reach it) and the slot.
+struct Registration {
+    shared: Arc<Shared>,
+    slot: usize,
+}
+
+impl Registration {
+    /// Removes the registration: inline if its context is current here, else through a BH on it.
+    fn remove(self) {
+        let Registration { shared, slot } = self;
+        let removed_here = current::with_context(shared.id, |inner| {
+            let waker = inner.tasks.borrow_mut().try_remove(slot);
+            drop(waker);
+        });
+        if removed_here.is_none() {
+            Remote { shared }.schedule_oneshot(move || {
+                current::with_current(|inner| {
+                    let waker = inner.tasks.borrow_mut().try_remove(slot);
+                    drop(waker);
+                });
+            });
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// Registers the task with its context at first poll and unregisters it when the future is dropped.
+    /// Registers the task with the context that polls it and unregisters it when the future is dropped
+    /// (or the task moved to another context).
     struct Tracked<F> {
         #[pin]
         future: F,
-        context: u64,
-        slot: Option<usize>,
+        registration: Option<Registration>,
     }
 
     impl<F> PinnedDrop for Tracked<F> {
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(slot) = this.slot.take() {
-                // Task futures are only ever dropped on their home thread, where the context is current
-                // (while it runs the task, or while it tears down).
-                current::with_context(*this.context, |inner| {
-                    let waker = inner.tasks.borrow_mut().try_remove(slot);
-                    drop(waker);
-                });
+            if let Some(reg) = this.project().registration.take() {
+                reg.remove();
             }
         }
     }
@@ -47,40 +83,49 @@ impl<F: Future> Future for Tracked<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        if this.slot.is_none() {
-            *this.slot = current::with_context(*this.context, |inner| {
-                inner.tasks.borrow_mut().insert(cx.waker().clone())
-            });
-        }
+        current::with_current(|inner| {
+            let here = this
+                .registration
+                .as_ref()
+                .is_some_and(|r| r.shared.id == inner.id());
+            if !here {
+                if let Some(old) = this.registration.take() {
+                    old.remove();
+                }
+                *this.registration = Some(Registration {
+                    shared: Arc::clone(&inner.shared),
+                    slot: inner.tasks.borrow_mut().insert(cx.waker().clone()),
+                });
+            }
+        });
         this.future.poll(cx)
     }
 }
 
 type TaskOutput<T> = Result<T, JoinError>;
 
-/// Wraps a future: panics are caught, the task can be aborted, the context tracks it.
-fn wrap<F: Future>(
-    future: F,
-    context: u64,
-) -> (impl Future<Output = TaskOutput<F::Output>>, AbortHandle) {
+/// Wraps a future whose output is already a task result: panics are caught, the task can be aborted,
+/// the context tracks it.
+fn wrap_flat<F, T>(future: F) -> (impl Future<Output = TaskOutput<T>>, AbortHandle)
+where
+    F: Future<Output = TaskOutput<T>>,
+{
     let (abort, registration) = AbortHandle::new_pair();
     let wrapped = Tracked {
         future: Abortable::new(AssertUnwindSafe(future).catch_unwind(), registration).map(|out| {
             match out {
-                Ok(Ok(value)) => Ok(value),
+                Ok(Ok(result)) => result,
                 Ok(Err(panic)) => Err(JoinError::Panic(panic)),
                 Err(_aborted) => Err(JoinError::Cancelled),
             }
         }),
-        context,
-        slot: None,
+        registration: None,
     };
     (wrapped, abort)
 }
 
-fn scheduler(shared: &Arc<Shared>) -> impl Fn(Runnable) + Send + Sync + 'static {
-    let shared = Arc::clone(shared);
-    move |runnable| shared.schedule_task(runnable)
+fn wrap<F: Future>(future: F) -> (impl Future<Output = TaskOutput<F::Output>>, AbortHandle) {
+    wrap_flat(future.map(Ok))
 }
 
 impl Inner {
@@ -90,8 +135,20 @@ impl Inner {
         F: Future + 'static,
         F::Output: 'static,
     {
-        let (wrapped, abort) = wrap(future, self.id());
-        let (runnable, task) = async_task::spawn_local(wrapped, scheduler(&self.shared));
+        self.spawn_local_flat(future.map(Ok))
+    }
+
+    /// Spawns a `!Send` future whose output already is the task's result. Home thread only.
+    pub(crate) fn spawn_local_flat<F, T>(&self, future: F) -> JoinHandle<T>
+    where
+        F: Future<Output = TaskOutput<T>> + 'static,
+        T: 'static,
+    {
+        let (wrapped, abort) = wrap_flat(future);
+        let shared = Arc::clone(&self.shared);
+        let (runnable, task) = async_task::Builder::new()
+            .metadata(TaskMeta { home: None })
+            .spawn_local(move |_| wrapped, move |r| shared.schedule_task(r));
         runnable.schedule();
         JoinHandle::new(task, abort)
     }
@@ -104,11 +161,24 @@ impl Shared {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (wrapped, abort) = wrap(future, self.id);
-        let (runnable, task) = async_task::spawn(wrapped, scheduler(self));
+        let (wrapped, abort) = wrap(future);
+        let (runnable, task) = async_task::Builder::new()
+            .metadata(TaskMeta {
+                home: Some(Mutex::new(Arc::clone(self))),
+            })
+            .spawn(move |_| wrapped, schedule_movable);
         runnable.schedule();
         JoinHandle::new(task, abort)
     }
+}
+
+/// The schedule function of `Send` tasks: queue on whichever context the task belongs to now.
+fn schedule_movable(runnable: Runnable) {
+    let home = match &runnable.metadata().home {
+        Some(home) => Arc::clone(&home.lock().unwrap_or_else(PoisonError::into_inner)),
+        None => unreachable!("movable tasks always carry their home"),
+    };
+    home.schedule_task(runnable);
 }
 
 /// Runs the task step: the tasks ready when it began, in wake order. Returns how many ran.
@@ -119,10 +189,82 @@ pub(crate) fn run_ready_tasks(queues: &RunQueues<Runnable>) -> usize {
         let Some(runnable) = queues.pop() else {
             break;
         };
+        let previous = RUNNING.with(|r| r.replace(runnable.metadata() as *const TaskMeta));
         runnable.run();
+        RUNNING.with(|r| r.set(previous));
         ran += 1;
     }
     ran
+}
+
+/// Hides the running task from code that runs nested inside it (a `block_on` in a task), so that
+/// [`reschedule`] there cannot move the outer task.
+pub(crate) fn hide_running_task() -> impl Drop {
+    struct Restore(*const TaskMeta);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            RUNNING.with(|r| r.set(self.0));
+        }
+    }
+    Restore(RUNNING.with(|r| r.replace(std::ptr::null())))
+}
+
+/// Moves the running task to the context behind `target` and continues there (QEMU's
+/// `aio_co_reschedule_self`): the code after the `.await` runs on `target`'s home thread.
+///
+/// Only `Send` tasks can move, i.e. those started with [`spawn`](crate::spawn) or
+/// [`Remote::spawn`]; in a `!Send` task, or outside any task (in a `block_on` future), it fails with
+/// `InvalidInput`. It fails with `NotConnected` if `target`'s context is gone. Moving to the context the
+/// task is on already is a no-op.
+///
+/// ```
+/// let a = aioctx::IoThread::spawn("a")?;
+/// let b = aioctx::IoThread::spawn("b")?;
+/// let to_b = b.remote().clone();
+/// let h = a.remote().spawn(async move {
+///     let before = std::thread::current().name().unwrap().to_owned();
+///     aioctx::reschedule(&to_b).await.unwrap();
+///     (before, std::thread::current().name().unwrap().to_owned())
+/// });
+/// let (before, after) = h.join_blocking().unwrap();
+/// assert_eq!((before.as_str(), after.as_str()), ("IO a", "IO b"));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub async fn reschedule(target: &Remote) -> io::Result<()> {
+    let target = Arc::clone(&target.shared);
+    let mut moved = false;
+    std::future::poll_fn(move |cx| {
+        if moved {
+            return Poll::Ready(Ok(()));
+        }
+        // SAFETY: RUNNING points at the metadata of the task whose `run` is on this thread's stack right
+        // now (set just before `Runnable::run` and restored after it), so the task, and its metadata,
+        // are alive for this poll.
+        let meta = RUNNING.with(|r| unsafe { r.get().as_ref() });
+        let Some(home) = meta.and_then(|m| m.home.as_ref()) else {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only Send tasks (aioctx::spawn, Remote::spawn) can move to another context",
+            )));
+        };
+        if target.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the target context was dropped",
+            )));
+        }
+        let mut home = home.lock().unwrap_or_else(PoisonError::into_inner);
+        if Arc::ptr_eq(&home, &target) {
+            return Poll::Ready(Ok(()));
+        }
+        *home = Arc::clone(&target);
+        drop(home);
+        moved = true;
+        // Our next run happens where the schedule function now sends us.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 /// Spawns a `!Send` future on the current context (the one polling on this thread) and returns its
@@ -155,7 +297,7 @@ where
 }
 
 /// Spawns a `Send` future on the current context. Like [`spawn_local`], with the bounds that let the task
-/// move between contexts later.
+/// move between contexts later ([`reschedule`]).
 ///
 /// # Panics
 ///

@@ -1,0 +1,4 @@
+#[aioctx::test(backend = "kqueue")]
+async fn bad_backend() {}
+
+fn main() {}

@@ -1,0 +1,2 @@
+#[aioctx::main(backend = "all")]
+async fn main() {}

@@ -1,0 +1,2 @@
+#[aioctx::main]
+fn main() {}

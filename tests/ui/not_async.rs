@@ -1,0 +1,4 @@
+#[aioctx::test]
+fn not_async() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[aioctx::test(backend = "epoll", flavor = "multi_thread")]
+async fn unknown_option() {}
+
+fn main() {}
