@@ -41,12 +41,13 @@
 
 #![warn(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 
+mod atomics;
 mod context;
 mod fdmon;
 mod iothread;
 mod notifier;
 mod pool;
-mod sync;
+pub mod sync;
 mod sys;
 mod task;
 pub mod time;

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use loom::sync::{Condvar, Mutex};
 use loom::thread;
 
+use crate::atomics::{AtomicU32, Ordering};
 use crate::context::bh_list::{dequeue, BhList, BhNode, DELETED, SCHEDULED};
 use crate::context::notify::NotifyState;
-use crate::sync::{AtomicU32, Ordering};
 
 /// The eventfd: a flag a waiter blocks on.
 struct EventFd {

@@ -123,3 +123,11 @@ mod nested {
         assert_eq!(one(), 1);
     }
 }
+
+/// Inner attributes of the body go on the generated function.
+#[aioctx::test]
+async fn inner_attributes_are_kept() {
+    #![allow(clippy::let_unit_value)]
+    let unit = aioctx::yield_now().await;
+    assert_eq!(unit, ());
+}

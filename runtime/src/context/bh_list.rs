@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::ptr;
 use std::sync::Arc;
 
-use crate::sync::{AtomicPtr, AtomicU32, Ordering};
+use crate::atomics::{AtomicPtr, AtomicU32, Ordering};
 
 /// On the list (or in a slice not yet dequeued).
 pub(crate) const PENDING: u32 = 1 << 0;

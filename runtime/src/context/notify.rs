@@ -20,7 +20,7 @@
 //! `fetch_or`; the poller's [`accept`](NotifyState::accept) is an RMW later in the modification order, so it
 //! acquires everything released by the notifications it clears, and the dispatch that follows sees the work.
 
-use crate::sync::{AtomicU32, Ordering};
+use crate::atomics::{AtomicU32, Ordering};
 
 const NOTIFIED: u32 = 1;
 /// What one poller adds to the word while it is about to block (QEMU adds 2 to `notify_me` too).
