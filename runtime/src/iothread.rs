@@ -99,11 +99,8 @@ impl IoThreadBuilder {
                         .backend(config.backend)
                         .poll_params(config.poll)
                         .max_batch(config.max_batch)
-                        .build()
-                        .and_then(|ctx| {
-                            ctx.set_thread_pool_size(config.pool_min, config.pool_max)?;
-                            Ok(ctx)
-                        });
+                        .thread_pool(config.pool_min, config.pool_max)
+                        .build();
                     let ctx = match ctx {
                         Ok(ctx) => ctx,
                         Err(err) => {

@@ -78,6 +78,7 @@ pub struct Builder {
     pub(crate) max_batch: usize,
     pub(crate) simulate_uring_errno: Option<i32>,
     pub(crate) start_paused: bool,
+    pub(crate) pool_size: (usize, usize),
 }
 
 impl Default for Builder {
@@ -89,6 +90,7 @@ impl Default for Builder {
             max_batch: 0,
             simulate_uring_errno: None,
             start_paused: false,
+            pool_size: (0, crate::pool::DEFAULT_MAX_THREADS),
         }
     }
 }
@@ -151,6 +153,14 @@ impl Builder {
     /// nothing to do, virtual time jumps to the next virtual timer instead of the loop sleeping.
     pub fn start_paused(mut self, paused: bool) -> Self {
         self.start_paused = paused;
+        self
+    }
+
+    /// The bounds of the context's blocking thread pool ([`spawn_blocking`](crate::spawn_blocking)): at
+    /// most `max` workers (default 64), idle ones above `min` (default 0) exit after 10 s. Checked by
+    /// `build` (`InvalidInput` if `max` is 0 or `min > max`).
+    pub fn thread_pool(mut self, min: usize, max: usize) -> Self {
+        self.pool_size = (min, max);
         self
     }
 

@@ -198,6 +198,7 @@ impl AioContext {
 
     fn from_builder(b: Builder) -> io::Result<AioContext> {
         let poll = b.poll.validate()?;
+        crate::pool::validate_size(b.pool_size.0, b.pool_size.1)?;
         let (backend, forced) = match b.backend {
             Backend::Auto => Backend::resolve_auto()?,
             other => (other, true),
@@ -258,7 +259,7 @@ impl AioContext {
             }),
             auto_advance: Cell::new(b.start_paused),
             pool: RefCell::new(None),
-            pool_size: Cell::new((0, crate::pool::DEFAULT_MAX_THREADS)),
+            pool_size: Cell::new(b.pool_size),
         });
         if b.start_paused {
             inner.virtual_clock.pause();
