@@ -209,7 +209,7 @@ fn contended_mutex_across_five_iothreads() {
 /// starves and ownership alternates.
 #[test]
 fn mutex_hands_off_fairly_between_two_iothreads() {
-    const ROUNDS: usize = 2_000;
+    const ROUNDS: usize = 500;
     let a = IoThread::spawn("fair-a").unwrap();
     let b = IoThread::spawn("fair-b").unwrap();
     let log = Arc::new(Mutex::new(Vec::with_capacity(2 * ROUNDS)));
@@ -225,8 +225,9 @@ fn mutex_hands_off_fairly_between_two_iothreads() {
             for _ in 0..ROUNDS {
                 let mut guard = log.lock().await;
                 guard.push(me);
-                // Hold it across a trip through the loop, so the other side is waiting at unlock.
-                aioctx::yield_now().await;
+                // Hold it for a while (across a timer wait), so that the other side, whichever core the
+                // OS gives it, is queued at unlock.
+                aioctx::time::sleep(Duration::from_micros(20)).await;
                 drop(guard);
             }
         })
