@@ -249,15 +249,63 @@ fn sqes_batch_into_one_enter_at_the_next_wait() {
     assert_eq!(done.get(), 16);
 }
 
+/// On epoll and poll, user SQEs go on a side ring watched by the context; they fail only when the
+/// kernel refuses io_uring.
 #[test]
-fn add_sqe_needs_the_io_uring_backend() {
+fn add_sqe_on_epoll_and_poll_uses_a_side_ring() {
     for backend in [Backend::Epoll, Backend::Poll] {
         let ctx = AioContext::builder().backend(backend).build().unwrap();
+        let done = Rc::new(Cell::new(0));
+        for _ in 0..3 {
+            // SAFETY: NOP references no memory.
+            unsafe {
+                ctx.add_sqe(opcode::Nop::new().build(), {
+                    let d = done.clone();
+                    move |c| {
+                        assert_eq!(c.result, 0);
+                        d.set(d.get() + 1)
+                    }
+                })
+            }
+            .unwrap();
+        }
+        poll_until(&ctx, || done.get() == 3);
+        assert_eq!(ctx.backend(), backend, "the fd monitor stays what it was");
+
+        let (rd, wr) = pipe();
+        let got = Rc::new(Cell::new(None));
+        let buf = vec![0u8; 8].into_boxed_slice();
+        let sqe = opcode::Read::new(types::Fd(rd.as_raw_fd()), buf.as_ptr() as *mut u8, 8).build();
+        // SAFETY: the buffer moves into the callback.
+        unsafe {
+            ctx.add_sqe(sqe, {
+                let got = got.clone();
+                move |c| {
+                    got.set(Some(c.result));
+                    drop(buf)
+                }
+            })
+        }
+        .unwrap();
+        ctx.poll(false);
+        // SAFETY: writes 3 bytes from a static string.
+        assert_eq!(
+            unsafe { libc::write(wr.as_raw_fd(), b"abc".as_ptr().cast(), 3) },
+            3
+        );
+        poll_until(&ctx, || got.get().is_some());
+        assert_eq!(got.get(), Some(3));
+
+        let refused = AioContext::builder()
+            .backend(backend)
+            .simulate_io_uring_unavailable(libc::EPERM)
+            .build()
+            .unwrap();
         // SAFETY: NOP references no memory.
-        let err = unsafe { ctx.add_sqe(opcode::Nop::new().build(), |_| panic!("never runs")) }
+        let err = unsafe { refused.add_sqe(opcode::Nop::new().build(), |_| panic!("never runs")) }
             .unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
-        assert!(!ctx.poll(false));
+        assert!(err.to_string().contains("io_uring unavailable"), "{err}");
+        assert!(!refused.poll(false));
     }
 }
 

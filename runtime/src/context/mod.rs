@@ -141,6 +141,10 @@ pub(crate) struct Inner {
     pub(crate) pool: RefCell<Option<Arc<crate::pool::Pool>>>,
     /// `(min, max)` workers for the pool.
     pub(crate) pool_size: Cell<(usize, usize)>,
+    /// The ring for user SQEs when the fd monitor is not io_uring, created on first use.
+    pub(crate) side_ring: RefCell<Option<uring::SideRing>>,
+    /// Fault injection from the builder: io_uring setup fails with this errno.
+    pub(crate) simulate_uring_errno: Option<i32>,
 }
 
 /// A QEMU-style event loop bound to the thread that created it (its home thread).
@@ -260,6 +264,8 @@ impl AioContext {
             auto_advance: Cell::new(b.start_paused),
             pool: RefCell::new(None),
             pool_size: Cell::new(b.pool_size),
+            side_ring: RefCell::new(None),
+            simulate_uring_errno: b.simulate_uring_errno,
         });
         if b.start_paused {
             inner.virtual_clock.pause();
@@ -568,6 +574,7 @@ impl Drop for AioContext {
         // First let the kernel finish (or cancel) every user SQE: their memory is owned by callbacks.
         let cancelled = inner.monitor.borrow_mut().cancel_user_ops();
         drop(cancelled);
+        inner.drop_side_ring();
         let sqe_callbacks = std::mem::take(&mut *inner.sqe_callbacks.borrow_mut());
         drop(sqe_callbacks);
         // Take everything out first and drop it after the borrows end: user closures may own

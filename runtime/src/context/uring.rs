@@ -5,9 +5,12 @@ use std::io;
 
 use io_uring::squeue;
 
-use super::{AioContext, Inner};
-use crate::fdmon::io_uring::user_sqe_data;
-use crate::fdmon::Completion;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use super::{AioContext, Bh, FdHandlers, FdRegistration, Inner};
+use crate::fdmon::io_uring::{user_sqe_data, UringMonitor};
+use crate::fdmon::{Completion, MonitorOps};
 
 /// What a user SQE's completion callback receives: the CQE's `res` and `flags`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +50,10 @@ impl AioContext {
     /// any callback, including another SQE's completion callback. Only single-shot operations are
     /// supported: the first CQE completes the operation (no multishot, no `CQE_SKIP_SUCCESS`).
     ///
-    /// Fails with `Unsupported` unless the context runs the io_uring backend.
+    /// On the io_uring backend the SQE goes on the context's own ring. On epoll and poll it goes on a side
+    /// ring the context creates at the first call: its fd is watched like any other, its completion queue
+    /// is peeked while the loop busy-polls, and SQEs queued in one iteration go out together in the next.
+    /// Fails only when the kernel refuses io_uring altogether.
     ///
     /// # Safety
     ///
@@ -81,9 +87,18 @@ impl AioContext {
     }
 }
 
+/// A ring for user SQEs on a context that sleeps in epoll or poll: its fd is watched by the context
+/// (readable when completions wait), its completion queue is peeked by a poll function while the loop
+/// busy-polls, and a BH submits what was queued during an iteration, in one `io_uring_enter`.
+pub(crate) struct SideRing {
+    ring: UringMonitor,
+    submit: Bh,
+    _registration: FdRegistration,
+}
+
 impl Inner {
-    fn add_sqe(
-        &self,
+    pub(crate) fn add_sqe(
+        self: &Rc<Self>,
         sqe: squeue::Entry,
         on_complete: Box<dyn FnOnce(SqeCompletion)>,
     ) -> io::Result<()> {
@@ -91,16 +106,94 @@ impl Inner {
             .sqe_callbacks
             .borrow_mut()
             .insert(SqeCallback(on_complete));
-        let pushed = self
-            .monitor
-            .borrow_mut()
-            .push_sqe(sqe.user_data(user_sqe_data(key)));
+        let sqe = sqe.user_data(user_sqe_data(key));
+        let on_main_ring = self.monitor.borrow().backend() == crate::Backend::IoUring;
+        let pushed = if on_main_ring {
+            self.monitor.borrow_mut().push_sqe(sqe)
+        } else {
+            self.push_side_ring(sqe)
+        };
         if let Err(err) = pushed {
             let callback = self.sqe_callbacks.borrow_mut().remove(key);
             drop(callback);
             return Err(err);
         }
         Ok(())
+    }
+
+    fn push_side_ring(self: &Rc<Self>, sqe: squeue::Entry) -> io::Result<()> {
+        if self.side_ring.borrow().is_none() {
+            let side = self.create_side_ring()?;
+            *self.side_ring.borrow_mut() = Some(side);
+        }
+        let mut guard = self.side_ring.borrow_mut();
+        let side = guard.as_mut().expect("created above");
+        side.ring.push_sqe(sqe)?;
+        side.submit.schedule();
+        Ok(())
+    }
+
+    fn create_side_ring(self: &Rc<Self>) -> io::Result<SideRing> {
+        if let Some(errno) = self.simulate_uring_errno {
+            return Err(crate::fdmon::io_uring::unavailable(
+                io::Error::from_raw_os_error(errno),
+            ));
+        }
+        let ring = UringMonitor::new_side_ring(
+            crate::fdmon::io_uring::DEFAULT_ENTRIES,
+            Arc::clone(&self.shared.stats.uring),
+        )?;
+        let fd = ring.ring_fd();
+        let weak = Rc::downgrade(self);
+        let handlers = FdHandlers::new()
+            .read({
+                let weak = weak.clone();
+                move || reap_side_ring(&weak)
+            })
+            .poll(
+                {
+                    let weak = weak.clone();
+                    move || {
+                        weak.upgrade().is_some_and(|inner| {
+                            inner
+                                .side_ring
+                                .borrow_mut()
+                                .as_mut()
+                                .is_some_and(|side| side.ring.completions_ready())
+                        })
+                    }
+                },
+                {
+                    let weak = weak.clone();
+                    move || reap_side_ring(&weak)
+                },
+            );
+        let token = self.add_handler(fd, handlers, false)?;
+        let registration = FdRegistration::new(self, token, fd, None);
+        let submit = Bh::new(
+            self,
+            Rc::new(move || {
+                if let Some(inner) = weak.upgrade() {
+                    if let Some(side) = inner.side_ring.borrow_mut().as_mut() {
+                        side.ring.submit_pending();
+                    }
+                }
+            }),
+        );
+        Ok(SideRing {
+            ring,
+            submit,
+            _registration: registration,
+        })
+    }
+
+    /// Teardown: cancels the side ring's operations in flight and waits for their completions.
+    pub(crate) fn drop_side_ring(&self) {
+        let side = self.side_ring.borrow_mut().take();
+        if let Some(mut side) = side {
+            drop(side.ring.cancel_user_ops());
+            drop(side);
+        }
     }
 
     /// Runs the completion callbacks of reaped user SQEs; returns whether any ran.
@@ -118,4 +211,16 @@ impl Inner {
         }
         progress
     }
+}
+
+/// Reaps the side ring's completions and runs their callbacks (from its fd handler or poll path).
+fn reap_side_ring(weak: &Weak<Inner>) {
+    let Some(inner) = weak.upgrade() else {
+        return;
+    };
+    let mut completions = Vec::new();
+    if let Some(side) = inner.side_ring.borrow_mut().as_mut() {
+        let _ = side.ring.wait(0, &mut Vec::new(), &mut completions);
+    }
+    inner.dispatch_completions(&mut completions);
 }

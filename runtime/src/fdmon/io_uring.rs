@@ -118,6 +118,17 @@ impl UringMonitor {
             .build(entries)
             .or_else(|_| IoUring::new(entries))
             .map_err(unavailable)?;
+        Self::with_ring(ring, max_batch, stats)
+    }
+
+    /// A ring whose fd becomes readable when completions arrive, for contexts that sleep in epoll or
+    /// poll: no deferred task running, which would hold completions back until the next enter.
+    pub(crate) fn new_side_ring(entries: u32, stats: Arc<UringCounters>) -> io::Result<Self> {
+        let ring = IoUring::new(entries).map_err(unavailable)?;
+        Self::with_ring(ring, 0, stats)
+    }
+
+    fn with_ring(ring: IoUring, max_batch: usize, stats: Arc<UringCounters>) -> io::Result<Self> {
         if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
             return Err(unavailable(io::Error::from_raw_os_error(libc::EINVAL)));
         }
@@ -145,6 +156,12 @@ impl UringMonitor {
             cqes: Vec::new(),
             stats,
         })
+    }
+
+    /// The ring's fd (readable when completions wait, for a side ring watched by epoll or poll).
+    pub(crate) fn ring_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.ring.as_raw_fd()
     }
 
     /// Queues an SQE, submitting early if the SQ is full; what still does not fit waits in the backlog.
