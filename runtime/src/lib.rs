@@ -44,6 +44,7 @@
 mod atomics;
 mod context;
 mod fdmon;
+pub mod fs;
 mod iothread;
 mod notifier;
 mod pool;

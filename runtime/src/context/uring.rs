@@ -121,11 +121,21 @@ impl Inner {
         Ok(())
     }
 
-    fn push_side_ring(self: &Rc<Self>, sqe: squeue::Entry) -> io::Result<()> {
+    /// Whether user SQEs can run here: on the context's own ring, or on a side ring (created now if
+    /// needed). The error says why not.
+    pub(crate) fn ring_available(self: &Rc<Self>) -> io::Result<()> {
+        if self.monitor.borrow().backend() == crate::Backend::IoUring {
+            return Ok(());
+        }
         if self.side_ring.borrow().is_none() {
             let side = self.create_side_ring()?;
             *self.side_ring.borrow_mut() = Some(side);
         }
+        Ok(())
+    }
+
+    fn push_side_ring(self: &Rc<Self>, sqe: squeue::Entry) -> io::Result<()> {
+        self.ring_available()?;
         let mut guard = self.side_ring.borrow_mut();
         let side = guard.as_mut().expect("created above");
         side.ring.push_sqe(sqe)?;

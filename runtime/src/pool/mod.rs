@@ -192,6 +192,22 @@ impl Inner {
     }
 }
 
+/// `spawn_blocking` for fallible I/O on the current context, as an `io::Result` (a cancelled or panicked
+/// job, or no current context, becomes an error).
+pub(crate) async fn spawn_blocking_io<F, T>(f: F) -> io::Result<T>
+where
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handle = current::with_current(|inner| inner.spawn_blocking(f)).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotConnected,
+            "aioctx I/O used outside an aioctx context",
+        )
+    })?;
+    handle.await.map_err(io::Error::from)?
+}
+
 /// Runs `f` on the current context's blocking thread pool and returns a [`JoinHandle`] for its result.
 /// Use it for work that would block the loop: `fsync` on a slow device, `getaddrinfo`, a compression
 /// step. The result comes back through the context, so the task awaiting it runs on the home thread.

@@ -1,0 +1,793 @@
+//! [`File`] and [`OpenOptions`].
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use io_uring::{opcode, squeue, types};
+
+use super::op::{cqe_result, Op};
+use super::{IoBuf, IoBufMut};
+use crate::context::current;
+
+/// The `O_DIRECT` alignment checked before submission.
+const DIRECT_ALIGN: u64 = 512;
+/// The largest single transfer (the SQE length is 32 bits); longer requests are done in pieces.
+const MAX_RW: usize = 1 << 30;
+
+/// Which machinery runs a [`File`]'s operations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IoEngine {
+    /// io_uring if the kernel allows it (the context's own ring, or its side ring on epoll/poll), else
+    /// the thread pool. Resolved when the file is opened.
+    #[default]
+    Auto,
+    /// SQEs on the context's ring.
+    IoUring,
+    /// `pread`/`pwrite` on the context's blocking thread pool.
+    ThreadPool,
+}
+
+impl IoEngine {
+    fn to_u8(self) -> u8 {
+        match self {
+            IoEngine::Auto => 0,
+            IoEngine::IoUring => 1,
+            IoEngine::ThreadPool => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> IoEngine {
+        match v {
+            1 => IoEngine::IoUring,
+            2 => IoEngine::ThreadPool,
+            _ => IoEngine::Auto,
+        }
+    }
+}
+
+/// How to open a [`File`] (like `std::fs::OpenOptions`, plus `direct` and `engine`).
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("aioctx-doc-open-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let f = aioctx::fs::File::options()
+///         .read(true)
+///         .write(true)
+///         .create(true)
+///         .open(dir.join("disk.img"))
+///         .await?;
+///     let (res, _buf) = f.write_at(b"hello".to_vec(), 0).await;
+///     assert_eq!(res?, 5);
+///     let (res, buf) = f.read_at(Vec::with_capacity(16), 0).await;
+///     assert_eq!(res?, 5);
+///     assert_eq!(buf, b"hello");
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use = "OpenOptions does nothing until .open() is awaited"]
+pub struct OpenOptions {
+    read: bool,
+    write: bool,
+    create: bool,
+    truncate: bool,
+    direct: bool,
+    engine: IoEngine,
+}
+
+impl OpenOptions {
+    /// All options off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Open for reading.
+    pub fn read(mut self, on: bool) -> Self {
+        self.read = on;
+        self
+    }
+
+    /// Open for writing.
+    pub fn write(mut self, on: bool) -> Self {
+        self.write = on;
+        self
+    }
+
+    /// Create the file if it does not exist (needs `write`).
+    pub fn create(mut self, on: bool) -> Self {
+        self.create = on;
+        self
+    }
+
+    /// Truncate the file to 0 bytes (needs `write`).
+    pub fn truncate(mut self, on: bool) -> Self {
+        self.truncate = on;
+        self
+    }
+
+    /// Bypass the page cache (`O_DIRECT`). Buffers, lengths and offsets must then be 512-byte aligned
+    /// (use [`AlignedBuf`](super::AlignedBuf)); file systems that refuse `O_DIRECT` fail the open with
+    /// `EINVAL`.
+    pub fn direct(mut self, on: bool) -> Self {
+        self.direct = on;
+        self
+    }
+
+    /// Chooses the engine (default `Auto`).
+    pub fn engine(mut self, engine: IoEngine) -> Self {
+        self.engine = engine;
+        self
+    }
+
+    /// Opens `path` (on the blocking thread pool, since opening can block) and resolves the engine.
+    ///
+    /// Errors: what the OS says (`NotFound`, `PermissionDenied`, `EINVAL` for `O_DIRECT` on a file system
+    /// that refuses it), `Unsupported` if `IoEngine::IoUring` was forced where io_uring is unavailable,
+    /// `NotConnected` outside an aioctx context.
+    pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
+        let engine = resolve_engine(self.engine)?;
+        let opts = self.clone();
+        let path = path.as_ref().to_owned();
+        let std_file = crate::pool::spawn_blocking_io(move || {
+            let mut o = std::fs::OpenOptions::new();
+            o.read(opts.read)
+                .write(opts.write)
+                .create(opts.create)
+                .truncate(opts.truncate);
+            if opts.direct {
+                o.custom_flags(libc::O_DIRECT);
+            }
+            o.open(&path)
+                .map_err(|e| crate::sys::with_context(e, format!("opening {}", path.display())))
+        })
+        .await?;
+        Ok(File {
+            fd: Arc::new(OwnedFd::from(std_file)),
+            direct: self.direct,
+            engine: AtomicU8::new(engine.to_u8()),
+        })
+    }
+}
+
+fn resolve_engine(wanted: IoEngine) -> io::Result<IoEngine> {
+    if wanted == IoEngine::ThreadPool {
+        return Ok(wanted);
+    }
+    let ring = current::with_current(|inner| inner.ring_available()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotConnected,
+            "aioctx::fs used outside an aioctx context",
+        )
+    })?;
+    match (wanted, ring) {
+        (_, Ok(())) => Ok(IoEngine::IoUring),
+        (IoEngine::Auto, Err(_)) => Ok(IoEngine::ThreadPool),
+        (_, Err(e)) => Err(io::Error::new(io::ErrorKind::Unsupported, e)),
+    }
+}
+
+/// A file for block I/O on the current context's ring. See the [module docs](super) for the engines and
+/// the buffer-lifetime rules. `Send + Sync`: a block driver may share it between tasks and IOThreads;
+/// each operation runs on the context of the task that awaits it.
+pub struct File {
+    fd: Arc<OwnedFd>,
+    direct: bool,
+    engine: AtomicU8,
+}
+
+impl fmt::Debug for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("File")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("direct", &self.direct)
+            .field("engine", &self.engine())
+            .finish()
+    }
+}
+
+/// One operation, described without pointers the compiler would refuse to send (addresses as `usize`).
+#[derive(Clone, Copy, Debug)]
+enum Req {
+    Read {
+        addr: usize,
+        len: usize,
+        off: u64,
+    },
+    Write {
+        addr: usize,
+        len: usize,
+        off: u64,
+        fua: bool,
+    },
+    Readv {
+        iov: usize,
+        count: usize,
+        off: u64,
+    },
+    Writev {
+        iov: usize,
+        count: usize,
+        off: u64,
+    },
+    Fsync {
+        data_only: bool,
+    },
+    Fallocate {
+        mode: i32,
+        off: u64,
+        len: u64,
+    },
+}
+
+impl Req {
+    fn sqe(self, fd: RawFd) -> squeue::Entry {
+        let fd = types::Fd(fd);
+        match self {
+            Req::Read { addr, len, off } => opcode::Read::new(fd, addr as *mut u8, len as u32)
+                .offset(off)
+                .build(),
+            Req::Write {
+                addr,
+                len,
+                off,
+                fua,
+            } => opcode::Write::new(fd, addr as *const u8, len as u32)
+                .offset(off)
+                .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
+                .build(),
+            Req::Readv { iov, count, off } => {
+                opcode::Readv::new(fd, iov as *const libc::iovec, count as u32)
+                    .offset(off)
+                    .build()
+            }
+            Req::Writev { iov, count, off } => {
+                opcode::Writev::new(fd, iov as *const libc::iovec, count as u32)
+                    .offset(off)
+                    .build()
+            }
+            Req::Fsync { data_only } => opcode::Fsync::new(fd)
+                .flags(if data_only {
+                    types::FsyncFlags::DATASYNC
+                } else {
+                    types::FsyncFlags::empty()
+                })
+                .build(),
+            Req::Fallocate { mode, off, len } => opcode::Fallocate::new(fd, len)
+                .offset(off)
+                .mode(mode)
+                .build(),
+        }
+    }
+
+    /// The same operation as a blocking syscall (the thread-pool engine). Returns `res` or `-errno`.
+    ///
+    /// # Safety
+    ///
+    /// The addresses must be valid for the operation, as for the SQE.
+    unsafe fn blocking(self, fd: RawFd) -> i32 {
+        // SAFETY (all arms): the caller guarantees the memory; the fd is kept open by the caller.
+        let ret: isize = unsafe {
+            match self {
+                Req::Read { addr, len, off } => libc::pread(fd, addr as *mut _, len, off as i64),
+                Req::Write {
+                    addr,
+                    len,
+                    off,
+                    fua,
+                } => {
+                    let iov = libc::iovec {
+                        iov_base: addr as *mut _,
+                        iov_len: len,
+                    };
+                    let flags = if fua { libc::RWF_DSYNC } else { 0 };
+                    libc::pwritev2(fd, &iov, 1, off as i64, flags)
+                }
+                Req::Readv { iov, count, off } => {
+                    libc::preadv(fd, iov as *const libc::iovec, count as i32, off as i64)
+                }
+                Req::Writev { iov, count, off } => {
+                    libc::pwritev(fd, iov as *const libc::iovec, count as i32, off as i64)
+                }
+                Req::Fsync { data_only: true } => libc::fdatasync(fd) as isize,
+                Req::Fsync { data_only: false } => libc::fsync(fd) as isize,
+                Req::Fallocate { mode, off, len } => {
+                    libc::fallocate(fd, mode, off as i64, len as i64) as isize
+                }
+            }
+        };
+        if ret < 0 {
+            -io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        } else {
+            ret as i32
+        }
+    }
+}
+
+/// iovecs that point into buffers owned next to them; only the kernel reads them (through the SQE).
+struct IoVecs(#[allow(dead_code)] Vec<libc::iovec>);
+
+// SAFETY: the iovecs point into heap buffers that travel with them (in the same operation's resources),
+// so sending them sends nothing shared.
+unsafe impl Send for IoVecs {}
+
+impl File {
+    /// Options to open a file with.
+    pub fn options() -> OpenOptions {
+        OpenOptions::new()
+    }
+
+    /// Opens an existing file read-only.
+    pub async fn open(path: impl AsRef<Path>) -> io::Result<File> {
+        OpenOptions::new().read(true).open(path).await
+    }
+
+    /// Creates (or truncates) a file for reading and writing.
+    pub async fn create(path: impl AsRef<Path>) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .await
+    }
+
+    /// Wraps an open `std::fs::File` (for the `Auto` engine, resolved on the current context).
+    pub fn from_std(file: std::fs::File) -> io::Result<File> {
+        // SAFETY: F_GETFL only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        let engine = resolve_engine(IoEngine::Auto)?;
+        Ok(File {
+            fd: Arc::new(OwnedFd::from(file)),
+            direct: flags >= 0 && flags & libc::O_DIRECT != 0,
+            engine: AtomicU8::new(engine.to_u8()),
+        })
+    }
+
+    /// The engine running this file's operations (never `Auto` once opened).
+    pub fn engine(&self) -> IoEngine {
+        IoEngine::from_u8(self.engine.load(Ordering::Relaxed))
+    }
+
+    /// The file size in bytes.
+    pub fn len(&self) -> io::Result<u64> {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes into a live, zeroed stat struct.
+        let ret = unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) };
+        crate::sys::check(ret, || "fstat".into())?;
+        Ok(st.st_size as u64)
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Truncates or extends the file to `size` bytes.
+    pub async fn set_len(&self, size: u64) -> io::Result<()> {
+        let size = i64::try_from(size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size beyond i64::MAX"))?;
+        // SAFETY: ftruncate takes no pointers.
+        let ret = unsafe { libc::ftruncate(self.fd.as_raw_fd(), size) };
+        crate::sys::check(ret, || format!("ftruncate to {size}")).map(drop)
+    }
+
+    fn check_direct(&self, addr: usize, len: usize, off: u64) -> io::Result<()> {
+        if self.direct
+            && (addr as u64 % DIRECT_ALIGN != 0
+                || len as u64 % DIRECT_ALIGN != 0
+                || off % DIRECT_ALIGN != 0)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "O_DIRECT needs the buffer address, length and offset aligned to {DIRECT_ALIGN} \
+                     bytes (address {addr:#x}, length {len}, offset {off}); use fs::AlignedBuf"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs one operation on the file's engine, resubmitting `EINTR`/`EAGAIN`. `keep` holds whatever
+    /// memory the operation points to; it comes back with the result.
+    async fn run<K: Send + 'static>(&self, req: Req, keep: K) -> (io::Result<usize>, K) {
+        let keep = (Arc::clone(&self.fd), keep);
+        let (res, (_, keep)) = match self.engine() {
+            IoEngine::ThreadPool => run_blocking(req, keep).await,
+            _ => {
+                let mut keep = keep;
+                loop {
+                    let fd = keep.0.as_raw_fd();
+                    // SAFETY: every address in `req` points into `keep` (its heap buffers) or into memory
+                    // the caller of a `_raw` method promised to keep alive; the fd is kept open by the
+                    // Arc inside `keep`.
+                    let op = unsafe { Op::submit(keep, move |_| req.sqe(fd)) };
+                    let (res, back) = op.await;
+                    keep = back;
+                    match res {
+                        Ok(r) if r == -libc::EINTR || r == -libc::EAGAIN => continue,
+                        Ok(r) => break (cqe_result(r), keep),
+                        Err(e) => break (Err(e), keep),
+                    }
+                }
+            }
+        };
+        (res, keep)
+    }
+
+    /// Reads into `buf` (up to its capacity) from `offset`. Returns how many bytes were read (fewer at end
+    /// of file, 0 at or past it) and the buffer, whose initialised length is set accordingly.
+    pub async fn read_at<B: IoBufMut>(&self, mut buf: B, offset: u64) -> (io::Result<usize>, B) {
+        let addr = buf.stable_mut_ptr() as usize;
+        let len = buf.bytes_total().min(MAX_RW);
+        if let Err(e) = self.check_direct(addr, len, offset) {
+            return (Err(e), buf);
+        }
+        let (res, mut buf) = self
+            .run(
+                Req::Read {
+                    addr,
+                    len,
+                    off: offset,
+                },
+                buf,
+            )
+            .await;
+        if let Ok(n) = res {
+            // SAFETY: the kernel wrote n bytes at the start of the buffer.
+            unsafe { buf.set_init(n) };
+        }
+        (res, buf)
+    }
+
+    /// Reads exactly `buf.bytes_total()` bytes from `offset`, continuing short reads. At end of file it
+    /// fails with `UnexpectedEof` (the buffer holds what was read).
+    pub async fn read_exact_at<B: IoBufMut>(&self, mut buf: B, offset: u64) -> (io::Result<()>, B) {
+        let base = buf.stable_mut_ptr() as usize;
+        let total = buf.bytes_total();
+        if let Err(e) = self.check_direct(base, total, offset) {
+            return (Err(e), buf);
+        }
+        let mut done = 0;
+        while done < total {
+            let len = (total - done).min(MAX_RW);
+            let req = Req::Read {
+                addr: base + done,
+                len,
+                off: offset + done as u64,
+            };
+            let (res, back) = self.run(req, buf).await;
+            buf = back;
+            match res {
+                Ok(0) => {
+                    // SAFETY: `done` bytes were written by earlier reads.
+                    unsafe { buf.set_init(done) };
+                    let eof = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "end of file before the buffer was full",
+                    );
+                    return (Err(eof), buf);
+                }
+                Ok(n) => done += n,
+                Err(e) => {
+                    // SAFETY: as above.
+                    unsafe { buf.set_init(done) };
+                    return (Err(e), buf);
+                }
+            }
+        }
+        // SAFETY: all `total` bytes were written.
+        unsafe { buf.set_init(total) };
+        (Ok(()), buf)
+    }
+
+    async fn write_impl<B: IoBuf>(&self, buf: B, offset: u64, fua: bool) -> (io::Result<usize>, B) {
+        let addr = buf.stable_ptr() as usize;
+        let len = buf.bytes_init().min(MAX_RW);
+        if let Err(e) = self.check_direct(addr, len, offset) {
+            return (Err(e), buf);
+        }
+        self.run(
+            Req::Write {
+                addr,
+                len,
+                off: offset,
+                fua,
+            },
+            buf,
+        )
+        .await
+    }
+
+    /// Writes `buf`'s initialised bytes at `offset`; returns how many were written (possibly fewer).
+    pub async fn write_at<B: IoBuf>(&self, buf: B, offset: u64) -> (io::Result<usize>, B) {
+        self.write_impl(buf, offset, false).await
+    }
+
+    /// A FUA write (`RWF_DSYNC`): done only once the data is on stable storage.
+    pub async fn write_at_fua<B: IoBuf>(&self, buf: B, offset: u64) -> (io::Result<usize>, B) {
+        self.write_impl(buf, offset, true).await
+    }
+
+    /// Writes all of `buf` at `offset`, continuing short writes; a write that makes no progress fails
+    /// with `ENOSPC` (QEMU's rule).
+    pub async fn write_all_at<B: IoBuf>(&self, mut buf: B, offset: u64) -> (io::Result<()>, B) {
+        let base = buf.stable_ptr() as usize;
+        let total = buf.bytes_init();
+        if let Err(e) = self.check_direct(base, total, offset) {
+            return (Err(e), buf);
+        }
+        let mut done = 0;
+        while done < total {
+            let len = (total - done).min(MAX_RW);
+            let req = Req::Write {
+                addr: base + done,
+                len,
+                off: offset + done as u64,
+                fua: false,
+            };
+            let (res, back) = self.run(req, buf).await;
+            buf = back;
+            match res {
+                Ok(0) => return (Err(io::Error::from_raw_os_error(libc::ENOSPC)), buf),
+                Ok(n) => done += n,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Reads into several buffers (up to each one's capacity) from `offset` with one `preadv`.
+    pub async fn readv_at<B: IoBufMut>(
+        &self,
+        mut bufs: Vec<B>,
+        offset: u64,
+    ) -> (io::Result<usize>, Vec<B>) {
+        let iovs: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.stable_mut_ptr().cast(),
+                iov_len: b.bytes_total(),
+            })
+            .collect();
+        for iov in &iovs {
+            if let Err(e) = self.check_direct(iov.iov_base as usize, iov.iov_len, offset) {
+                return (Err(e), bufs);
+            }
+        }
+        let req = Req::Readv {
+            iov: iovs.as_ptr() as usize,
+            count: iovs.len(),
+            off: offset,
+        };
+        let (res, (mut bufs, _iovs)) = self.run(req, (bufs, IoVecs(iovs))).await;
+        if let Ok(mut left) = res {
+            for b in &mut bufs {
+                let n = left.min(b.bytes_total());
+                // SAFETY: the kernel filled the iovecs in order; this buffer got its first n bytes.
+                unsafe { b.set_init(n) };
+                left -= n;
+            }
+        }
+        (res, bufs)
+    }
+
+    /// Writes several buffers' initialised bytes at `offset` with one `pwritev`.
+    pub async fn writev_at<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> (io::Result<usize>, Vec<B>) {
+        let iovs: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.stable_ptr() as *mut _,
+                iov_len: b.bytes_init(),
+            })
+            .collect();
+        for iov in &iovs {
+            if let Err(e) = self.check_direct(iov.iov_base as usize, iov.iov_len, offset) {
+                return (Err(e), bufs);
+            }
+        }
+        let req = Req::Writev {
+            iov: iovs.as_ptr() as usize,
+            count: iovs.len(),
+            off: offset,
+        };
+        let (res, (bufs, _iovs)) = self.run(req, (bufs, IoVecs(iovs))).await;
+        (res, bufs)
+    }
+
+    /// Flushes data and metadata to stable storage (`fsync`).
+    pub async fn sync_all(&self) -> io::Result<()> {
+        self.run(Req::Fsync { data_only: false }, ())
+            .await
+            .0
+            .map(drop)
+    }
+
+    /// Flushes data (and the metadata needed to read it) to stable storage (`fdatasync`, QEMU's flush).
+    pub async fn sync_data(&self) -> io::Result<()> {
+        self.run(Req::Fsync { data_only: true }, ())
+            .await
+            .0
+            .map(drop)
+    }
+
+    /// Makes `len` bytes at `offset` read as zeroes, extending the file if needed
+    /// (`FALLOC_FL_ZERO_RANGE`).
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.run(
+            Req::Fallocate {
+                mode: libc::FALLOC_FL_ZERO_RANGE,
+                off: offset,
+                len,
+            },
+            (),
+        )
+        .await
+        .0
+        .map(drop)
+    }
+
+    /// Deallocates `len` bytes at `offset` (they read as zeroes afterwards) without changing the size
+    /// (`FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`).
+    pub async fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        self.run(
+            Req::Fallocate {
+                mode,
+                off: offset,
+                len,
+            },
+            (),
+        )
+        .await
+        .0
+        .map(drop)
+    }
+
+    /// Reads into memory the caller keeps alive (e.g. guest RAM) from `offset`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for writes of `len` bytes, and not be read or written by anything else, until
+    /// the operation completes: until this future returns, or, if it is dropped first, until the
+    /// operation's completion arrives (the context waits for it at the latest when it is dropped).
+    pub async unsafe fn read_at_raw(
+        &self,
+        ptr: *mut u8,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<usize> {
+        let addr = ptr as usize;
+        self.check_direct(addr, len, offset)?;
+        self.run(
+            Req::Read {
+                addr,
+                len: len.min(MAX_RW),
+                off: offset,
+            },
+            (),
+        )
+        .await
+        .0
+    }
+
+    /// Writes from memory the caller keeps alive at `offset`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for reads of `len` bytes until the operation completes (see
+    /// [`read_at_raw`](Self::read_at_raw)).
+    pub async unsafe fn write_at_raw(
+        &self,
+        ptr: *const u8,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<usize> {
+        let addr = ptr as usize;
+        self.check_direct(addr, len, offset)?;
+        self.run(
+            Req::Write {
+                addr,
+                len: len.min(MAX_RW),
+                off: offset,
+                fua: false,
+            },
+            (),
+        )
+        .await
+        .0
+    }
+
+    /// `preadv` into caller-owned iovecs (a virtqueue's descriptor chain mapped to guest RAM).
+    ///
+    /// # Safety
+    ///
+    /// The `count` iovecs at `iov`, and the memory they describe, must stay valid (the memory unaliased)
+    /// until the operation completes (see [`read_at_raw`](Self::read_at_raw)).
+    pub async unsafe fn readv_at_raw(
+        &self,
+        iov: *const libc::iovec,
+        count: usize,
+        offset: u64,
+    ) -> io::Result<usize> {
+        self.run(
+            Req::Readv {
+                iov: iov as usize,
+                count,
+                off: offset,
+            },
+            (),
+        )
+        .await
+        .0
+    }
+
+    /// `pwritev` from caller-owned iovecs; optionally FUA is not available for vectors (use
+    /// [`sync_data`](Self::sync_data)).
+    ///
+    /// # Safety
+    ///
+    /// As for [`readv_at_raw`](Self::readv_at_raw), for reads of the memory.
+    pub async unsafe fn writev_at_raw(
+        &self,
+        iov: *const libc::iovec,
+        count: usize,
+        offset: u64,
+    ) -> io::Result<usize> {
+        self.run(
+            Req::Writev {
+                iov: iov as usize,
+                count,
+                off: offset,
+            },
+            (),
+        )
+        .await
+        .0
+    }
+}
+
+/// The thread-pool engine: the syscall runs on the context's pool, the resources travel with it and
+/// come back even if the job is cancelled before it starts.
+async fn run_blocking<K: Send + 'static>(
+    req: Req,
+    keep: (Arc<OwnedFd>, K),
+) -> (io::Result<usize>, (Arc<OwnedFd>, K)) {
+    let slot = Arc::new(Mutex::new(Some(keep)));
+    let job_slot = Arc::clone(&slot);
+    let joined = crate::pool::spawn_blocking_io(move || {
+        let guard = job_slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let fd = guard.as_ref().map_or(-1, |k| k.0.as_raw_fd());
+        // SAFETY: the memory `req` points to is owned by the resources in the slot, which this job holds
+        // locked (and alive through its Arc) for the whole call.
+        let res = unsafe { req.blocking(fd) };
+        drop(guard);
+        Ok(res)
+    })
+    .await;
+    let keep = slot
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .expect("resources are put back by the job or never taken");
+    match joined {
+        Ok(res) => (cqe_result(res), keep),
+        Err(e) => (Err(e), keep),
+    }
+}

@@ -1,0 +1,140 @@
+//! One block-I/O operation on the context's ring, as a future that owns its resources.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use io_uring::squeue;
+
+use crate::context::current;
+use crate::task::queue::{thread_token, HomeCell};
+
+struct OpCell<T> {
+    result: Option<i32>,
+    waker: Option<Waker>,
+    resources: Option<T>,
+}
+
+/// The cell an operation shares with its completion callback.
+type SharedCell<T> = Arc<HomeCell<OpCell<T>>>;
+
+/// An operation in flight. Its resources (buffers, iovecs) live in a cell shared with the completion
+/// callback, so they stay alive until the CQE arrives even if this future is dropped first.
+pub(crate) struct Op<T: Send + 'static> {
+    state: Result<SharedCell<T>, Option<(io::Error, T)>>,
+    home: u64,
+}
+
+impl<T: Send + 'static> Op<T> {
+    /// Builds an SQE that may point into `resources` (into heap memory they own, which does not move
+    /// when they do) and queues it on the current context's ring.
+    ///
+    /// # Safety
+    ///
+    /// Every pointer in the SQE must point into memory owned by `resources` (or kept alive by the
+    /// caller until the operation completes).
+    pub(crate) unsafe fn submit(resources: T, make_sqe: impl FnOnce(&T) -> squeue::Entry) -> Op<T> {
+        let sqe = make_sqe(&resources);
+        let home = thread_token();
+        let cell = Arc::new(HomeCell::new(
+            home,
+            OpCell {
+                result: None,
+                waker: None,
+                resources: Some(resources),
+            },
+        ));
+        let for_callback = Arc::clone(&cell);
+        let queued = current::with_current(|inner| {
+            inner.add_sqe(
+                sqe,
+                Box::new(move |c| {
+                    let mut cell = for_callback.borrow_mut();
+                    cell.result = Some(c.result);
+                    let waker = cell.waker.take();
+                    drop(cell);
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                }),
+            )
+        })
+        .unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "aioctx::fs used outside an aioctx context",
+            ))
+        });
+        match queued {
+            Ok(()) => Op {
+                state: Ok(cell),
+                home,
+            },
+            Err(err) => {
+                // The SQE never reached the kernel: the resources are ours again.
+                let resources = cell.borrow_mut().resources.take().expect("still here");
+                Op {
+                    state: Err(Some((err, resources))),
+                    home,
+                }
+            }
+        }
+    }
+}
+
+// The resources are never pinned (they live behind an Arc or in an Option), so Op may move freely.
+impl<T: Send + 'static> Unpin for Op<T> {}
+
+impl<T: Send + 'static> Future for Op<T> {
+    /// The CQE result (or the submission error) and the resources.
+    type Output = (io::Result<i32>, T);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            Err(failed) => {
+                let (err, res) = failed.take().expect("Op polled after completion");
+                Poll::Ready((Err(err), res))
+            }
+            Ok(cell) => {
+                let mut cell = cell.borrow_mut();
+                match cell.result {
+                    Some(result) => {
+                        let res = cell.resources.take().expect("Op polled after completion");
+                        Poll::Ready((Ok(result), res))
+                    }
+                    None => {
+                        match &mut cell.waker {
+                            Some(w) if w.will_wake(cx.waker()) => {}
+                            slot => *slot = Some(cx.waker().clone()),
+                        }
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for Op<T> {
+    fn drop(&mut self) {
+        // A dropped op keeps running: its resources stay in the cell the completion callback holds and
+        // are freed when the CQE arrives (or when the context cancels it at teardown). Only forget the
+        // waker, on the home thread where the cell may be touched.
+        if let Ok(cell) = &self.state {
+            if thread_token() == self.home {
+                cell.borrow_mut().waker = None;
+            }
+        }
+    }
+}
+
+/// Turns a CQE result into bytes or an OS error.
+pub(crate) fn cqe_result(res: i32) -> io::Result<usize> {
+    if res >= 0 {
+        Ok(res as usize)
+    } else {
+        Err(io::Error::from_raw_os_error(-res))
+    }
+}
