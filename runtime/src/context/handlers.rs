@@ -137,6 +137,8 @@ pub(crate) struct HandlerNode {
     pub(crate) window_ns: Cell<i64>,
     /// Set while `poll_ready` runs, so a nested poll neither polls nor dispatches this handler's poll path.
     pub(crate) in_poll_ready: Cell<bool>,
+    /// Which of IN/OUT are wanted right now (readiness futures switch them without replacing the node).
+    pub(crate) enabled: Cell<u32>,
 }
 
 impl HandlerNode {
@@ -157,6 +159,7 @@ impl HandlerNode {
             deleted: Cell::new(false),
             window_ns: Cell::new(0),
             in_poll_ready: Cell::new(false),
+            enabled: Cell::new(bits::IN | bits::OUT),
         }
     }
 
@@ -169,7 +172,7 @@ impl HandlerNode {
         if self.write.is_some() {
             events |= bits::OUT;
         }
-        events
+        events & self.enabled.get()
     }
 }
 
@@ -313,6 +316,24 @@ impl Inner {
         Ok(())
     }
 
+    /// Switches which of `IN`/`OUT` the kernel watches for the handler under `token`, without replacing
+    /// it (a cheap path for readiness futures). Returns the OS error of the monitor update, if any.
+    pub(crate) fn set_interest(&self, token: u64, mask: u32) -> io::Result<()> {
+        let reg = self.handlers.borrow();
+        let Some(node) = reg.lookup(token) else {
+            return Ok(());
+        };
+        if node.enabled.get() == mask {
+            return Ok(());
+        }
+        let old = node.enabled.replace(mask);
+        let result = self.monitor.borrow_mut().set(node.fd, token, node.events());
+        if result.is_err() {
+            node.enabled.set(old);
+        }
+        result
+    }
+
     /// Removes the handlers registered under `token`, if still there.
     pub(crate) fn remove_handler(&self, token: u64) {
         let removed = {
@@ -374,6 +395,17 @@ impl FdRegistration {
     /// The registered fd.
     pub fn fd(&self) -> RawFd {
         self.fd
+    }
+
+    /// Chooses whether the read and write callbacks are armed, without replacing the handlers: the
+    /// kernel stops watching for what is disarmed (so a level-triggered fd nobody is ready to serve does
+    /// not keep the loop spinning). Both are armed at registration.
+    pub fn set_interest(&self, read: bool, write: bool) -> io::Result<()> {
+        let inner = self.ctx.upgrade().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotConnected, "the context was dropped")
+        })?;
+        let mask = if read { bits::IN } else { 0 } | if write { bits::OUT } else { 0 };
+        inner.set_interest(self.token, mask)
     }
 
     /// Replaces the handlers (QEMU's `aio_set_fd_handler` on a registered fd). Safe from inside any

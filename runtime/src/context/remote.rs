@@ -130,6 +130,29 @@ impl Remote {
         }
     }
 
+    /// Spawns a task whose future is built on the context's home thread by `make`, so it may be `!Send`:
+    /// sockets, `Rc`s, readiness futures. This is how code on another thread starts I/O tasks on an
+    /// IOThread. The output must be `Send` to travel back through the [`JoinHandle`](crate::JoinHandle).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("net")?;
+    /// let h = io.remote().spawn_local(|| async {
+    ///     let (a, b) = aioctx::net::UnixStream::pair()?; // !Send, created on the IOThread
+    ///     drop((a, b));
+    ///     Ok::<_, std::io::Error>(std::thread::current().name().map(str::to_owned))
+    /// });
+    /// assert_eq!(h.join_blocking().unwrap()?.as_deref(), Some("IO net"));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn spawn_local<F, Fut>(&self, make: F) -> crate::JoinHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        self.shared.spawn_local_with(make)
+    }
+
     /// The context's statistics, readable from any thread.
     pub fn stats(&self) -> Stats {
         self.shared.stats.snapshot()

@@ -172,6 +172,34 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Spawns a `!Send` future built on the home thread by `make`, from any thread.
+    pub(crate) fn spawn_local_with<F, Fut>(self: &Arc<Self>, make: F) -> JoinHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let (wrapped, abort) = wrap(async move { make().await });
+        let shared = Arc::clone(self);
+        // SAFETY: async-task requires a `!Send` future to be polled and dropped on one thread only. Until
+        // its first poll this future holds nothing but `make` (which is Send) and Send wrapper state, so it
+        // may be created here and queued for the context's home thread. Every poll then happens on the
+        // home thread (the run queues are drained only there), and after the first poll the task is
+        // dropped only there too: by an abort at its next run, or by the context's teardown. The one drop
+        // elsewhere, a Runnable refused by the closed queue of a dead context, can only hit a task that
+        // was never polled (live tasks were dropped at teardown), i.e. one holding only `make`. The
+        // metadata pins the task to this context (`reschedule` refuses to move it).
+        let (runnable, task) = unsafe {
+            async_task::Builder::new()
+                .metadata(TaskMeta { home: None })
+                .spawn_unchecked(move |_| wrapped, move |r| shared.schedule_task(r))
+        };
+        runnable.schedule();
+        JoinHandle::new(task, abort)
+    }
+}
+
 /// The schedule function of `Send` tasks: queue on whichever context the task belongs to now.
 fn schedule_movable(runnable: Runnable) {
     let home = match &runnable.metadata().home {

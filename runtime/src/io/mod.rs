@@ -1,0 +1,341 @@
+//! Readiness I/O: [`Async`] wraps a non-blocking fd and turns the context's fd handlers into futures;
+//! [`NotifierWaiter`] waits for an [`EventNotifier`](crate::EventNotifier), optionally with a userspace
+//! poll function the loop's polling phase calls.
+//!
+//! Readiness comes from the loop's level-triggered fd handlers. To avoid both a syscall per wait and a
+//! loop that spins on an fd nobody serves, interest is kept armed while tasks use the fd and disarmed
+//! lazily: only when the fd turns ready while no task waits for it. An echo loop that always has a read
+//! pending therefore never changes its registration.
+//!
+//! `Async` is `!Send`: an fd registration belongs to one context. To run socket code on an IOThread,
+//! spawn it there with [`Remote::spawn_local`](crate::Remote::spawn_local), which builds the future on
+//! the IOThread.
+
+mod notifier_wait;
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::future::poll_fn;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+pub use notifier_wait::NotifierWaiter;
+
+use crate::context::current;
+use crate::{FdHandlers, FdRegistration};
+
+#[derive(Default)]
+struct Direction {
+    waker: RefCell<Option<Waker>>,
+    /// Ready since a task last found it not ready.
+    ready: Cell<bool>,
+    armed: Cell<bool>,
+}
+
+#[derive(Default)]
+struct Source {
+    read: Direction,
+    write: Direction,
+    registration: RefCell<Option<FdRegistration>>,
+}
+
+impl Source {
+    /// The fd handler callback for one direction.
+    fn on_ready(self: &Rc<Self>, read: bool) {
+        let dir = if read { &self.read } else { &self.write };
+        dir.ready.set(true);
+        match dir.waker.take() {
+            Some(waker) => waker.wake(),
+            // Nobody waits: stop watching this direction until someone does.
+            None => {
+                dir.armed.set(false);
+                self.apply_interest();
+            }
+        }
+    }
+
+    fn apply_interest(&self) {
+        if let Some(reg) = self.registration.borrow().as_ref() {
+            let _ = reg.set_interest(self.read.armed.get(), self.write.armed.get());
+        }
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>, read: bool) -> Poll<io::Result<()>> {
+        let dir = if read { &self.read } else { &self.write };
+        if dir.ready.replace(false) {
+            return Poll::Ready(Ok(()));
+        }
+        match &mut *dir.waker.borrow_mut() {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        if !dir.armed.replace(true) {
+            if let Some(reg) = self.registration.borrow().as_ref() {
+                if let Err(e) = reg.set_interest(self.read.armed.get(), self.write.armed.get()) {
+                    dir.armed.set(false);
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// A non-blocking I/O object registered with the current context: `readable().await`,
+/// `writable().await`, `read_with`/`write_with`, and `futures::io::AsyncRead`/`AsyncWrite` where `T`
+/// implements `Read`/`Write`.
+///
+/// ```
+/// use std::os::unix::net::UnixStream;
+/// use futures::{AsyncReadExt, AsyncWriteExt};
+/// use aioctx::io::Async;
+///
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let (a, b) = UnixStream::pair()?;
+///     let (mut a, mut b) = (Async::new(a)?, Async::new(b)?);
+///     a.write_all(b"ping").await?;
+///     let mut buf = [0; 4];
+///     b.read_exact(&mut buf).await?;
+///     assert_eq!(&buf, b"ping");
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Async<T: AsRawFd> {
+    source: Rc<Source>,
+    io: Option<T>,
+}
+
+impl<T: AsRawFd + fmt::Debug> fmt::Debug for Async<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Async").field("io", &self.io).finish()
+    }
+}
+
+impl<T: AsRawFd> Async<T> {
+    /// Makes `io` non-blocking and registers it with the current context.
+    ///
+    /// Errors: no current context (`NotConnected`), a closed fd (`EBADF`), an fd already registered in
+    /// this context (`AlreadyExists`), or one the forced epoll backend cannot watch (`EPERM`).
+    pub fn new(io: T) -> io::Result<Async<T>> {
+        let fd = io.as_raw_fd();
+        set_nonblocking(fd)?;
+        let source = Rc::new(Source::default());
+        let handlers = FdHandlers::new()
+            .read({
+                let s = Rc::downgrade(&source);
+                move || {
+                    if let Some(s) = s.upgrade() {
+                        s.on_ready(true)
+                    }
+                }
+            })
+            .write({
+                let s = Rc::downgrade(&source);
+                move || {
+                    if let Some(s) = s.upgrade() {
+                        s.on_ready(false)
+                    }
+                }
+            });
+        let registration = current::with_current(|inner| {
+            let token = inner.add_handler(fd, handlers, false)?;
+            let reg = FdRegistration::new(inner, token, fd, None);
+            // Nothing is watched until a task waits.
+            reg.set_interest(false, false)?;
+            Ok::<_, io::Error>(reg)
+        })
+        .unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "aioctx::io::Async created outside an aioctx context",
+            ))
+        })?;
+        *source.registration.borrow_mut() = Some(registration);
+        Ok(Async {
+            source,
+            io: Some(io),
+        })
+    }
+
+    /// The inner object.
+    pub fn get_ref(&self) -> &T {
+        self.io.as_ref().expect("present until into_inner")
+    }
+
+    /// The inner object, mutably. Do not replace its fd.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.io.as_mut().expect("present until into_inner")
+    }
+
+    /// Unregisters and returns the inner object (still non-blocking).
+    pub fn into_inner(mut self) -> T {
+        self.source.registration.borrow_mut().take();
+        self.io.take().expect("present until into_inner")
+    }
+
+    /// Waits until the fd is readable (or hung up, or in error).
+    pub async fn readable(&self) -> io::Result<()> {
+        poll_fn(|cx| self.source.poll_ready(cx, true)).await
+    }
+
+    /// Waits until the fd is writable.
+    pub async fn writable(&self) -> io::Result<()> {
+        poll_fn(|cx| self.source.poll_ready(cx, false)).await
+    }
+
+    /// Polls for readability.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.source.poll_ready(cx, true)
+    }
+
+    /// Polls for writability.
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.source.poll_ready(cx, false)
+    }
+
+    /// Runs `op` until it does not fail with `WouldBlock`, waiting for readability in between.
+    pub async fn read_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        loop {
+            match op(self.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable().await?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Like [`read_with`](Self::read_with) with mutable access.
+    pub async fn read_with_mut<R>(
+        &mut self,
+        mut op: impl FnMut(&mut T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            match op(self.get_mut()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable().await?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs `op` until it does not fail with `WouldBlock`, waiting for writability in between.
+    pub async fn write_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        loop {
+            match op(self.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Like [`write_with`](Self::write_with) with mutable access.
+    pub async fn write_with_mut<R>(
+        &mut self,
+        mut op: impl FnMut(&mut T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            match op(self.get_mut()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                other => return other,
+            }
+        }
+    }
+
+    fn poll_io<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: bool,
+        mut op: impl FnMut(&mut T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            match op(self.io.as_mut().expect("present until into_inner")) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match self.source.poll_ready(cx, read) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+impl<T: AsRawFd> Drop for Async<T> {
+    fn drop(&mut self) {
+        // Unregister before the fd closes (the io field drops after this).
+        self.source.registration.borrow_mut().take();
+    }
+}
+
+impl<T: AsRawFd> AsRawFd for Async<T> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.get_ref().as_raw_fd()
+    }
+}
+
+impl<T: AsRawFd + AsFd> AsFd for Async<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.get_ref().as_fd()
+    }
+}
+
+impl<T: AsRawFd + Read + Unpin> futures::io::AsyncRead for Async<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, true, |io| io.read(buf))
+    }
+
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, true, |io| io.read_vectored(bufs))
+    }
+}
+
+impl<T: AsRawFd + Write + Unpin> futures::io::AsyncWrite for Async<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, false, |io| io.write(buf))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_io(cx, false, |io| io.write_vectored(bufs))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_io(cx, false, |io| io.flush())
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL only read and write the descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    crate::sys::check(flags, || format!("fd {fd} is not an open file descriptor"))?;
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+        crate::sys::check(ret, || format!("making fd {fd} non-blocking"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Waiting for an [`EventNotifier`] in a task.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use crate::context::current;
+use crate::{EventNotifier, FdHandlers, FdRegistration};
+
+#[derive(Default)]
+struct WaitState {
+    fired: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl WaitState {
+    fn fire(&self) {
+        self.fired.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A persistent registration of an [`EventNotifier`] with the current context, for tasks that wait for it
+/// repeatedly (a device's ioeventfd). Created by [`EventNotifier::waiter`] or, with a userspace poll
+/// function the loop's polling phase calls, [`EventNotifier::waiter_polling`].
+///
+/// ```
+/// let ctx = aioctx::AioContext::new()?;
+/// let kick = aioctx::EventNotifier::new()?;
+/// ctx.block_on(async {
+///     let waiter = kick.waiter()?;
+///     let k = kick.clone();
+///     std::thread::spawn(move || k.set().unwrap());
+///     waiter.wait().await; // returns once set; the notifier is cleared
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct NotifierWaiter {
+    state: Rc<WaitState>,
+    _registration: FdRegistration,
+}
+
+impl fmt::Debug for NotifierWaiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotifierWaiter")
+            .field("fired", &self.state.fired.get())
+            .finish()
+    }
+}
+
+impl NotifierWaiter {
+    fn register(notifier: &EventNotifier, poll: Option<Box<dyn Fn() -> bool>>) -> io::Result<Self> {
+        let state = Rc::new(WaitState::default());
+        let mut handlers = FdHandlers::new().read({
+            let (state, n) = (Rc::downgrade(&state), notifier.clone());
+            move || {
+                // Clearing here keeps the level-triggered fd from firing again.
+                if n.test_and_clear().unwrap_or(false) {
+                    if let Some(s) = state.upgrade() {
+                        s.fire();
+                    }
+                }
+            }
+        });
+        if let Some(poll) = poll {
+            let state = Rc::downgrade(&state);
+            handlers.poll = Some(poll);
+            handlers.poll_ready = Some(Box::new(move || {
+                if let Some(s) = state.upgrade() {
+                    s.fire();
+                }
+            }));
+        }
+        let fd = notifier.as_raw_fd();
+        let registration = current::with_current(|inner| {
+            let token = inner.add_handler(fd, handlers, false)?;
+            Ok::<_, io::Error>(FdRegistration::new(
+                inner,
+                token,
+                fd,
+                Some(notifier.clone()),
+            ))
+        })
+        .unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "EventNotifier::waiter called outside an aioctx context",
+            ))
+        })?;
+        Ok(Self {
+            state,
+            _registration: registration,
+        })
+    }
+
+    /// Waits until the notifier was set (it is cleared for you) or, for a polling waiter, until the poll
+    /// function found work. Several sets before a wait count as one.
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.state.fired.replace(false) {
+                return Poll::Ready(());
+            }
+            match &mut *self.state.waker.borrow_mut() {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl EventNotifier {
+    /// Registers this notifier with the current context for repeated [`NotifierWaiter::wait`]s.
+    ///
+    /// Like any handler without a poll function, it keeps the context from busy-polling while it
+    /// exists (the loop could not see the eventfd otherwise); use [`waiter_polling`](Self::waiter_polling)
+    /// where the work can be detected in memory.
+    pub fn waiter(&self) -> io::Result<NotifierWaiter> {
+        NotifierWaiter::register(self, None)
+    }
+
+    /// Registers this notifier with a userspace poll function (QEMU's `io_poll`): while the loop
+    /// busy-polls it calls `poll`, and a wait ends as soon as `poll` returns true, with no syscall; when the
+    /// loop sleeps, setting the notifier wakes it. `poll` should be cheap and side-effect free (peek a
+    /// ring index in shared memory).
+    ///
+    /// ```
+    /// use std::sync::{atomic::{AtomicBool, Ordering}, Arc};
+    /// let ctx = aioctx::AioContext::builder().poll_max_ns(32_768).build()?;
+    /// let kick = aioctx::EventNotifier::new()?;
+    /// let work = Arc::new(AtomicBool::new(false));
+    /// ctx.block_on(async {
+    ///     let w = work.clone();
+    ///     let waiter = kick.waiter_polling(move || w.load(Ordering::Acquire))?;
+    ///     work.store(true, Ordering::Release);
+    ///     kick.set()?; // a guest sets both; a polling loop may see the memory first
+    ///     waiter.wait().await;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn waiter_polling(&self, poll: impl Fn() -> bool + 'static) -> io::Result<NotifierWaiter> {
+        NotifierWaiter::register(self, Some(Box::new(poll)))
+    }
+
+    /// Waits once until the notifier is set, then clears it. Returns at once if it is set already. For
+    /// repeated waits keep a [`waiter`](Self::waiter): this registers and unregisters each time.
+    pub async fn wait(&self) -> io::Result<()> {
+        if self.test_and_clear()? {
+            return Ok(());
+        }
+        self.waiter()?.wait().await;
+        Ok(())
+    }
+
+    /// Waits once until the notifier is set or `poll` finds work (see
+    /// [`waiter_polling`](Self::waiter_polling)).
+    pub async fn wait_polling(&self, poll: impl Fn() -> bool + 'static) -> io::Result<()> {
+        if poll() || self.test_and_clear()? {
+            return Ok(());
+        }
+        self.waiter_polling(poll)?.wait().await;
+        Ok(())
+    }
+}

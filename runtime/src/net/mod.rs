@@ -1,0 +1,100 @@
+//! TCP and Unix-domain sockets on the current context: [`TcpListener`], [`TcpStream`],
+//! [`UnixListener`], [`UnixStream`]. Streams implement `futures::io::AsyncRead` and `AsyncWrite`.
+//!
+//! They are `!Send` (see [`Async`](crate::io::Async)); on an IOThread, create them inside a task spawned
+//! with [`Remote::spawn_local`](crate::Remote::spawn_local).
+//!
+//! ```
+//! use futures::{AsyncReadExt, AsyncWriteExt};
+//! use aioctx::net::{TcpListener, TcpStream};
+//!
+//! let ctx = aioctx::AioContext::new()?;
+//! ctx.block_on(async {
+//!     let listener = TcpListener::bind("127.0.0.1:0")?;
+//!     let addr = listener.local_addr()?;
+//!     let server = aioctx::spawn_local(async move {
+//!         let (mut conn, _peer) = listener.accept().await?;
+//!         let mut buf = [0; 5];
+//!         conn.read_exact(&mut buf).await?;
+//!         conn.write_all(&buf).await?;
+//!         Ok::<_, std::io::Error>(())
+//!     });
+//!     let mut client = TcpStream::connect(addr).await?;
+//!     client.set_nodelay(true)?;
+//!     client.write_all(b"hello").await?;
+//!     let mut echo = [0; 5];
+//!     client.read_exact(&mut echo).await?;
+//!     assert_eq!(&echo, b"hello");
+//!     server.await.unwrap()
+//! })?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod tcp;
+mod unix;
+
+pub use tcp::{TcpListener, TcpStream};
+pub use unix::{UnixListener, UnixStream};
+
+use std::io;
+
+use socket2::{SockAddr, Socket};
+
+use crate::io::Async;
+
+/// Connects a non-blocking socket: starts the connect, waits until writable, reports `SO_ERROR`.
+async fn connect(socket: Socket, addr: &SockAddr) -> io::Result<Async<Socket>> {
+    socket.set_nonblocking(true)?;
+    match socket.connect(addr) {
+        Ok(()) => {}
+        Err(e)
+            if e.raw_os_error() == Some(libc::EINPROGRESS)
+                || e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    let socket = Async::new(socket)?;
+    socket.writable().await?;
+    if let Some(err) = socket.get_ref().take_error()? {
+        return Err(err);
+    }
+    Ok(socket)
+}
+
+macro_rules! stream_io_impls {
+    ($ty:ty) => {
+        impl futures::io::AsyncRead for $ty {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+            }
+        }
+
+        impl futures::io::AsyncWrite for $ty {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+
+            fn poll_close(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(self.inner.get_ref().shutdown(std::net::Shutdown::Write))
+            }
+        }
+    };
+}
+pub(crate) use stream_io_impls;

@@ -1,0 +1,146 @@
+//! TCP sockets.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::{connect, stream_io_impls};
+use crate::io::Async;
+
+/// A TCP listener on the current context.
+#[derive(Debug)]
+pub struct TcpListener {
+    inner: Async<std::net::TcpListener>,
+}
+
+impl TcpListener {
+    /// Binds to `addr` (the first address it resolves to that binds) with `SO_REUSEADDR`.
+    pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        let mut last = None;
+        for addr in addr.to_socket_addrs()? {
+            let socket = Socket::new(
+                Domain::for_address(addr),
+                Type::STREAM.cloexec(),
+                Some(Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            match socket.bind(&addr.into()).and_then(|()| socket.listen(1024)) {
+                Ok(()) => {
+                    return Ok(TcpListener {
+                        inner: Async::new(std::net::TcpListener::from(socket))?,
+                    })
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no address to bind to")
+        }))
+    }
+
+    /// Accepts a connection.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = self.inner.read_with(|l| l.accept()).await?;
+        Ok((
+            TcpStream {
+                inner: Async::new(stream)?,
+            },
+            peer,
+        ))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().local_addr()
+    }
+}
+
+impl AsRawFd for TcpListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+/// A TCP connection on the current context.
+#[derive(Debug)]
+pub struct TcpStream {
+    inner: Async<std::net::TcpStream>,
+}
+
+impl TcpStream {
+    /// Connects to `addr` (trying each resolved address in turn) without blocking the loop.
+    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        let mut last = None;
+        for addr in addr.to_socket_addrs()? {
+            let socket = Socket::new(
+                Domain::for_address(addr),
+                Type::STREAM.cloexec(),
+                Some(Protocol::TCP),
+            )?;
+            match connect(socket, &SockAddr::from(addr)).await {
+                Ok(s) => {
+                    let stream = std::net::TcpStream::from(s.into_inner());
+                    return Ok(TcpStream {
+                        inner: Async::new(stream)?,
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to")
+        }))
+    }
+
+    /// Wraps a connected std stream (made non-blocking).
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        Ok(TcpStream {
+            inner: Async::new(stream)?,
+        })
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().peer_addr()
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().local_addr()
+    }
+
+    /// `TCP_NODELAY`.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.inner.get_ref().set_nodelay(on)
+    }
+
+    /// Whether `TCP_NODELAY` is set.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        self.inner.get_ref().nodelay()
+    }
+
+    /// Shuts down reading, writing or both.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.get_ref().shutdown(how)
+    }
+
+    /// Waits until readable.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.inner.readable().await
+    }
+
+    /// Waits until writable.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.inner.writable().await
+    }
+}
+
+impl AsRawFd for TcpStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+stream_io_impls!(TcpStream);

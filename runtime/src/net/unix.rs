@@ -1,0 +1,117 @@
+//! Unix-domain stream sockets.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::SocketAddr;
+use std::path::Path;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::{connect, stream_io_impls};
+use crate::io::Async;
+
+/// A Unix-domain listener on the current context.
+#[derive(Debug)]
+pub struct UnixListener {
+    inner: Async<std::os::unix::net::UnixListener>,
+}
+
+impl UnixListener {
+    /// Binds to `path` (which must not exist).
+    pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        Ok(UnixListener {
+            inner: Async::new(listener)?,
+        })
+    }
+
+    /// Accepts a connection.
+    pub async fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
+        let (stream, peer) = self.inner.read_with(|l| l.accept()).await?;
+        Ok((
+            UnixStream {
+                inner: Async::new(stream)?,
+            },
+            peer,
+        ))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().local_addr()
+    }
+}
+
+impl AsRawFd for UnixListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+/// A Unix-domain stream on the current context.
+#[derive(Debug)]
+pub struct UnixStream {
+    inner: Async<std::os::unix::net::UnixStream>,
+}
+
+impl UnixStream {
+    /// Connects to the socket at `path` without blocking the loop.
+    pub async fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+        let s = connect(socket, &SockAddr::unix(path)?).await?;
+        let stream =
+            std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(s.into_inner()));
+        Ok(UnixStream {
+            inner: Async::new(stream)?,
+        })
+    }
+
+    /// A connected pair.
+    pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        Ok((
+            UnixStream {
+                inner: Async::new(a)?,
+            },
+            UnixStream {
+                inner: Async::new(b)?,
+            },
+        ))
+    }
+
+    /// Wraps a connected std stream (made non-blocking).
+    pub fn from_std(stream: std::os::unix::net::UnixStream) -> io::Result<UnixStream> {
+        Ok(UnixStream {
+            inner: Async::new(stream)?,
+        })
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.get_ref().peer_addr()
+    }
+
+    /// Shuts down reading, writing or both.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.get_ref().shutdown(how)
+    }
+
+    /// Waits until readable.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.inner.readable().await
+    }
+
+    /// Waits until writable.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.inner.writable().await
+    }
+}
+
+impl AsRawFd for UnixStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+stream_io_impls!(UnixStream);

@@ -1,0 +1,241 @@
+//! Readiness futures, sockets and event-notifier waits, on every backend.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use aioctx::io::Async;
+use aioctx::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use aioctx::{AioContext, Backend, EventNotifier, IoThread};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use tests::{context, per_backend};
+
+async fn echo_once<S: futures::AsyncRead + futures::AsyncWrite + Unpin>(
+    mut conn: S,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        conn.write_all(&buf[..n]).await?;
+    }
+}
+
+fn sock_path(tag: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("aioctx-net-{tag}-{}-{n}.sock", std::process::id()))
+}
+
+per_backend! {
+    fn tcp_echo_round_trips(backend) {
+        let ctx = context(backend);
+        ctx.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = aioctx::spawn_local(async move {
+                let (conn, peer) = listener.accept().await?;
+                assert!(peer.ip().is_loopback());
+                echo_once(conn).await
+            });
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client.set_nodelay(true).unwrap();
+            assert!(client.nodelay().unwrap());
+            assert_eq!(client.peer_addr().unwrap(), addr);
+            for round in 0..100u32 {
+                let msg = vec![round as u8; 64];
+                client.write_all(&msg).await.unwrap();
+                let mut back = vec![0u8; 64];
+                client.read_exact(&mut back).await.unwrap();
+                assert_eq!(back, msg);
+            }
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            server.await.unwrap().unwrap();
+        });
+    }
+
+    fn unix_echo_round_trips(backend) {
+        let ctx = context(backend);
+        let path = sock_path("echo");
+        ctx.block_on(async {
+            let listener = UnixListener::bind(&path).unwrap();
+            let server = aioctx::spawn_local(async move {
+                let (conn, _) = listener.accept().await?;
+                echo_once(conn).await
+            });
+            let client = UnixStream::connect(&path).await.unwrap();
+            let big = vec![0x5au8; 1 << 20]; // more than a socket buffer: readiness in both directions
+            let (mut rd, mut wr) = client.split();
+            let write = async {
+                wr.write_all(&big).await.unwrap();
+                wr.close().await.unwrap(); // shutdown(Write): the server sees EOF
+            };
+            let read = async {
+                let mut back = Vec::new();
+                rd.read_to_end(&mut back).await.unwrap();
+                back
+            };
+            let ((), back) = futures::join!(write, read);
+            assert_eq!(back, big);
+            server.await.unwrap().unwrap();
+        });
+        let _ = std::fs::remove_file(&path);
+    }
+
+    fn many_concurrent_connections(backend) {
+        const CLIENTS: usize = 100;
+        let ctx = context(backend);
+        ctx.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _server = aioctx::spawn_local(async move {
+                loop {
+                    let (conn, _) = listener.accept().await.unwrap();
+                    let _conn_task = aioctx::spawn_local(echo_once(conn));
+                }
+            });
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|i| {
+                    aioctx::spawn_local(async move {
+                        let mut c = TcpStream::connect(addr).await.unwrap();
+                        for r in 0..10u8 {
+                            let msg = [i as u8, r, 0xee];
+                            c.write_all(&msg).await.unwrap();
+                            let mut back = [0u8; 3];
+                            c.read_exact(&mut back).await.unwrap();
+                            assert_eq!(back, msg);
+                        }
+                    })
+                })
+                .collect();
+            for c in clients {
+                c.await.unwrap();
+            }
+        });
+    }
+
+    /// An fd that turns ready while no task waits for it is disarmed instead of keeping the loop busy.
+    fn unserved_readiness_does_not_spin(backend) {
+        let ctx = context(backend);
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let _g = ctx.enter();
+        let b = Async::new(b).unwrap();
+        ctx.block_on(async {
+            // Arm read interest once, then stop waiting.
+            let r = aioctx::time::timeout(std::time::Duration::from_millis(1), b.readable()).await;
+            assert!(r.is_err());
+        });
+        use std::io::Write;
+        (&a).write_all(b"x").unwrap();
+        let mut iterations = 0;
+        while ctx.poll(false) {
+            iterations += 1;
+            assert!(iterations < 5, "the loop keeps dispatching an fd nobody reads");
+        }
+        // And a later wait still sees the data.
+        ctx.block_on(async {
+            b.readable().await.unwrap();
+            let mut buf = [0u8; 1];
+            let n = b.read_with(|s| std::io::Read::read(&mut &*s, &mut buf)).await.unwrap();
+            assert_eq!((n, buf[0]), (1, b'x'));
+        });
+    }
+
+    fn notifier_wait_and_waiter(backend) {
+        let ctx = context(backend);
+        let n = EventNotifier::new().unwrap();
+        ctx.block_on(async {
+            n.set().unwrap();
+            n.wait().await.unwrap(); // already set: at once, and cleared
+            assert!(!n.test_and_clear().unwrap());
+            let waiter = n.waiter().unwrap();
+            for _ in 0..3 {
+                let n2 = n.clone();
+                let t = std::thread::spawn(move || n2.set().unwrap());
+                waiter.wait().await;
+                t.join().unwrap();
+            }
+            assert!(!n.test_and_clear().unwrap(), "the waiter cleared it");
+        });
+    }
+
+    fn notifier_wait_polling_sees_memory_without_the_fd(backend) {
+        // Windows that grow x100 up to 0.5 s: after a few quick wakeups the loop polls long enough to
+        // see work published from another thread without a kick.
+        let ctx = AioContext::builder()
+            .backend(backend)
+            .poll_max_ns(500_000_000)
+            .poll_grow(100)
+            .build()
+            .unwrap();
+        let n = EventNotifier::new().unwrap();
+        let work = Arc::new(AtomicBool::new(false));
+        ctx.block_on(async {
+            let w = work.clone();
+            let waiter = n.waiter_polling(move || w.swap(false, Ordering::AcqRel)).unwrap();
+            for _ in 0..4 {
+                n.set().unwrap();
+                waiter.wait().await;
+            }
+            let before = ctx.stats().poll_hits;
+            let (w, kick) = (work.clone(), n.clone());
+            let t = std::thread::spawn(move || {
+                w.store(true, Ordering::Release);
+                // Only if polling missed it (the test then fails below, rather than hanging): kick.
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while w.load(Ordering::Acquire) && std::time::Instant::now() < until {
+                    std::thread::yield_now();
+                }
+                if w.load(Ordering::Acquire) {
+                    kick.set().unwrap();
+                }
+            });
+            waiter.wait().await;
+            t.join().unwrap();
+            assert!(ctx.stats().poll_hits > before, "the poll function, not the fd, found the work");
+            assert!(!n.test_and_clear().unwrap(), "no kick was needed");
+        });
+    }
+}
+
+#[test]
+fn remote_spawn_local_runs_socket_code_on_an_iothread() {
+    let io = IoThread::spawn("sockets").unwrap();
+    let h = io.remote().spawn_local(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = aioctx::spawn_local(async move {
+            let (conn, _) = listener.accept().await?;
+            echo_once(conn).await
+        });
+        let mut c = TcpStream::connect(addr).await?;
+        c.write_all(b"iothread").await?;
+        let mut back = [0u8; 8];
+        c.read_exact(&mut back).await?;
+        drop(c);
+        server.await.unwrap()?;
+        let rc = Rc::new(back); // !Send state is fine in here
+        Ok::<_, std::io::Error>((*rc, std::thread::current().name().map(str::to_owned)))
+    });
+    let (echoed, thread) = h.join_blocking().unwrap().unwrap();
+    assert_eq!(&echoed, b"iothread");
+    assert_eq!(thread.as_deref(), Some("IO sockets"));
+}
+
+#[test]
+fn async_outside_a_context_and_refused_connects_are_errors() {
+    let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    assert_eq!(
+        Async::new(a).unwrap_err().kind(),
+        std::io::ErrorKind::NotConnected
+    );
+    let ctx = AioContext::builder()
+        .backend(Backend::Epoll)
+        .build()
+        .unwrap();
+    let _g = ctx.enter();
+    let err = ctx.block_on(TcpStream::connect("127.0.0.1:1")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+}
