@@ -87,6 +87,12 @@ impl IoThreadBuilder {
 
     /// Starts the thread and its context; returns once the context runs (or failed to be created).
     pub fn spawn(self) -> io::Result<IoThread> {
+        if self.name.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an IOThread name cannot contain a NUL byte",
+            ));
+        }
         let running = Arc::new(AtomicBool::new(true));
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Remote, libc::pid_t)>>();
         let config = self.clone();
@@ -233,6 +239,12 @@ impl IoThread {
         let Some(thread) = self.thread.take() else {
             return;
         };
+        if thread.thread().id() == thread::current().id() {
+            // Dropped by code running in the IOThread itself: it cannot join itself. Stop the loop and
+            // let the thread end on its own.
+            self.running.store(false, Ordering::Release);
+            return;
+        }
         let running = Arc::clone(&self.running);
         // QEMU stops an IOThread with a one-shot BH that clears `running`, so the loop sees it at once.
         self.remote

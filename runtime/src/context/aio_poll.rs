@@ -61,7 +61,14 @@ impl Inner {
                 timeout = 0;
                 progress = true;
             }
+            // A poll_end hook or the last poll may have woken a task: then do not sleep.
+            if self.shared.tasks.has_ready() {
+                timeout = 0;
+            }
+            self.busy_iterations.set(0);
             self.wait(timeout, &mut ready);
+        } else {
+            progress |= self.busy_iteration(&mut ready);
         }
 
         if use_notify_me {
@@ -76,9 +83,7 @@ impl Inner {
         };
 
         // User SQE completions first (QEMU runs the monitor's CQE handlers before BHs).
-        let mut completions = std::mem::take(&mut *self.completions_buf.borrow_mut());
-        progress |= self.dispatch_completions(&mut completions);
-        *self.completions_buf.borrow_mut() = completions;
+        progress |= self.dispatch_completions();
         progress |= self.bh_poll();
         progress |= self.dispatch_ready(&mut ready, block_ns);
         self.ready_pool.borrow_mut().push(ready);
@@ -92,6 +97,28 @@ impl Inner {
         let ran = crate::task::run_ready_tasks(&self.shared.tasks);
         self.shared.stats.tasks_run.add(ran as u64);
         ran > 0
+    }
+
+    /// An iteration that must not block and may skip the fd monitor (every handler can be polled in
+    /// userspace). QEMU skips the syscall here. aioctx runs one pass over the poll functions (if polling
+    /// is on), so work they can see (a virtqueue, a completion ring) is not starved by a loop that stays
+    /// busy, and checks the fd monitor without blocking every 16th such iteration in a row, so fds are
+    /// not starved either.
+    fn busy_iteration(&self, ready: &mut Vec<Ready>) -> bool {
+        // With polling off (max_ns 0) poll functions are never called, as in QEMU.
+        let mut progress = false;
+        if self.poll_params.get().max_ns > 0 {
+            let list = self.handlers.borrow().poll_list();
+            progress = run_poll_handlers_once(&list, ready, &mut 0);
+        }
+        let busy = self.busy_iterations.get() + 1;
+        if busy >= 16 {
+            self.busy_iterations.set(0);
+            self.wait(0, ready);
+        } else {
+            self.busy_iterations.set(busy);
+        }
+        progress
     }
 
     /// Busy-polling is impossible while a handler lacks a poll function or the monitor has work queued.
@@ -161,8 +188,9 @@ impl Inner {
             self.monitor.borrow_mut().submit_pending();
         }
         if max_ns > 0 && !self.need_wait() {
-            self.poll_set_started(ready, true);
+            // Set first: a poll_begin hook that wakes a task must stop the spinning too.
             self.shared.polling.store(true, Ordering::Relaxed);
+            self.poll_set_started(ready, true);
             let progress = self.run_poll_handlers(&list, ready, max_ns, timeout);
             self.shared.polling.store(false, Ordering::Relaxed);
             return progress;
@@ -250,8 +278,11 @@ impl Inner {
             let mut monitor = self.monitor.borrow_mut();
             // Errors other than EINTR (which the monitors absorb) cannot happen with valid arguments;
             // there is nobody to report them to from here, and the next iteration simply waits again.
-            let mut completions = self.completions_buf.borrow_mut();
+            let mut completions = self.completions_tmp.borrow_mut();
             let _ = monitor.wait(timeout, &mut events, &mut completions);
+            self.completions_buf
+                .borrow_mut()
+                .extend(completions.drain(..));
         }
         if !events.is_empty() {
             let handlers = self.handlers.borrow();

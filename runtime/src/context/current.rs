@@ -14,26 +14,33 @@ thread_local! {
 pub(crate) struct EnterGuard(());
 
 pub(crate) fn enter(inner: &Rc<Inner>) -> EnterGuard {
-    CURRENT.with(|c| c.borrow_mut().push(Rc::clone(inner)));
+    let _ = CURRENT.try_with(|c| c.borrow_mut().push(Rc::clone(inner)));
     EnterGuard(())
 }
 
 impl Drop for EnterGuard {
     fn drop(&mut self) {
-        let popped = CURRENT.with(|c| c.borrow_mut().pop());
+        // `try_with`: a context kept in a thread-local may be dropped after CURRENT itself.
+        let popped = CURRENT.try_with(|c| c.borrow_mut().pop()).ok().flatten();
         drop(popped);
     }
 }
 
 /// Runs `f` with the current context, if there is one.
 pub(crate) fn with_current<R>(f: impl FnOnce(&Rc<Inner>) -> R) -> Option<R> {
-    let inner = CURRENT.with(|c| c.borrow().last().cloned())?;
+    let inner = CURRENT
+        .try_with(|c| c.borrow().last().cloned())
+        .ok()
+        .flatten()?;
     Some(f(&inner))
 }
 
 /// Runs `f` with the context whose identity is `id` if it is current on this thread (at any depth).
 pub(crate) fn with_context<R>(id: u64, f: impl FnOnce(&Rc<Inner>) -> R) -> Option<R> {
-    let inner = CURRENT.with(|c| c.borrow().iter().rev().find(|i| i.id() == id).cloned())?;
+    let inner = CURRENT
+        .try_with(|c| c.borrow().iter().rev().find(|i| i.id() == id).cloned())
+        .ok()
+        .flatten()?;
     Some(f(&inner))
 }
 

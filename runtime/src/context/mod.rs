@@ -130,7 +130,11 @@ pub(crate) struct Inner {
     /// Completion callbacks of user SQEs in flight, keyed by the slot in their `user_data`.
     pub(crate) sqe_callbacks: RefCell<Slab<uring::SqeCallback>>,
     /// The fd monitor's user-completion buffer, reused across iterations.
-    pub(crate) completions_buf: RefCell<Vec<crate::fdmon::Completion>>,
+    pub(crate) completions_buf: RefCell<VecDeque<crate::fdmon::Completion>>,
+    /// Scratch space the fd monitor fills with completions.
+    pub(crate) completions_tmp: RefCell<Vec<crate::fdmon::Completion>>,
+    /// Consecutive iterations that skipped the fd monitor because the loop was busy.
+    pub(crate) busy_iterations: Cell<u32>,
     /// Wakers of live tasks, for teardown.
     pub(crate) tasks: RefCell<TaskRegistry>,
     /// The clock `aioctx::time` futures use on this context: Realtime, or Virtual once time is paused.
@@ -255,6 +259,8 @@ impl AioContext {
             notifier_token: Cell::new(None),
             sqe_callbacks: RefCell::default(),
             completions_buf: RefCell::default(),
+            completions_tmp: RefCell::default(),
+            busy_iterations: Cell::new(0),
             tasks: RefCell::default(),
             time_clock: Cell::new(if b.start_paused {
                 Clock::Virtual
@@ -566,17 +572,19 @@ impl Drop for AioContext {
         let _enter = current::enter(inner);
         // Tasks first: their futures may own registrations, timers and BHs of this context.
         inner.cancel_all_tasks();
+        // Next let the kernel finish (or cancel) every user SQE: their memory is owned by callbacks. This
+        // runs before anything else that drops user values, which might unwind.
+        inner.cancel_all_user_sqes();
         inner.shared.closed.store(true, Ordering::Release);
         inner.shared.tasks.close();
-        if let Some(pool) = inner.pool.borrow_mut().take() {
+        // A remote spawn may have slipped in between the task cancellation and the close.
+        while let Some(runnable) = inner.shared.tasks.pop_any() {
+            drop(runnable);
+        }
+        let pool = inner.pool.borrow_mut().take();
+        if let Some(pool) = pool {
             pool.shutdown();
         }
-        // First let the kernel finish (or cancel) every user SQE: their memory is owned by callbacks.
-        let cancelled = inner.monitor.borrow_mut().cancel_user_ops();
-        drop(cancelled);
-        inner.drop_side_ring();
-        let sqe_callbacks = std::mem::take(&mut *inner.sqe_callbacks.borrow_mut());
-        drop(sqe_callbacks);
         // Take everything out first and drop it after the borrows end: user closures may own
         // registrations, timers and BHs of this context whose own drops come back here.
         let handlers = inner.handlers.borrow_mut().drain();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::{AioContext, Bh, FdHandlers, FdRegistration, Inner};
 use crate::fdmon::io_uring::{user_sqe_data, UringMonitor};
-use crate::fdmon::{Completion, MonitorOps};
+use crate::fdmon::MonitorOps;
 
 /// What a user SQE's completion callback receives: the CQE's `res` and `flags`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +61,9 @@ impl AioContext {
     /// kernel writes, unaliased) until `on_complete` is called or dropped; the simplest way is to move
     /// its owner into `on_complete`. The context never drops `on_complete` before the CQE has arrived: if
     /// the context is dropped first, it cancels the operation and waits for its CQE. The fds the SQE
-    /// names must stay open until then as well.
+    /// names must stay open until then as well. The SQE must produce exactly one CQE: no multishot
+    /// operations (the first CQE would release memory the kernel keeps writing) and no
+    /// `IOSQE_CQE_SKIP_SUCCESS` (the context would wait for a CQE that never comes).
     ///
     /// ```
     /// use std::{cell::Cell, rc::Rc};
@@ -197,19 +199,45 @@ impl Inner {
         })
     }
 
-    /// Teardown: cancels the side ring's operations in flight and waits for their completions.
-    pub(crate) fn drop_side_ring(&self) {
+    /// Teardown: cancels every user SQE in flight, on the context's ring and its side ring, and waits for
+    /// their completions; then drops the completion callbacks (and the buffers they own). The callbacks of
+    /// operations the kernel could not be made to finish are leaked instead: the kernel may still write
+    /// into their memory.
+    pub(crate) fn cancel_all_user_sqes(&self) {
+        let (done, mut stuck) = self.monitor.borrow_mut().cancel_user_ops();
+        drop(done);
         let side = self.side_ring.borrow_mut().take();
         if let Some(mut side) = side {
-            drop(side.ring.cancel_user_ops());
-            drop(side);
+            let (done, side_stuck) = side.ring.cancel_user_ops();
+            drop(done);
+            if side_stuck.is_empty() {
+                drop(side.ring);
+            } else {
+                // The ring must outlive those operations too.
+                std::mem::forget(side.ring);
+            }
+            stuck.extend(side_stuck);
+            drop(side.submit);
+            drop(side._registration);
         }
+        let mut callbacks = std::mem::take(&mut *self.sqe_callbacks.borrow_mut());
+        for key in stuck {
+            if let Some(callback) = callbacks.try_remove(key) {
+                std::mem::forget(callback);
+            }
+        }
+        drop(callbacks);
     }
 
-    /// Runs the completion callbacks of reaped user SQEs; returns whether any ran.
-    pub(crate) fn dispatch_completions(&self, completions: &mut Vec<Completion>) -> bool {
+    /// Runs the completion callbacks of reaped user SQEs, one at a time from the context's queue (so a
+    /// callback that panics leaves the others queued for the next iteration); returns whether any ran.
+    pub(crate) fn dispatch_completions(&self) -> bool {
         let mut progress = false;
-        for c in completions.drain(..) {
+        loop {
+            let next = self.completions_buf.borrow_mut().pop_front();
+            let Some(c) = next else {
+                return progress;
+            };
             let callback = self.sqe_callbacks.borrow_mut().try_remove(c.key);
             if let Some(SqeCallback(f)) = callback {
                 f(SqeCompletion {
@@ -219,7 +247,6 @@ impl Inner {
                 progress = true;
             }
         }
-        progress
     }
 }
 
@@ -232,5 +259,6 @@ fn reap_side_ring(weak: &Weak<Inner>) {
     if let Some(side) = inner.side_ring.borrow_mut().as_mut() {
         let _ = side.ring.wait(0, &mut Vec::new(), &mut completions);
     }
-    inner.dispatch_completions(&mut completions);
+    inner.completions_buf.borrow_mut().extend(completions);
+    inner.dispatch_completions();
 }

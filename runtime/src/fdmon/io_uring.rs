@@ -393,7 +393,7 @@ impl MonitorOps for UringMonitor {
 
     /// Cancels every user operation in flight and waits until each has completed, so that no memory
     /// they use is released while the kernel may still touch it. Returns their completions.
-    fn cancel_user_ops(&mut self) -> Vec<Completion> {
+    fn cancel_user_ops(&mut self) -> (Vec<Completion>, Vec<usize>) {
         let mut completions = Vec::new();
         let mut events = Vec::new();
         let inflight: Vec<u64> = self.user_inflight.iter().copied().collect();
@@ -403,19 +403,30 @@ impl MonitorOps for UringMonitor {
                 .user_data(user_data(KIND_CANCEL, 0));
             self.queue(sqe);
         }
-        while !self.user_inflight.is_empty() || !self.backlog.is_empty() {
+        // Transient refusals (EINTR, EBUSY, EAGAIN) are retried a bounded number of times.
+        let mut attempts = 0;
+        while (!self.user_inflight.is_empty() || !self.backlog.is_empty()) && attempts < 100_000 {
+            attempts += 1;
             self.drain_backlog();
             self.stats.enters.bump();
             match self.ring.submit_and_wait(1) {
                 Ok(n) => self.stats.sqes_submitted.add(n as u64),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if matches!(err.raw_os_error(), Some(libc::EBUSY)) => {}
-                // Nothing sensible is left to do; leak rather than free memory the kernel may use.
+                Err(err)
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+                    ) => {}
                 Err(_) => break,
             }
             self.reap(&mut events, &mut completions);
         }
-        completions
+        // Whatever is still in flight may still be written by the kernel: its owner must leak it.
+        let stuck = self
+            .user_inflight
+            .iter()
+            .map(|&ud| (ud & INDEX_MASK) as usize)
+            .collect();
+        (completions, stuck)
     }
 
     fn backend(&self) -> Backend {

@@ -97,9 +97,11 @@ pub(crate) trait MonitorOps {
             ),
         ))
     }
-    /// Teardown: cancels user SQEs in flight and waits for their completions.
-    fn cancel_user_ops(&mut self) -> Vec<Completion> {
-        Vec::new()
+    /// Teardown: cancels user SQEs in flight and waits for their completions. Returns those completions
+    /// and the callback slots of operations that could not be confirmed complete (their memory must be
+    /// leaked, never freed).
+    fn cancel_user_ops(&mut self) -> (Vec<Completion>, Vec<usize>) {
+        (Vec::new(), Vec::new())
     }
     fn backend(&self) -> Backend;
 }
@@ -163,8 +165,8 @@ impl FdMonitor {
         self.ops.push_sqe(sqe)
     }
 
-    /// Teardown: see [`io_uring::UringMonitor::cancel_user_ops`].
-    pub(crate) fn cancel_user_ops(&mut self) -> Vec<Completion> {
+    /// Teardown: see [`MonitorOps::cancel_user_ops`].
+    pub(crate) fn cancel_user_ops(&mut self) -> (Vec<Completion>, Vec<usize>) {
         self.ops.cancel_user_ops()
     }
 

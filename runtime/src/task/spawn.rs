@@ -217,24 +217,28 @@ pub(crate) fn run_ready_tasks(queues: &RunQueues<Runnable>) -> usize {
         let Some(runnable) = queues.pop() else {
             break;
         };
-        let previous = RUNNING.with(|r| r.replace(runnable.metadata() as *const TaskMeta));
+        let _restore = set_running(runnable.metadata());
         runnable.run();
-        RUNNING.with(|r| r.set(previous));
         ran += 1;
     }
     ran
 }
 
-/// Hides the running task from code that runs nested inside it (a `block_on` in a task), so that
-/// [`reschedule`] there cannot move the outer task.
-pub(crate) fn hide_running_task() -> impl Drop {
+/// Marks `meta` as the running task's until the guard drops (also on unwind).
+fn set_running(meta: *const TaskMeta) -> impl Drop {
     struct Restore(*const TaskMeta);
     impl Drop for Restore {
         fn drop(&mut self) {
             RUNNING.with(|r| r.set(self.0));
         }
     }
-    Restore(RUNNING.with(|r| r.replace(std::ptr::null())))
+    Restore(RUNNING.with(|r| r.replace(meta)))
+}
+
+/// Hides the running task from code that runs nested inside it (a `block_on` in a task), so that
+/// [`reschedule`] there cannot move the outer task.
+pub(crate) fn hide_running_task() -> impl Drop {
+    set_running(std::ptr::null())
 }
 
 /// Moves the running task to the context behind `target` and continues there (QEMU's
