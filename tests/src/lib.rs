@@ -51,3 +51,81 @@ macro_rules! per_backend {
     };
     () => {};
 }
+
+/// How long a test waits for something that should take microseconds before it fails instead of hanging.
+pub const BOUND: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Spins until `cond` holds (for a thread that waits on another), failing after [`BOUND`].
+pub fn spin_until(what: &str, cond: impl Fn() -> bool) {
+    let give_up = std::time::Instant::now() + BOUND;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "timed out waiting for {what}"
+        );
+        std::hint::spin_loop();
+    }
+}
+
+/// A timer that makes any blocking poll of its context return within [`BOUND`], so that a lost wakeup
+/// fails the test instead of hanging it.
+pub struct Guard {
+    _timer: aioctx::time::Timer,
+    expired: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl Guard {
+    /// Arms the guard timer, then takes the notification the arming left so that the next blocking poll
+    /// really blocks.
+    pub fn new(ctx: &AioContext) -> Guard {
+        let expired = std::rc::Rc::new(std::cell::Cell::new(false));
+        let e = expired.clone();
+        let timer = ctx.timer(aioctx::time::Clock::Realtime, move || e.set(true));
+        timer.arm_after(BOUND);
+        ctx.poll(false);
+        Guard {
+            _timer: timer,
+            expired,
+        }
+    }
+
+    /// Whether the guard timer fired: a blocking poll returned only because of it.
+    pub fn expired(&self) -> bool {
+        self.expired.get()
+    }
+
+    /// Runs blocking iterations until `done()`, failing if the guard fires first.
+    pub fn poll_until(&self, ctx: &AioContext, what: &str, done: impl Fn() -> bool) {
+        for _ in 0..100_000 {
+            if done() {
+                return;
+            }
+            assert!(
+                !self.expired(),
+                "{what}: the loop was not woken within {BOUND:?}"
+            );
+            ctx.poll(true);
+        }
+        panic!("{what}: not done after 100000 iterations");
+    }
+}
+
+/// A registered notifier and how many times its read handler ran.
+pub type Counted = (
+    aioctx::EventNotifier,
+    aioctx::FdRegistration,
+    std::rc::Rc<std::cell::Cell<u32>>,
+);
+
+/// A notifier registered on `ctx` whose read handler clears it and counts.
+pub fn counting_notifier(ctx: &AioContext) -> Counted {
+    let n = aioctx::EventNotifier::new().unwrap();
+    let hits = std::rc::Rc::new(std::cell::Cell::new(0));
+    let (n2, h) = (n.clone(), hits.clone());
+    let on_read = move || {
+        n2.test_and_clear().unwrap();
+        h.set(h.get() + 1);
+    };
+    let reg = ctx.set_event_notifier(&n, on_read, None).unwrap();
+    (n, reg, hits)
+}

@@ -1,0 +1,471 @@
+//! Adaptive busy-polling (QEMU's per-handler poll windows, `poll_begin`/`poll_end`, run-time poll
+//! parameters) and the notify_me protocol.
+//!
+//! The polling tests do not race another thread against the poll window. All their work is made by the
+//! loop's own thread: the test queues a request that the device's poll function sees from a chosen
+//! instant on, and arms the device's fd (a timerfd) to fire at or after that instant, as the guest's kick.
+//! The kernel's timer and the loop's own clock reads decide which path finds the request, and every
+//! timing has a wide margin (windows of tens of ms catch requests due in 2 ms). Where descheduling the
+//! loop thread can still legitimately change an outcome (a wait longer than `max_ns` shrinks the window;
+//! a polling loop preempted past its window leaves the request to the final poll), the test repeats
+//! the round, a bounded number of times, instead of asserting on it.
+//!
+//! Nothing here sleeps: waits block in the loop, with a guard timer so that a lost wakeup fails the test
+//! instead of hanging it, or spin on a condition with a deadline.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aioctx::{AioContext, Backend, EventNotifier, FdHandlers, FdRegistration, PollParams, Stats};
+use tests::{per_backend, spin_until, Guard, BOUND};
+
+/// What the polling tests run with: windows grow x100 (0, 4 us, 400 us, 40 ms) up to 100 ms, so a few
+/// dispatches make a window far wider than the requests it is to catch, and only a wait of 100 ms (a
+/// thread descheduled for that long) shrinks it.
+const PARAMS: PollParams = PollParams {
+    max_ns: 100_000_000,
+    grow: 100,
+    shrink: 0,
+};
+/// A request in a growth round is visible to polling this long after it is queued...
+const ARRIVES: Duration = Duration::from_millis(2);
+/// ...and the fd is kicked this long after it is queued: a loop that did not poll that long sleeps until
+/// then, and that wait (shorter than `max_ns`, longer than its window) grows the window. Far after
+/// `ARRIVES`, so that the kick is not pending yet when a poll hit is dispatched.
+const KICK: Duration = Duration::from_millis(20);
+/// Growth rounds allowed before polling must have caught a request (a few are needed).
+const ROUNDS: u32 = 200;
+/// Fires the fd at once (a timerfd armed with 0 would be disarmed instead).
+const NOW: Duration = Duration::from_nanos(1);
+
+/// Which way the loop found a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// The fd fired and the read handler ran.
+    Read,
+    /// The poll function saw it and `poll_ready` ran.
+    Poll,
+}
+
+/// A timerfd on the monotonic clock (the clock of `Instant`), non-blocking.
+fn timerfd() -> OwnedFd {
+    // SAFETY: timerfd_create takes no pointers.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    assert!(fd >= 0, "timerfd_create: {}", io::Error::last_os_error());
+    // SAFETY: `fd` was just created and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Makes the timerfd fire once `after` from now; `Duration::ZERO` disarms it.
+fn arm(fd: RawFd, after: Duration) {
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: after.as_secs() as libc::time_t,
+            tv_nsec: after.subsec_nanos().into(),
+        },
+    };
+    // SAFETY: `spec` is a valid itimerspec; the old value is not asked for.
+    let r = unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "timerfd_settime: {}", io::Error::last_os_error());
+}
+
+/// Takes a pending expiration, if any, so the fd is no longer readable.
+fn drain(fd: RawFd) {
+    let mut ticks = 0u64;
+    // SAFETY: reads at most 8 bytes into `ticks`; the fd is non-blocking.
+    let n = unsafe { libc::read(fd, (&mut ticks as *mut u64).cast(), 8) };
+    let eagain = n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
+    assert!(
+        n == 8 || eagain,
+        "reading the timerfd: {}",
+        io::Error::last_os_error()
+    );
+}
+
+/// What the device's callbacks see and record.
+struct State {
+    kick: OwnedFd,
+    /// The queued request, visible to the poll function from this instant on.
+    request: Cell<Option<Instant>>,
+    poll_calls: Cell<u64>,
+    by_read: Cell<u32>,
+    by_poll: Cell<u32>,
+    /// "begin" and "end", as the loop enters and leaves poll mode.
+    phases: RefCell<Vec<&'static str>>,
+    poll_calls_at_end: Cell<u64>,
+}
+
+impl State {
+    fn poll(&self) -> bool {
+        self.poll_calls.set(self.poll_calls.get() + 1);
+        self.request.get().is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Takes the queued request (the read handler may also run for a kick that fired after the poll path
+    /// took it) and counts it in `path`. Either path cancels the kick.
+    fn serve(&self, path: &Cell<u32>) {
+        arm(self.kick.as_raw_fd(), Duration::ZERO);
+        drain(self.kick.as_raw_fd());
+        if self.request.take().is_some() {
+            path.set(path.get() + 1);
+        }
+    }
+}
+
+/// A virtqueue-like device: a request queue its poll function checks, and a kick fd (the ioeventfd).
+struct Device {
+    _reg: FdRegistration,
+    state: Rc<State>,
+}
+
+impl Device {
+    fn new(ctx: &AioContext) -> Device {
+        let state = Rc::new(State {
+            kick: timerfd(),
+            request: Cell::new(None),
+            poll_calls: Cell::new(0),
+            by_read: Cell::new(0),
+            by_poll: Cell::new(0),
+            phases: RefCell::default(),
+            poll_calls_at_end: Cell::new(0),
+        });
+        let on = |f: fn(&State)| {
+            let s = state.clone();
+            move || f(&s)
+        };
+        let s = state.clone();
+        let handlers = FdHandlers::new()
+            .read(on(|s| s.serve(&s.by_read)))
+            .poll(move || s.poll(), on(|s| s.serve(&s.by_poll)))
+            .poll_begin_end(
+                on(|s| s.phases.borrow_mut().push("begin")),
+                on(|s| {
+                    s.phases.borrow_mut().push("end");
+                    s.poll_calls_at_end.set(s.poll_calls.get());
+                }),
+            );
+        let reg = ctx
+            .set_fd_handler(state.kick.as_raw_fd(), handlers)
+            .unwrap();
+        Device { _reg: reg, state }
+    }
+
+    fn poll_calls(&self) -> u64 {
+        self.state.poll_calls.get()
+    }
+
+    fn served(&self) -> (u32, u32) {
+        (self.state.by_read.get(), self.state.by_poll.get())
+    }
+
+    /// Queues a request visible to polling `arrives` from now, kicks the fd `kick` from now (not
+    /// earlier), and runs the loop until the request is served. Returns the path that served it.
+    fn serve_one(
+        &self,
+        ctx: &AioContext,
+        guard: &Guard,
+        arrives: Duration,
+        kick: Duration,
+    ) -> Path {
+        assert!(kick >= arrives && kick > Duration::ZERO);
+        let (read0, poll0) = self.served();
+        self.state.request.set(Some(Instant::now() + arrives));
+        arm(self.state.kick.as_raw_fd(), kick);
+        let total = || self.served().0 + self.served().1;
+        guard.poll_until(ctx, "a request", || total() > read0 + poll0);
+        assert_eq!(total(), read0 + poll0 + 1, "one request served twice");
+        if self.served().1 > poll0 {
+            Path::Poll
+        } else {
+            Path::Read
+        }
+    }
+
+    /// A request that is visible at once and kicked at once: found by whichever path looks first.
+    fn serve_now(&self, ctx: &AioContext, guard: &Guard) -> Path {
+        self.serve_one(ctx, guard, Duration::ZERO, NOW)
+    }
+
+    /// A request that is visible at once but kicked only 1 ms later: a loop that busy-polls at all finds
+    /// it by polling, before the kick is pending (which would stop polling on io_uring).
+    fn serve_visible_before_kick(&self, ctx: &AioContext, guard: &Guard) -> Path {
+        self.serve_one(ctx, guard, Duration::ZERO, Duration::from_millis(1))
+    }
+
+    /// Runs growth rounds until busy-polling catches a request inside its window (a poll hit). While
+    /// the window is shorter than `ARRIVES` the loop polls in vain and sleeps until the kick; that wait
+    /// grows the window. A round that a descheduled thread spoiled (a wait over `max_ns` resets the
+    /// window; a polling loop preempted past its window leaves the request to the final poll after
+    /// `poll_end`, which is not a hit) is repeated.
+    fn poll_until_hit(&self, ctx: &AioContext, guard: &Guard) {
+        for _ in 0..ROUNDS {
+            let hits = ctx.stats().poll_hits;
+            let path = self.serve_one(ctx, guard, ARRIVES, KICK);
+            if path == Path::Poll && ctx.stats().poll_hits > hits {
+                return;
+            }
+        }
+        let ((r, p), s) = (self.served(), ctx.stats());
+        panic!("the poll window never caught a request: {r} by read, {p} by poll, {s:?}");
+    }
+
+    fn phases(&self) -> std::cell::Ref<'_, Vec<&'static str>> {
+        self.state.phases.borrow()
+    }
+
+    fn count(&self, phase: &str) -> usize {
+        self.phases().iter().filter(|p| **p == phase).count()
+    }
+}
+
+fn polling_context(backend: Backend, params: PollParams) -> AioContext {
+    let ctx = AioContext::builder()
+        .backend(backend)
+        .poll_params(params)
+        .build()
+        .unwrap();
+    assert_eq!(ctx.poll_params(), params);
+    ctx
+}
+
+fn no_polling_since(ctx: &AioContext, before: &Stats) {
+    let now = ctx.stats();
+    let polling = |s: &Stats| (s.poll_hits, s.poll_misses, s.poll_ns);
+    assert_eq!(polling(&now), polling(before), "{now:?}");
+}
+
+per_backend! {
+    fn adaptive_polling_grows_and_then_finds_kicks_by_polling(backend) {
+        let ctx = polling_context(backend, PARAMS);
+        let dev = Device::new(&ctx);
+        // The guard's poll takes the notifications that creating the context and registering the device
+        // left: the context's own notifier is dispatched once and its window becomes 4 us.
+        let guard = Guard::new(&ctx);
+        let before = ctx.stats();
+        // The device's window starts at 0: a request that arrives in 50 ms can only come in through the
+        // fd. That wait is shorter than max_ns: the window starts growing.
+        let late = Duration::from_millis(50);
+        assert_eq!(dev.serve_one(&ctx, &guard, late, late), Path::Read);
+        assert_eq!(ctx.stats().poll_hits, before.poll_hits, "{:?}", ctx.stats());
+        dev.poll_until_hit(&ctx, &guard);
+        let after = ctx.stats();
+        assert!(after.poll_hits > before.poll_hits, "{after:?}");
+        // The hit polled until the request arrived, ARRIVES after it was queued.
+        assert!(after.poll_ns > before.poll_ns, "{after:?}");
+        assert!(dev.served().0 >= 1);
+    }
+
+    fn poll_max_ns_zero_never_polls(backend) {
+        let ctx = polling_context(backend, PollParams::default());
+        let guard = Guard::new(&ctx);
+        let dev = Device::new(&ctx);
+        for _ in 0..30 {
+            assert_eq!(dev.serve_visible_before_kick(&ctx, &guard), Path::Read);
+        }
+        let stats = ctx.stats();
+        assert_eq!((stats.poll_hits, stats.poll_misses, stats.poll_ns), (0, 0, 0), "{stats:?}");
+        assert_eq!(dev.served(), (30, 0));
+        assert_eq!(dev.poll_calls(), 0);
+        assert_eq!(dev.count("begin") + dev.count("end"), 0);
+    }
+
+    fn a_handler_without_poll_fn_disables_polling_until_dropped(backend) {
+        let ctx = polling_context(backend, PARAMS);
+        let guard = Guard::new(&ctx);
+        let dev = Device::new(&ctx);
+        let plain = EventNotifier::new().unwrap();
+        let plain_reg = ctx.set_event_notifier(&plain, || {}, None).unwrap();
+        let before = ctx.stats();
+        for _ in 0..40 {
+            let path = dev.serve_visible_before_kick(&ctx, &guard);
+            assert_eq!(path, Path::Read, "polled while a handler cannot poll");
+        }
+        no_polling_since(&ctx, &before);
+        assert_eq!(dev.poll_calls(), 0);
+        assert_eq!(dev.count("begin") + dev.count("end"), 0);
+
+        drop(plain_reg);
+        dev.poll_until_hit(&ctx, &guard);
+        assert!(ctx.stats().poll_hits > before.poll_hits);
+    }
+
+    fn poll_begin_and_end_bracket_poll_mode_with_a_final_poll(backend) {
+        let ctx = polling_context(backend, PARAMS);
+        let guard = Guard::new(&ctx);
+        let dev = Device::new(&ctx);
+        dev.poll_until_hit(&ctx, &guard);
+        // A hit does not leave poll mode: QEMU leaves it only right before sleeping. (The kick is
+        // KICK - ARRIVES away, so io_uring has no completion pending that would make the loop wait.)
+        assert_eq!(dev.phases().last(), Some(&"begin"), "{:?}", dev.phases());
+        assert_eq!(dev.count("begin"), dev.count("end") + 1);
+
+        // Nothing arrives now: the loop polls its window, leaves poll mode and sleeps until another
+        // thread wakes it. (A timer would not do: a descheduled loop can spin its whole timeout away.)
+        let ends = dev.count("end");
+        let waits = ctx.stats().blocking_waits;
+        let waker = std::thread::spawn({
+            let remote = ctx.remote();
+            move || {
+                spin_until("the loop to sleep", || remote.stats().blocking_waits > waits);
+                remote.notify();
+            }
+        });
+        guard.poll_until(&ctx, "a sleep", || ctx.stats().blocking_waits > waits);
+        waker.join().unwrap();
+        assert!(dev.count("end") > ends);
+        assert_eq!(dev.phases().last(), Some(&"end"));
+        assert_eq!(
+            dev.poll_calls(),
+            dev.state.poll_calls_at_end.get() + 1,
+            "after poll_end the poll fn runs exactly once more before the loop sleeps"
+        );
+        let phases = dev.phases();
+        assert_eq!(phases.first(), Some(&"begin"));
+        for pair in phases.windows(2) {
+            assert_ne!(pair[0], pair[1], "begin/end do not alternate: {phases:?}");
+        }
+    }
+
+    fn set_poll_params_at_run_time(backend) {
+        let ctx = polling_context(backend, PARAMS);
+        let guard = Guard::new(&ctx);
+        let dev = Device::new(&ctx);
+        dev.poll_until_hit(&ctx, &guard);
+
+        let off = PollParams { max_ns: 0, grow: 0, shrink: 0 };
+        ctx.set_poll_params(off).unwrap();
+        assert_eq!(ctx.poll_params(), off);
+        let before = ctx.stats();
+        // The loop is still in poll mode from the hit. Leaving it, right before it next sleeps, calls
+        // the poll fn once more (QEMU's poll_set_started), which may catch a request: serve requests
+        // until it left.
+        for _ in 0..10 {
+            if dev.phases().last() == Some(&"end") {
+                break;
+            }
+            dev.serve_now(&ctx, &guard);
+        }
+        assert_eq!(dev.phases().last(), Some(&"end"), "poll mode never ended");
+        let (calls, begins) = (dev.poll_calls(), dev.count("begin"));
+        for _ in 0..30 {
+            let path = dev.serve_visible_before_kick(&ctx, &guard);
+            assert_eq!(path, Path::Read, "polled after max_ns was set to 0");
+        }
+        assert_eq!(dev.poll_calls(), calls, "the poll fn ran with polling off");
+        assert_eq!(dev.count("begin"), begins, "poll mode entered with polling off");
+        no_polling_since(&ctx, &before);
+
+        for bad in [
+            PollParams { max_ns: u64::MAX, ..off },
+            PollParams { max_ns: i64::MAX as u64 + 1, ..off },
+            PollParams { max_ns: 32_768, grow: u64::MAX, shrink: 0 },
+        ] {
+            let err = ctx.set_poll_params(bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}: {err}");
+            assert_eq!(ctx.poll_params(), off, "a rejected change was applied");
+        }
+
+        ctx.set_poll_params(PARAMS).unwrap();
+        let hits = ctx.stats().poll_hits;
+        dev.poll_until_hit(&ctx, &guard);
+        assert!(ctx.stats().poll_hits > hits);
+    }
+
+    fn notify_writes_the_eventfd_only_for_a_sleeping_loop(backend) {
+        let ctx = tests::context(backend);
+        let guard = Guard::new(&ctx);
+        // On the home thread, while the loop is not waiting: a flag, no write, still delivered.
+        let before = ctx.stats();
+        (0..3).for_each(|_| ctx.notify());
+        let after = ctx.stats();
+        assert_eq!(after.notify_skipped, before.notify_skipped + 3);
+        assert_eq!(after.notify_writes, before.notify_writes);
+        assert!(!ctx.poll(true), "a notification is not progress");
+        assert_eq!(ctx.stats().blocking_waits, before.blocking_waits, "a notified loop slept");
+
+        // From a plain thread while the loop sleeps: one write, and the loop returns.
+        let (before, remote) = (ctx.stats(), ctx.remote());
+        let waker = std::thread::spawn(move || {
+            let waits = || remote.stats().blocking_waits;
+            spin_until("the loop to block", || waits() > before.blocking_waits);
+            remote.notify();
+        });
+        assert!(!ctx.poll(true));
+        waker.join().unwrap();
+        assert!(!guard.expired(), "the remote notification did not wake the loop");
+        let after = ctx.stats();
+        assert_eq!(after.blocking_waits, before.blocking_waits + 1);
+        assert_eq!(after.notify_writes, before.notify_writes + 1, "{after:?}");
+    }
+
+    fn notification_bursts_cost_at_most_one_write_per_sleep(backend) {
+        const ROUNDS: u32 = 20;
+        const BURST: u64 = 100;
+        let ctx = tests::context(backend);
+        let guard = Guard::new(&ctx);
+        let before = ctx.stats();
+        // The round the loop is in, the last round burst, and the loop's blocking waits at its start.
+        let sync = Arc::new((AtomicU32::new(0), AtomicU32::new(0), AtomicU64::new(0)));
+        let (remote, sync2) = (ctx.remote(), sync.clone());
+        let burster = std::thread::spawn(move || {
+            let (step, done, baseline) = &*sync2;
+            for k in 1..=ROUNDS {
+                spin_until("the loop to block", || {
+                    step.load(Ordering::Acquire) == k
+                        && remote.stats().blocking_waits > baseline.load(Ordering::Acquire)
+                });
+                for _ in 0..BURST {
+                    remote.notify();
+                }
+                done.store(k, Ordering::Release);
+                // After the store, so the loop cannot miss that this round is over.
+                remote.notify();
+            }
+        });
+        let (step, done, baseline) = &*sync;
+        for k in 1..=ROUNDS {
+            baseline.store(ctx.stats().blocking_waits, Ordering::Release);
+            step.store(k, Ordering::Release);
+            guard.poll_until(&ctx, "a burst", || done.load(Ordering::Acquire) == k);
+        }
+        burster.join().unwrap();
+        let after = ctx.stats();
+        let writes = after.notify_writes - before.notify_writes;
+        let sleeps = after.blocking_waits - before.blocking_waits;
+        let total = writes + after.notify_skipped - before.notify_skipped;
+        assert!(writes <= sleeps, "{writes} eventfd writes for {sleeps} sleeps");
+        assert!(writes >= u64::from(ROUNDS), "every sleep needed one write to end: {after:?}");
+        assert!(total >= u64::from(ROUNDS) * (BURST + 1), "notifications went uncounted");
+
+        // A loop that never sleeps costs notifiers no eventfd write at all.
+        let before = ctx.stats();
+        let finished = Arc::new(AtomicBool::new(false));
+        let (remote, f) = (ctx.remote(), finished.clone());
+        let burster = std::thread::spawn(move || {
+            (0..10_000).for_each(|_| remote.notify());
+            f.store(true, Ordering::Release);
+        });
+        let give_up = Instant::now() + BOUND;
+        while !finished.load(Ordering::Acquire) {
+            assert!(Instant::now() < give_up);
+            ctx.poll(false);
+        }
+        burster.join().unwrap();
+        assert_eq!(ctx.stats().notify_writes, before.notify_writes);
+    }
+
+}
