@@ -2,15 +2,14 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use io_uring::{opcode, squeue, types};
+use std::sync::Arc;
 
 use super::op::{cqe_result, Op};
+use super::req::{run_blocking, IoVecs, Req};
 use super::{IoBuf, IoBufMut};
 use crate::context::current;
 
@@ -193,133 +192,6 @@ impl fmt::Debug for File {
             .finish()
     }
 }
-
-/// One operation, described without pointers the compiler would refuse to send (addresses as `usize`).
-#[derive(Clone, Copy, Debug)]
-enum Req {
-    Read {
-        addr: usize,
-        len: usize,
-        off: u64,
-    },
-    Write {
-        addr: usize,
-        len: usize,
-        off: u64,
-        fua: bool,
-    },
-    Readv {
-        iov: usize,
-        count: usize,
-        off: u64,
-    },
-    Writev {
-        iov: usize,
-        count: usize,
-        off: u64,
-    },
-    Fsync {
-        data_only: bool,
-    },
-    Fallocate {
-        mode: i32,
-        off: u64,
-        len: u64,
-    },
-}
-
-impl Req {
-    fn sqe(self, fd: RawFd) -> squeue::Entry {
-        let fd = types::Fd(fd);
-        match self {
-            Req::Read { addr, len, off } => opcode::Read::new(fd, addr as *mut u8, len as u32)
-                .offset(off)
-                .build(),
-            Req::Write {
-                addr,
-                len,
-                off,
-                fua,
-            } => opcode::Write::new(fd, addr as *const u8, len as u32)
-                .offset(off)
-                .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
-                .build(),
-            Req::Readv { iov, count, off } => {
-                opcode::Readv::new(fd, iov as *const libc::iovec, count as u32)
-                    .offset(off)
-                    .build()
-            }
-            Req::Writev { iov, count, off } => {
-                opcode::Writev::new(fd, iov as *const libc::iovec, count as u32)
-                    .offset(off)
-                    .build()
-            }
-            Req::Fsync { data_only } => opcode::Fsync::new(fd)
-                .flags(if data_only {
-                    types::FsyncFlags::DATASYNC
-                } else {
-                    types::FsyncFlags::empty()
-                })
-                .build(),
-            Req::Fallocate { mode, off, len } => opcode::Fallocate::new(fd, len)
-                .offset(off)
-                .mode(mode)
-                .build(),
-        }
-    }
-
-    /// The same operation as a blocking syscall (the thread-pool engine). Returns `res` or `-errno`.
-    ///
-    /// # Safety
-    ///
-    /// The addresses must be valid for the operation, as for the SQE.
-    unsafe fn blocking(self, fd: RawFd) -> i32 {
-        // SAFETY (all arms): the caller guarantees the memory; the fd is kept open by the caller.
-        let ret: isize = unsafe {
-            match self {
-                Req::Read { addr, len, off } => libc::pread(fd, addr as *mut _, len, off as i64),
-                Req::Write {
-                    addr,
-                    len,
-                    off,
-                    fua,
-                } => {
-                    let iov = libc::iovec {
-                        iov_base: addr as *mut _,
-                        iov_len: len,
-                    };
-                    let flags = if fua { libc::RWF_DSYNC } else { 0 };
-                    libc::pwritev2(fd, &iov, 1, off as i64, flags)
-                }
-                Req::Readv { iov, count, off } => {
-                    libc::preadv(fd, iov as *const libc::iovec, count as i32, off as i64)
-                }
-                Req::Writev { iov, count, off } => {
-                    libc::pwritev(fd, iov as *const libc::iovec, count as i32, off as i64)
-                }
-                Req::Fsync { data_only: true } => libc::fdatasync(fd) as isize,
-                Req::Fsync { data_only: false } => libc::fsync(fd) as isize,
-                Req::Fallocate { mode, off, len } => {
-                    libc::fallocate(fd, mode, off as i64, len as i64) as isize
-                }
-            }
-        };
-        if ret < 0 {
-            -io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
-        } else {
-            ret as i32
-        }
-    }
-}
-
-/// iovecs that point into buffers owned next to them; only the kernel reads them (through the SQE).
-struct IoVecs(#[allow(dead_code)] Vec<libc::iovec>);
-
-// SAFETY: the iovecs point into heap buffers that travel with them (in the same operation's resources),
-// so sending them sends nothing shared.
-unsafe impl Send for IoVecs {}
 
 impl File {
     /// Options to open a file with.
@@ -760,34 +632,5 @@ impl File {
         )
         .await
         .0
-    }
-}
-
-/// The thread-pool engine: the syscall runs on the context's pool, the resources travel with it and
-/// come back even if the job is cancelled before it starts.
-async fn run_blocking<K: Send + 'static>(
-    req: Req,
-    keep: (Arc<OwnedFd>, K),
-) -> (io::Result<usize>, (Arc<OwnedFd>, K)) {
-    let slot = Arc::new(Mutex::new(Some(keep)));
-    let job_slot = Arc::clone(&slot);
-    let joined = crate::pool::spawn_blocking_io(move || {
-        let guard = job_slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let fd = guard.as_ref().map_or(-1, |k| k.0.as_raw_fd());
-        // SAFETY: the memory `req` points to is owned by the resources in the slot, which this job holds
-        // locked (and alive through its Arc) for the whole call.
-        let res = unsafe { req.blocking(fd) };
-        drop(guard);
-        Ok(res)
-    })
-    .await;
-    let keep = slot
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-        .expect("resources are put back by the job or never taken");
-    match joined {
-        Ok(res) => (cqe_result(res), keep),
-        Err(e) => (Err(e), keep),
     }
 }

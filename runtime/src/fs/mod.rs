@@ -37,6 +37,7 @@
 mod buf;
 mod file;
 mod op;
+mod req;
 
 pub use buf::{AlignedBuf, IoBuf, IoBufMut};
 pub use file::{File, IoEngine, OpenOptions};
