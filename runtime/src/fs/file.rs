@@ -586,7 +586,8 @@ impl File {
         .0
     }
 
-    /// `preadv` into caller-owned iovecs (a virtqueue's descriptor chain mapped to guest RAM).
+    /// `preadv` into caller-owned iovecs (a virtqueue's descriptor chain mapped to guest RAM). The
+    /// `O_DIRECT` alignment of the iovecs is left to the kernel to check (`EINVAL`).
     ///
     /// # Safety
     ///
@@ -610,8 +611,8 @@ impl File {
         .0
     }
 
-    /// `pwritev` from caller-owned iovecs; optionally FUA is not available for vectors (use
-    /// [`sync_data`](Self::sync_data)).
+    /// `pwritev` from caller-owned iovecs. There is no FUA variant for vectors: follow it with
+    /// [`sync_data`](Self::sync_data) where the data must be stable.
     ///
     /// # Safety
     ///
