@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
-use crate::{AioContext, Backend, PollParams, Remote, Stats};
+use crate::{Backend, Builder, PollParams, Remote, Stats};
 
 /// Configures and starts an [`IoThread`].
 ///
@@ -20,22 +20,15 @@ use crate::{AioContext, Backend, PollParams, Remote, Stats};
 #[must_use = "an IoThread builder does nothing until .spawn() is called"]
 pub struct IoThreadBuilder {
     name: String,
-    backend: Backend,
-    poll: PollParams,
-    max_batch: usize,
-    pool_min: usize,
-    pool_max: usize,
+    /// The context's configuration, built on the new thread.
+    context: Builder,
 }
 
 impl Default for IoThreadBuilder {
     fn default() -> Self {
         Self {
             name: "iothread".into(),
-            backend: Backend::Auto,
-            poll: PollParams::IOTHREAD,
-            max_batch: 0,
-            pool_min: 0,
-            pool_max: crate::pool::DEFAULT_MAX_THREADS,
+            context: Builder::new().poll_params(PollParams::IOTHREAD),
         }
     }
 }
@@ -49,39 +42,38 @@ impl IoThreadBuilder {
 
     /// The fd monitor (default: `Backend::Auto`).
     pub fn backend(mut self, backend: Backend) -> Self {
-        self.backend = backend;
+        self.context = self.context.backend(backend);
         self
     }
 
     /// QEMU's `poll-max-ns` (default 32768, as for QEMU's IOThreads).
     pub fn poll_max_ns(mut self, ns: u64) -> Self {
-        self.poll.max_ns = ns;
+        self.context = self.context.poll_max_ns(ns);
         self
     }
 
     /// QEMU's `poll-grow` (0: double).
     pub fn poll_grow(mut self, factor: u64) -> Self {
-        self.poll.grow = factor;
+        self.context = self.context.poll_grow(factor);
         self
     }
 
     /// QEMU's `poll-shrink` (0: reset).
     pub fn poll_shrink(mut self, divisor: u64) -> Self {
-        self.poll.shrink = divisor;
+        self.context = self.context.poll_shrink(divisor);
         self
     }
 
     /// QEMU's `aio-max-batch`: submit io_uring SQEs early once this many are queued (0: at the next wait).
     pub fn max_batch(mut self, max_batch: usize) -> Self {
-        self.max_batch = max_batch;
+        self.context = self.context.max_batch(max_batch);
         self
     }
 
     /// QEMU's `thread-pool-min` and `thread-pool-max` for [`spawn_blocking`](crate::spawn_blocking) work
     /// submitted from this IOThread (defaults 0 and 64).
     pub fn thread_pool(mut self, min: usize, max: usize) -> Self {
-        self.pool_min = min;
-        self.pool_max = max;
+        self.context = self.context.thread_pool(min, max);
         self
     }
 
@@ -95,18 +87,13 @@ impl IoThreadBuilder {
         }
         let running = Arc::new(AtomicBool::new(true));
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Remote, libc::pid_t)>>();
-        let config = self.clone();
+        let context = self.context.clone();
         let thread = thread::Builder::new()
             .name(format!("IO {}", self.name))
             .spawn({
                 let running = Arc::clone(&running);
                 move || {
-                    let ctx = AioContext::builder()
-                        .backend(config.backend)
-                        .poll_params(config.poll)
-                        .max_batch(config.max_batch)
-                        .thread_pool(config.pool_min, config.pool_max)
-                        .build();
+                    let ctx = context.build();
                     let ctx = match ctx {
                         Ok(ctx) => ctx,
                         Err(err) => {

@@ -80,10 +80,7 @@ impl fmt::Debug for Bh {
 
 impl Bh {
     pub(crate) fn new(inner: &Inner, f: Rc<dyn Fn()>) -> Bh {
-        let node = inner.insert_bh_callback(|key| {
-            let node = BhNode::new(BhPayload::Local(key), 0);
-            (Arc::clone(&node), BhCall::Repeat(f), node)
-        });
+        let node = inner.insert_bh_callback(0, BhCall::Repeat(f));
         Bh {
             node,
             shared: Arc::clone(&inner.shared),
@@ -187,23 +184,21 @@ fn schedule(shared: &Shared, node: &Arc<Node>, flags: u32) {
 
 /// Schedules a home-thread one-shot (`aio_bh_schedule_oneshot` with a `!Send` closure).
 pub(crate) fn schedule_local_oneshot(inner: &Inner, f: Box<dyn FnOnce()>) {
-    let node = inner.insert_bh_callback(|key| {
-        let node = BhNode::new(BhPayload::Local(key), ONESHOT);
-        (Arc::clone(&node), BhCall::Once(f), node)
-    });
+    let node = inner.insert_bh_callback(ONESHOT, BhCall::Once(f));
     schedule(&inner.shared, &node, SCHEDULED);
 }
 
 impl Inner {
-    fn insert_bh_callback(
-        &self,
-        make: impl FnOnce(usize) -> (Arc<Node>, BhCall, Arc<Node>),
-    ) -> Arc<Node> {
+    /// Stores a home-thread callback and returns the node that schedules it.
+    fn insert_bh_callback(&self, flags: u32, call: BhCall) -> Arc<Node> {
         let mut slab = self.bh_callbacks.borrow_mut();
         let entry = slab.vacant_entry();
-        let (node, call, ret) = make(entry.key());
-        entry.insert(BhCallback { node, call });
-        ret
+        let node = BhNode::new(BhPayload::Local(entry.key()), flags);
+        entry.insert(BhCallback {
+            node: Arc::clone(&node),
+            call,
+        });
+        node
     }
 
     /// QEMU's `aio_bh_poll`: moves the pending list into a new slice and runs slices oldest first until

@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
 
 use slab::Slab;
@@ -442,8 +442,4 @@ pub(crate) fn notifier_handlers(
         handlers.poll_ready = Some(Box::new(move || on_read()));
     }
     handlers
-}
-
-pub(crate) fn notifier_fd(n: &EventNotifier) -> RawFd {
-    n.as_raw_fd()
 }

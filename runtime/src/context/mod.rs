@@ -470,7 +470,7 @@ impl AioContext {
         on_read: impl Fn() + 'static,
         poll: Option<Box<dyn Fn() -> bool>>,
     ) -> io::Result<FdRegistration> {
-        let fd = handlers::notifier_fd(notifier);
+        let fd = notifier.as_raw_fd();
         let token =
             self.inner
                 .add_handler(fd, handlers::notifier_handlers(on_read, poll), false)?;

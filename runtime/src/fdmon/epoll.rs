@@ -125,15 +125,11 @@ impl MonitorOps for EpollMonitor {
         out: &mut Vec<Event>,
         _completions: &mut Vec<Completion>,
     ) -> io::Result<()> {
-        let n = self.epoll_wait(timeout_ns);
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            return match err.kind() {
-                io::ErrorKind::Interrupted => Ok(()),
-                _ => Err(sys::with_context(err, "waiting in the epoll fd monitor")),
-            };
-        }
-        out.extend(self.events[..n as usize].iter().map(|ev| Event {
+        let n = super::wait_result(
+            self.epoll_wait(timeout_ns),
+            "waiting in the epoll fd monitor",
+        )?;
+        out.extend(self.events[..n].iter().map(|ev| Event {
             token: ev.u64,
             // EPOLLIN/OUT/ERR/HUP have the poll(2) values on Linux.
             revents: ev.events,

@@ -40,6 +40,19 @@ pub(crate) struct Event {
     pub(crate) revents: u32,
 }
 
+/// Interprets a wait syscall's return value: the number of ready entries, 0 when a signal interrupted
+/// the wait (the loop simply iterates again), or the error with what was waiting.
+fn wait_result(ret: libc::c_int, what: &str) -> io::Result<usize> {
+    if ret >= 0 {
+        return Ok(ret as usize);
+    }
+    let err = io::Error::last_os_error();
+    match err.kind() {
+        io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(crate::sys::with_context(err, what)),
+    }
+}
+
 /// A user SQE's completion: the callback slot it belongs to and the CQE's result and flags.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Completion {

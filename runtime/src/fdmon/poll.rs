@@ -81,14 +81,7 @@ impl MonitorOps for PollMonitor {
                 ptr::null(),
             )
         };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            return match err.kind() {
-                io::ErrorKind::Interrupted => Ok(()),
-                _ => Err(sys::with_context(err, "ppoll in the poll fd monitor")),
-            };
-        }
-        let mut left = n as usize;
+        let mut left = super::wait_result(n, "ppoll in the poll fd monitor")?;
         for (pfd, &token) in self.pollfds.iter().zip(&self.tokens) {
             if left == 0 {
                 break;

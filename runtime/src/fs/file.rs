@@ -324,6 +324,32 @@ impl File {
         (res, buf)
     }
 
+    /// Repeats `req_at(addr, len, off)` over `total` bytes from `base` until all are transferred,
+    /// continuing short transfers. Returns how many bytes were done, with the error that stopped it (a
+    /// transfer of 0 bytes is reported as `on_zero`).
+    async fn transfer_all<K: Send + 'static>(
+        &self,
+        (base, total, offset): (usize, usize, u64),
+        req_at: impl Fn(usize, usize, u64) -> Req,
+        on_zero: fn() -> io::Error,
+        mut keep: K,
+    ) -> (usize, io::Result<()>, K) {
+        let mut done = 0;
+        while done < total {
+            let len = (total - done).min(MAX_RW);
+            let (res, back) = self
+                .run(req_at(base + done, len, offset + done as u64), keep)
+                .await;
+            keep = back;
+            match res {
+                Ok(0) => return (done, Err(on_zero()), keep),
+                Ok(n) => done += n,
+                Err(e) => return (done, Err(e), keep),
+            }
+        }
+        (done, Ok(()), keep)
+    }
+
     /// Reads exactly `buf.bytes_total()` bytes from `offset`, continuing short reads. At end of file it
     /// fails with `UnexpectedEof` (the buffer holds what was read).
     pub async fn read_exact_at<B: IoBufMut>(&self, mut buf: B, offset: u64) -> (io::Result<()>, B) {
@@ -332,37 +358,23 @@ impl File {
         if let Err(e) = self.check_direct(base, total, offset) {
             return (Err(e), buf);
         }
-        let mut done = 0;
-        while done < total {
-            let len = (total - done).min(MAX_RW);
-            let req = Req::Read {
-                addr: base + done,
-                len,
-                off: offset + done as u64,
-            };
-            let (res, back) = self.run(req, buf).await;
-            buf = back;
-            match res {
-                Ok(0) => {
-                    // SAFETY: `done` bytes were written by earlier reads.
-                    unsafe { buf.set_init(done) };
-                    let eof = io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "end of file before the buffer was full",
-                    );
-                    return (Err(eof), buf);
-                }
-                Ok(n) => done += n,
-                Err(e) => {
-                    // SAFETY: as above.
-                    unsafe { buf.set_init(done) };
-                    return (Err(e), buf);
-                }
-            }
-        }
-        // SAFETY: all `total` bytes were written.
-        unsafe { buf.set_init(total) };
-        (Ok(()), buf)
+        let eof = || {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "end of file before the buffer was full",
+            )
+        };
+        let (done, res, mut buf) = self
+            .transfer_all(
+                (base, total, offset),
+                |addr, len, off| Req::Read { addr, len, off },
+                eof,
+                buf,
+            )
+            .await;
+        // SAFETY: the first `done` bytes were written by the reads.
+        unsafe { buf.set_init(done) };
+        (res, buf)
     }
 
     async fn write_impl<B: IoBuf>(&self, buf: B, offset: u64, fua: bool) -> (io::Result<usize>, B) {
@@ -395,30 +407,23 @@ impl File {
 
     /// Writes all of `buf` at `offset`, continuing short writes; a write that makes no progress fails
     /// with `ENOSPC` (QEMU's rule).
-    pub async fn write_all_at<B: IoBuf>(&self, mut buf: B, offset: u64) -> (io::Result<()>, B) {
+    pub async fn write_all_at<B: IoBuf>(&self, buf: B, offset: u64) -> (io::Result<()>, B) {
         let base = buf.stable_ptr() as usize;
         let total = buf.bytes_init();
         if let Err(e) = self.check_direct(base, total, offset) {
             return (Err(e), buf);
         }
-        let mut done = 0;
-        while done < total {
-            let len = (total - done).min(MAX_RW);
-            let req = Req::Write {
-                addr: base + done,
-                len,
-                off: offset + done as u64,
-                fua: false,
-            };
-            let (res, back) = self.run(req, buf).await;
-            buf = back;
-            match res {
-                Ok(0) => return (Err(io::Error::from_raw_os_error(libc::ENOSPC)), buf),
-                Ok(n) => done += n,
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        (Ok(()), buf)
+        let no_space = || io::Error::from_raw_os_error(libc::ENOSPC);
+        let write = |addr, len, off| Req::Write {
+            addr,
+            len,
+            off,
+            fua: false,
+        };
+        let (_, res, buf) = self
+            .transfer_all((base, total, offset), write, no_space, buf)
+            .await;
+        (res, buf)
     }
 
     /// Reads into several buffers (up to each one's capacity) from `offset` with one `preadv`.

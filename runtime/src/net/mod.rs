@@ -60,8 +60,32 @@ async fn connect(socket: Socket, addr: &SockAddr) -> io::Result<Async<Socket>> {
     Ok(socket)
 }
 
+/// What both stream types share: shutdown, readiness, the fd, and the futures-io traits.
 macro_rules! stream_io_impls {
     ($ty:ty) => {
+        impl $ty {
+            /// Shuts down reading, writing or both.
+            pub fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+                self.inner.get_ref().shutdown(how)
+            }
+
+            /// Waits until readable.
+            pub async fn readable(&self) -> std::io::Result<()> {
+                self.inner.readable().await
+            }
+
+            /// Waits until writable.
+            pub async fn writable(&self) -> std::io::Result<()> {
+                self.inner.writable().await
+            }
+        }
+
+        impl std::os::fd::AsRawFd for $ty {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                self.inner.as_raw_fd()
+            }
+        }
+
         impl futures::io::AsyncRead for $ty {
             fn poll_read(
                 mut self: std::pin::Pin<&mut Self>,
