@@ -43,9 +43,17 @@ struct Source {
 }
 
 impl Source {
+    fn direction(&self, read: bool) -> &Direction {
+        if read {
+            &self.read
+        } else {
+            &self.write
+        }
+    }
+
     /// The fd handler callback for one direction.
     fn on_ready(self: &Rc<Self>, read: bool) {
-        let dir = if read { &self.read } else { &self.write };
+        let dir = self.direction(read);
         dir.ready.set(true);
         match dir.waker.take() {
             Some(waker) => waker.wake(),
@@ -64,7 +72,7 @@ impl Source {
     }
 
     fn poll_ready(&self, cx: &mut Context<'_>, read: bool) -> Poll<io::Result<()>> {
-        let dir = if read { &self.read } else { &self.write };
+        let dir = self.direction(read);
         if dir.ready.replace(false) {
             return Poll::Ready(Ok(()));
         }
@@ -259,7 +267,15 @@ impl<T: AsRawFd> Async<T> {
                         Poll::Pending => return Poll::Pending,
                     }
                 }
-                other => return Poll::Ready(other),
+                other => {
+                    // This op consumed the readiness the handler reported: forget it, or the next
+                    // op's WouldBlock would take the stale flag for fresh readiness and retry the
+                    // syscall once more before waiting.
+                    if other.is_ok() {
+                        self.source.direction(read).ready.set(false);
+                    }
+                    return Poll::Ready(other);
+                }
             }
         }
     }

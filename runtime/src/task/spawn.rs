@@ -5,6 +5,8 @@ use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -21,7 +23,27 @@ use crate::Remote;
 /// (changed by [`reschedule`]); `!Send` tasks never move and carry nothing.
 #[derive(Debug)]
 pub(crate) struct TaskMeta {
-    home: Option<Mutex<Arc<Shared>>>,
+    home: Option<Home>,
+}
+
+/// The context a movable task belongs to now.
+#[derive(Debug)]
+struct Home {
+    /// Keeps the context reachable for wakes from any thread.
+    shared: Mutex<Arc<Shared>>,
+    /// `shared`'s id, readable without the lock: a wake on the home thread itself (the common case:
+    /// yields, local channels, fd and timer events) finds its context current there and needs
+    /// neither the lock nor a reference count.
+    id: AtomicU64,
+}
+
+impl Home {
+    fn new(shared: &Arc<Shared>) -> Home {
+        Home {
+            shared: Mutex::new(Arc::clone(shared)),
+            id: AtomicU64::new(shared.id),
+        }
+    }
 }
 
 pub(crate) type Runnable = async_task::Runnable<TaskMeta>;
@@ -61,8 +83,8 @@ impl Registration {
 }
 
 pin_project_lite::pin_project! {
-    /// Registers the task with the context that polls it and unregisters it when the future is dropped
-    /// (or the task moved to another context).
+    /// Registers the task, once it waits, with the context that polls it, and unregisters it when the
+    /// future is dropped (or the task moved to another context).
     struct Tracked<F> {
         #[pin]
         future: F,
@@ -83,6 +105,12 @@ impl<F: Future> Future for Tracked<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
+        // Only a task that waits must be reachable by teardown (one in a run queue is dropped with
+        // the queue), so a task that completes in one poll never touches the registry.
+        let output = this.future.poll(cx);
+        if output.is_ready() {
+            return output;
+        }
         current::with_current(|inner| {
             let here = this
                 .registration
@@ -98,7 +126,7 @@ impl<F: Future> Future for Tracked<F> {
                 });
             }
         });
-        this.future.poll(cx)
+        Poll::Pending
     }
 }
 
@@ -164,7 +192,7 @@ impl Shared {
         let (wrapped, abort) = wrap(future);
         let (runnable, task) = async_task::Builder::new()
             .metadata(TaskMeta {
-                home: Some(Mutex::new(Arc::clone(self))),
+                home: Some(Home::new(self)),
             })
             .spawn(move |_| wrapped, schedule_movable);
         runnable.schedule();
@@ -201,12 +229,21 @@ impl Shared {
 }
 
 /// The schedule function of `Send` tasks: queue on whichever context the task belongs to now.
+///
+/// async-task never calls this while the task runs (a wake during a poll is replayed after it), and
+/// only a poll can move the task, so its home is stable for the duration of this call.
 fn schedule_movable(runnable: Runnable) {
-    let home = match &runnable.metadata().home {
-        Some(home) => Arc::clone(&home.lock().unwrap_or_else(PoisonError::into_inner)),
-        None => unreachable!("movable tasks always carry their home"),
+    let Some(home) = &runnable.metadata().home else {
+        unreachable!("movable tasks always carry their home")
     };
-    home.schedule_task(runnable);
+    let home_id = home.id.load(Ordering::Acquire);
+    let here = current::with_current(|inner| (inner.id() == home_id).then(|| Rc::clone(inner)));
+    if let Some(inner) = here.flatten() {
+        inner.shared.schedule_task(runnable);
+        return;
+    }
+    let shared = Arc::clone(&home.shared.lock().unwrap_or_else(PoisonError::into_inner));
+    shared.schedule_task(runnable);
 }
 
 /// Runs the task step: the tasks ready when it began, in wake order. Returns how many ran.
@@ -285,12 +322,13 @@ pub async fn reschedule(target: &Remote) -> io::Result<()> {
                 "the target context was dropped",
             )));
         }
-        let mut home = home.lock().unwrap_or_else(PoisonError::into_inner);
-        if Arc::ptr_eq(&home, &target) {
+        let mut shared = home.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if Arc::ptr_eq(&shared, &target) {
             return Poll::Ready(Ok(()));
         }
-        *home = Arc::clone(&target);
-        drop(home);
+        *shared = Arc::clone(&target);
+        home.id.store(target.id, Ordering::Release);
+        drop(shared);
         moved = true;
         // Our next run happens where the schedule function now sends us.
         cx.waker().wake_by_ref();

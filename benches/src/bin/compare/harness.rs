@@ -9,7 +9,7 @@ use std::io;
 use std::time::Duration;
 
 /// Which runtime a scenario run measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Side {
     Aioctx,
     Tokio,
@@ -54,6 +54,8 @@ pub struct Config {
     pub quick: bool,
     /// Where scenarios that need a file put it (a fresh directory, removed at exit).
     pub scratch: std::path::PathBuf,
+    /// Run one side only (for profiling one runtime with perf or strace).
+    pub only: Option<Side>,
 }
 
 impl Config {
@@ -129,11 +131,15 @@ pub fn measure(scenario: &Scenario, config: &Config, rounds: usize) -> io::Resul
             tokio: Samples::default(),
         })
         .collect();
-    for side in [Side::Aioctx, Side::Tokio] {
+    let sides: Vec<Side> = [Side::Aioctx, Side::Tokio]
+        .into_iter()
+        .filter(|side| config.only.is_none_or(|only| only == *side))
+        .collect();
+    for &side in &sides {
         (scenario.run)(side, config)?;
     }
     for _ in 0..rounds {
-        for side in [Side::Aioctx, Side::Tokio] {
+        for &side in &sides {
             let values = (scenario.run)(side, config)?;
             if values.len() != rows.len() {
                 return Err(io::Error::other(format!(

@@ -33,6 +33,9 @@ struct Args {
     /// Measured rounds per scenario and side (after one warm-up round each).
     #[arg(long)]
     rounds: Option<usize>,
+    /// Measure one side only (to profile it with perf or strace); the other column shows "-".
+    #[arg(long, value_enum)]
+    only: Option<harness::Side>,
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
     let config = Config {
         quick: args.quick,
         scratch: scratch.clone(),
+        only: args.only,
     };
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 5 });
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
