@@ -29,7 +29,59 @@ fn sock_path(tag: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("aioctx-net-{tag}-{}-{n}.sock", std::process::id()))
 }
 
+/// A stream that counts the read syscalls made on it.
+struct CountingReads {
+    inner: std::os::unix::net::UnixStream,
+    reads: Rc<std::cell::Cell<usize>>,
+}
+
+impl std::io::Read for CountingReads {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reads.set(self.reads.get() + 1);
+        self.inner.read(buf)
+    }
+}
+
+impl std::os::fd::AsRawFd for CountingReads {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
 per_backend! {
+    // Each message arrives while the reader waits: one read finds nothing, the wakeup's read gets
+    // the byte. A readiness the previous read consumed must not cause a third, doomed read.
+    fn a_reader_woken_per_message_reads_twice_per_message(backend) {
+        const MESSAGES: usize = 200;
+        let ctx = context(backend);
+        ctx.block_on(async {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let reads = Rc::new(std::cell::Cell::new(0));
+            let mut reader = Async::new(CountingReads { inner: b, reads: reads.clone() }).unwrap();
+            let mut writer = Async::new(a).unwrap();
+            let (ack_tx, mut ack_rx) = futures::channel::mpsc::unbounded();
+            let reader_task = aioctx::spawn_local(async move {
+                let mut byte = [0u8; 1];
+                for i in 0..MESSAGES {
+                    reader.read_exact(&mut byte).await.unwrap();
+                    assert_eq!(byte[0], i as u8);
+                    ack_tx.unbounded_send(()).unwrap();
+                }
+            });
+            for i in 0..MESSAGES {
+                writer.write_all(&[i as u8]).await.unwrap();
+                futures::StreamExt::next(&mut ack_rx).await.unwrap();
+            }
+            reader_task.await.unwrap();
+            // (The first byte may already be there when the reader starts: one read less.)
+            let reads = reads.get();
+            assert!(
+                (2 * MESSAGES - 1..=2 * MESSAGES).contains(&reads),
+                "{reads} read syscalls for {MESSAGES} messages"
+            );
+        });
+    }
+
     fn tcp_echo_round_trips(backend) {
         let ctx = context(backend);
         ctx.block_on(async {
