@@ -469,3 +469,34 @@ fn pool_on_an_iothread_with_configured_bounds() {
         std::io::ErrorKind::InvalidInput
     );
 }
+
+#[test]
+fn abort_from_another_thread_drops_the_future_on_its_iothread() {
+    struct ReportDrop(std::sync::mpsc::Sender<Option<String>>);
+    impl Drop for ReportDrop {
+        fn drop(&mut self) {
+            let _ = self
+                .0
+                .send(std::thread::current().name().map(str::to_owned));
+        }
+    }
+    let io = IoThread::spawn("abortee").unwrap();
+    let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+    let (started_tx, started_rx) = futures::channel::oneshot::channel::<()>();
+    let handle = io.remote().spawn(async move {
+        let _report = ReportDrop(dropped_tx);
+        started_tx.send(()).unwrap();
+        std::future::pending::<()>().await
+    });
+    futures::executor::block_on(started_rx).unwrap();
+    assert!(!handle.is_finished());
+    // The handle moves to a third thread, which aborts the waiting task and collects the result.
+    let result = std::thread::spawn(move || {
+        handle.abort();
+        handle.join_blocking()
+    })
+    .join()
+    .unwrap();
+    assert!(result.unwrap_err().is_cancelled());
+    assert_eq!(dropped_rx.recv().unwrap().as_deref(), Some("IO abortee"));
+}

@@ -6,7 +6,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::future::AbortHandle;
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+use std::task::Waker;
+
+use super::spawn::TaskMeta;
 
 /// Why a task produced no value.
 pub enum JoinError {
@@ -101,9 +105,20 @@ impl From<JoinError> for std::io::Error {
 /// ```
 #[must_use = "dropping a JoinHandle detaches the task; `let _ =` it to make that explicit"]
 pub struct JoinHandle<T> {
-    task: Option<async_task::FallibleTask<Result<T, JoinError>, super::spawn::TaskMeta>>,
-    abort: AbortHandle,
+    task: Option<async_task::FallibleTask<Result<T, JoinError>, TaskMeta>>,
+    /// The task's metadata (its abort flag), inside the task's allocation.
+    meta: NonNull<TaskMeta>,
+    /// Wakes the task so that an abort takes effect; it also keeps the allocation, and so `meta`,
+    /// alive for as long as this handle exists.
+    waker: Waker,
 }
+
+// SAFETY: `meta` only gives access to the `TaskMeta`, whose fields are `Sync` (atomics and a mutex)
+// and live as long as `waker` holds the task allocation; everything else in the handle is Send/Sync
+// as the `FallibleTask` and `Waker` are.
+unsafe impl<T: Send> Send for JoinHandle<T> {}
+// SAFETY: as for Send: shared access through `&JoinHandle` reads the atomics of `TaskMeta` only.
+unsafe impl<T: Send> Sync for JoinHandle<T> {}
 
 impl<T> fmt::Debug for JoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -114,10 +129,12 @@ impl<T> fmt::Debug for JoinHandle<T> {
 }
 
 impl<T> JoinHandle<T> {
-    pub(crate) fn new(task: super::Task<Result<T, JoinError>>, abort: AbortHandle) -> Self {
+    pub(crate) fn new(task: super::Task<Result<T, JoinError>>, waker: Waker) -> Self {
+        let meta = NonNull::from(task.metadata());
         Self {
             task: Some(task.fallible()),
-            abort,
+            meta,
+            waker,
         }
     }
 
@@ -125,7 +142,11 @@ impl<T> JoinHandle<T> {
     /// awaiting the handle then gives [`JoinError::Cancelled`]. A task that already finished keeps its
     /// result. Works from any thread.
     pub fn abort(&self) {
-        self.abort.abort();
+        // SAFETY: `waker` references the task allocation that holds the metadata, so it is alive.
+        let meta = unsafe { self.meta.as_ref() };
+        // Pairs with the Acquire load at the task's next run, which this wake causes.
+        meta.aborted.store(true, Ordering::Release);
+        self.waker.wake_by_ref();
     }
 
     /// Blocks the calling thread until the task finishes and returns its result. For threads that do not

@@ -6,11 +6,10 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use futures::future::{AbortHandle, Abortable};
 use futures::FutureExt;
 use slab::Slab;
 
@@ -24,6 +23,17 @@ use crate::Remote;
 #[derive(Debug)]
 pub(crate) struct TaskMeta {
     home: Option<Home>,
+    /// Set by [`JoinHandle::abort`]; the task's next run drops its future instead of polling it.
+    pub(crate) aborted: AtomicBool,
+}
+
+impl TaskMeta {
+    fn new(home: Option<Home>) -> TaskMeta {
+        TaskMeta {
+            home,
+            aborted: AtomicBool::new(false),
+        }
+    }
 }
 
 /// The context a movable task belongs to now.
@@ -132,28 +142,60 @@ impl<F: Future> Future for Tracked<F> {
 
 type TaskOutput<T> = Result<T, JoinError>;
 
-/// Wraps a future whose output is already a task result: panics are caught, the task can be aborted,
-/// the context tracks it.
-fn wrap_flat<F, T>(future: F) -> (impl Future<Output = TaskOutput<T>>, AbortHandle)
+pin_project_lite::pin_project! {
+    /// Ends the task with [`JoinError::Cancelled`] once its [`JoinHandle`] aborted it. The flag lives
+    /// in the task's metadata, reached through [`RUNNING`], so aborting costs a spawn no allocation
+    /// and a poll one load.
+    struct Abortable<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F, T> Future for Abortable<F>
 where
     F: Future<Output = TaskOutput<T>>,
 {
-    let (abort, registration) = AbortHandle::new_pair();
-    let wrapped = Tracked {
-        future: Abortable::new(AssertUnwindSafe(future).catch_unwind(), registration).map(|out| {
-            match out {
-                Ok(Ok(result)) => result,
-                Ok(Err(panic)) => Err(JoinError::Panic(panic)),
-                Err(_aborted) => Err(JoinError::Cancelled),
-            }
-        }),
-        registration: None,
-    };
-    (wrapped, abort)
+    type Output = TaskOutput<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TaskOutput<T>> {
+        // SAFETY: RUNNING points at the metadata of the task being run on this thread (see
+        // `set_running`), and this future is that task's outermost one, so the task is alive.
+        let aborted = RUNNING
+            .with(|r| unsafe { r.get().as_ref() })
+            .is_some_and(|meta| meta.aborted.load(Ordering::Acquire));
+        if aborted {
+            return Poll::Ready(Err(JoinError::Cancelled));
+        }
+        self.project().future.poll(cx)
+    }
 }
 
-fn wrap<F: Future>(future: F) -> (impl Future<Output = TaskOutput<F::Output>>, AbortHandle) {
+/// Wraps a future whose output is already a task result: panics are caught, the task can be aborted,
+/// the context tracks it.
+fn wrap_flat<F, T>(future: F) -> impl Future<Output = TaskOutput<T>>
+where
+    F: Future<Output = TaskOutput<T>>,
+{
+    Tracked {
+        future: Abortable {
+            future: AssertUnwindSafe(future)
+                .catch_unwind()
+                .map(|out| out.unwrap_or_else(|panic| Err(JoinError::Panic(panic)))),
+        },
+        registration: None,
+    }
+}
+
+fn wrap<F: Future>(future: F) -> impl Future<Output = TaskOutput<F::Output>> {
     wrap_flat(future.map(Ok))
+}
+
+/// Queues the new task's first run and hands out its handle.
+fn start<T>(runnable: Runnable, task: Task<TaskOutput<T>>) -> JoinHandle<T> {
+    let waker = runnable.waker();
+    runnable.schedule();
+    JoinHandle::new(task, waker)
 }
 
 impl Inner {
@@ -172,13 +214,12 @@ impl Inner {
         F: Future<Output = TaskOutput<T>> + 'static,
         T: 'static,
     {
-        let (wrapped, abort) = wrap_flat(future);
+        let wrapped = wrap_flat(future);
         let shared = Arc::clone(&self.shared);
         let (runnable, task) = async_task::Builder::new()
-            .metadata(TaskMeta { home: None })
+            .metadata(TaskMeta::new(None))
             .spawn_local(move |_| wrapped, move |r| shared.schedule_task(r));
-        runnable.schedule();
-        JoinHandle::new(task, abort)
+        start(runnable, task)
     }
 }
 
@@ -189,14 +230,11 @@ impl Shared {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let (wrapped, abort) = wrap(future);
+        let wrapped = wrap(future);
         let (runnable, task) = async_task::Builder::new()
-            .metadata(TaskMeta {
-                home: Some(Home::new(self)),
-            })
+            .metadata(TaskMeta::new(Some(Home::new(self))))
             .spawn(move |_| wrapped, schedule_movable);
-        runnable.schedule();
-        JoinHandle::new(task, abort)
+        start(runnable, task)
     }
 }
 
@@ -208,7 +246,7 @@ impl Shared {
         Fut: Future + 'static,
         Fut::Output: Send + 'static,
     {
-        let (wrapped, abort) = wrap(async move { make().await });
+        let wrapped = wrap(async move { make().await });
         let shared = Arc::clone(self);
         // SAFETY: async-task requires a `!Send` future to be polled and dropped on one thread only. Until
         // its first poll this future holds nothing but `make` (which is Send) and Send wrapper state, so it
@@ -220,11 +258,10 @@ impl Shared {
         // metadata pins the task to this context (`reschedule` refuses to move it).
         let (runnable, task) = unsafe {
             async_task::Builder::new()
-                .metadata(TaskMeta { home: None })
+                .metadata(TaskMeta::new(None))
                 .spawn_unchecked(move |_| wrapped, move |r| shared.schedule_task(r))
         };
-        runnable.schedule();
-        JoinHandle::new(task, abort)
+        start(runnable, task)
     }
 }
 
