@@ -205,45 +205,53 @@ fn contended_mutex_across_five_iothreads() {
     assert_eq!(*counter.try_lock().unwrap(), total);
 }
 
-/// test_multi_fair_mutex: two IOThreads hammering one mutex take turns (fair handoff), so neither
-/// starves and ownership alternates.
+/// test_multi_fair_mutex: two IOThreads hammering one mutex take turns (fair handoff). Each side,
+/// holding the lock, waits until the other is queued on it, then unlocks and at once asks for it
+/// again: a fair mutex has handed it to the queued side already, so ownership strictly alternates. An
+/// unfair one lets the releasing side take it back.
 #[test]
 fn mutex_hands_off_fairly_between_two_iothreads() {
-    const ROUNDS: usize = 500;
+    const ROUNDS: usize = 200;
     let a = IoThread::spawn("fair-a").unwrap();
     let b = IoThread::spawn("fair-b").unwrap();
     let log = Arc::new(Mutex::new(Vec::with_capacity(2 * ROUNDS)));
-    let ready = Arc::new(AtomicUsize::new(0));
-    let spawn = |io: &IoThread, me: u8| {
-        let (log, ready) = (log.clone(), ready.clone());
+    // Per side: whether it waits in `lock()`, and how many rounds it has left.
+    let queued = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
+    let left = Arc::new([AtomicUsize::new(ROUNDS), AtomicUsize::new(ROUNDS)]);
+    let spawn = |io: &IoThread, me: usize| {
+        let (log, queued, left) = (log.clone(), queued.clone(), left.clone());
+        let peer = 1 - me;
         io.remote().spawn(async move {
-            // Start together, so that both really contend.
-            ready.fetch_add(1, Ordering::SeqCst);
-            while ready.load(Ordering::SeqCst) < 2 {
-                aioctx::yield_now().await;
-            }
             for _ in 0..ROUNDS {
-                let mut guard = log.lock().await;
-                guard.push(me);
-                // Hold it for a while (across a timer wait), so that the other side, whichever core the
-                // OS gives it, is queued at unlock.
-                aioctx::time::sleep(Duration::from_micros(20)).await;
+                let mut lock = std::pin::pin!(log.lock());
+                let mut guard = match futures::poll!(lock.as_mut()) {
+                    std::task::Poll::Ready(guard) => guard,
+                    std::task::Poll::Pending => {
+                        queued[me].store(true, Ordering::SeqCst);
+                        lock.await
+                    }
+                };
+                queued[me].store(false, Ordering::SeqCst);
+                guard.push(me as u8);
+                left[me].fetch_sub(1, Ordering::SeqCst);
+                while left[peer].load(Ordering::SeqCst) > 0 && !queued[peer].load(Ordering::SeqCst)
+                {
+                    aioctx::yield_now().await;
+                }
                 drop(guard);
             }
         })
     };
-    let (ha, hb) = (spawn(&a, b'a'), spawn(&b, b'b'));
+    let (ha, hb) = (spawn(&a, 0), spawn(&b, 1));
     ha.join_blocking().unwrap();
     hb.join_blocking().unwrap();
     let log = Arc::try_unwrap(log).unwrap().into_inner();
     assert_eq!(log.len(), 2 * ROUNDS);
-    // Once the other side waits, an unlock hands it the lock: the releasing side cannot take it back, so
-    // ownership keeps alternating. (A side may run alone until the other's first wait begins.)
     let switches = log.windows(2).filter(|w| w[0] != w[1]).count();
-    assert!(
-        switches >= ROUNDS,
-        "ownership switched only {switches} times in {} locks",
-        log.len()
+    assert_eq!(
+        switches,
+        log.len() - 1,
+        "ownership must alternate on every unlock: {log:?}"
     );
 }
 

@@ -4,7 +4,9 @@
 //!    else the nearest timer over all clocks, else infinite), 0 otherwise.
 //! 2. Polling phase: if busy-polling is allowed (every handler has a poll function and the monitor does
 //!    not need to wait) spin over the poll functions for up to the largest handler window, capped by the
-//!    timeout; a hit makes the timeout 0. The time spent is taken off the timeout.
+//!    timeout; a hit makes the timeout 0. The time spent is taken off the timeout. With polling on, the
+//!    timeout is then shortened by the measured wake-up latency (see `wake_lead`): the loop spins
+//!    through the last microseconds before a deadline instead of waking late.
 //! 3. If the loop may block, announce it (notify_me) and re-check `notified`.
 //! 4. If it still has a timeout or the monitor needs a wait: leave poll mode (`poll_end` + one last
 //!    poll), then wait in the fd monitor with the ns timeout.
@@ -48,6 +50,8 @@ impl Inner {
 
         let mut timeout = if blocking { self.compute_timeout() } else { 0 };
         let mut progress = self.try_poll_mode(&mut ready, &mut timeout);
+        // With polling on, wake before a deadline by the kernel's wake-up latency and spin the rest.
+        timeout = self.wake_lead.shorten(timeout, params.max_ns);
 
         // From here until the wait returns, a notifier must write the eventfd to wake us.
         let use_notify_me = timeout != 0;
@@ -279,7 +283,12 @@ impl Inner {
             // Errors other than EINTR (which the monitors absorb) cannot happen with valid arguments;
             // there is nobody to report them to from here, and the next iteration simply waits again.
             let mut completions = self.completions_tmp.borrow_mut();
+            let started = if timeout > 0 { monotonic_ns() } else { 0 };
             let _ = monitor.wait(timeout, &mut events, &mut completions);
+            if timeout > 0 && events.is_empty() && completions.is_empty() {
+                self.wake_lead
+                    .observe_timed_out_wait(timeout, monotonic_ns() - started);
+            }
             self.completions_buf
                 .borrow_mut()
                 .extend(completions.drain(..));

@@ -17,6 +17,7 @@ mod polling;
 mod remote;
 mod stats;
 mod uring;
+mod wake_lead;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -135,6 +136,8 @@ pub(crate) struct Inner {
     pub(crate) completions_tmp: RefCell<Vec<crate::fdmon::Completion>>,
     /// Consecutive iterations that skipped the fd monitor because the loop was busy.
     pub(crate) busy_iterations: Cell<u32>,
+    /// Measured wake-up latency of timed waits, spun away when polling is on.
+    pub(crate) wake_lead: wake_lead::WakeLead,
     /// Wakers of live tasks, for teardown.
     pub(crate) tasks: RefCell<TaskRegistry>,
     /// The clock `aioctx::time` futures use on this context: Realtime, or Virtual once time is paused.
@@ -261,6 +264,7 @@ impl AioContext {
             completions_buf: RefCell::default(),
             completions_tmp: RefCell::default(),
             busy_iterations: Cell::new(0),
+            wake_lead: wake_lead::WakeLead::default(),
             tasks: RefCell::default(),
             time_clock: Cell::new(if b.start_paused {
                 Clock::Virtual
