@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ fn ctx(backend: Backend) -> AioContext {
 }
 
 fn empty_poll(c: &mut Criterion) {
-    for backend in [Backend::Poll, Backend::Epoll] {
+    for backend in [Backend::Poll, Backend::Epoll, Backend::IoUring] {
         let ctx = ctx(backend);
         c.bench_function(&format!("empty_poll_nonblocking/{backend:?}"), |b| {
             b.iter(|| ctx.poll(false))
@@ -41,6 +41,39 @@ fn bh_schedule_run(c: &mut Criterion) {
         b.iter(|| remote.schedule())
     });
     ctx.poll(false);
+}
+
+/// A BH scheduled from this thread and run by a loop asleep in another: the full cross-thread trip.
+fn bh_schedule_run_remote(c: &mut Criterion) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let loop_thread = std::thread::spawn({
+        let (stop, runs) = (stop.clone(), runs.clone());
+        move || {
+            let ctx = ctx(Backend::Epoll);
+            let bh = ctx.bh(move || {
+                runs.fetch_add(1, Ordering::Release);
+            });
+            tx.send(bh.remote()).unwrap();
+            while !stop.load(Ordering::Acquire) {
+                ctx.poll(true);
+            }
+        }
+    });
+    let remote = rx.recv().unwrap();
+    c.bench_function("bh_schedule_and_run_remote", |b| {
+        b.iter(|| {
+            let before = runs.load(Ordering::Acquire);
+            remote.schedule();
+            while runs.load(Ordering::Acquire) == before {
+                std::hint::spin_loop();
+            }
+        })
+    });
+    stop.store(true, Ordering::Release);
+    remote.schedule();
+    loop_thread.join().unwrap();
 }
 
 fn timer_arm_cancel(c: &mut Criterion) {
@@ -95,6 +128,7 @@ criterion_group!(
     benches,
     empty_poll,
     bh_schedule_run,
+    bh_schedule_run_remote,
     timer_arm_cancel,
     notify
 );
