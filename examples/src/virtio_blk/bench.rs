@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aioctx::{IoThread, PollParams, Stats};
 
-use super::guest::{GuestLayout, GuestWait, Machine};
+use super::guest::{GuestDriver, GuestLayout, GuestWait, Machine};
 use super::request::Limits;
 use super::workload::{self, DiskModel, Rw, Workload, WorkloadResult};
 use super::VirtioBlkDevice;
@@ -65,6 +65,8 @@ pub struct AioctxRig {
     pub machine: Machine,
     /// What the guest knows of the disk.
     pub model: DiskModel,
+    /// The guest's driver of the device's queue.
+    pub driver: GuestDriver,
     device: Option<VirtioBlkDevice>,
     iothread: Option<IoThread>,
 }
@@ -89,6 +91,7 @@ impl AioctxRig {
             Limits::for_capacity(capacity),
         )?;
         Ok(AioctxRig {
+            driver: machine.driver(GuestWait::Interrupt),
             machine,
             model,
             device: Some(device),
@@ -129,9 +132,9 @@ impl AioctxRig {
             d.map_or(0, |d| d.counters().interrupts.load(Ordering::Relaxed))
         };
         let irqs_before = irqs(self.device.as_ref());
-        let mut driver = self.machine.driver(wait);
+        self.driver.set_wait(wait);
         let layout = self.machine.layout;
-        let result = workload::run(&mut driver, &layout, &mut self.model, workload)?;
+        let result = workload::run(&mut self.driver, &layout, &mut self.model, workload)?;
         let after = self.stats()?;
         Ok(Measurement {
             result,

@@ -133,7 +133,8 @@ impl Machine {
         })
     }
 
-    /// A driver for this guest's queue.
+    /// A driver for this guest's queue, which starts empty. The queue has one driver for its whole
+    /// life: a second one would not know the ring indices of the first.
     pub fn driver(&self, wait: GuestWait) -> GuestDriver {
         GuestDriver::new(self, wait)
     }
@@ -240,6 +241,12 @@ impl GuestDriver {
     /// Chains submitted and not completed yet.
     pub fn in_flight(&self) -> usize {
         self.chains.iter().filter(|c| !c.is_empty()).count()
+    }
+
+    /// Changes how the driver waits for completions.
+    pub fn set_wait(&mut self, wait: GuestWait) {
+        self.wait = wait;
+        self.suppress_interrupts();
     }
 
     /// How long [`wait_used`](Self::wait_used) waits before it reports the device as stuck.
