@@ -129,7 +129,11 @@ fn main() -> io::Result<()> {
         disk.display(),
         rig.model.blocks() * block_size as u64 >> 20,
         block_size,
-        if wait == GuestWait::Interrupt { "interrupt" } else { "polling the used ring" },
+        if wait == GuestWait::Interrupt {
+            "interrupt"
+        } else {
+            "polling the used ring"
+        },
         args.seconds,
     );
 
@@ -146,13 +150,21 @@ fn main() -> io::Result<()> {
                     seed: 0x5eed ^ (iodepth as u64) << 8 ^ u64::from(polling),
                 };
                 let m = rig.run(&workload, wait)?;
-                rows.push(Row { rw, iodepth, polling, m });
+                rows.push(Row {
+                    rw,
+                    iodepth,
+                    polling,
+                    m,
+                });
             }
         }
     }
     let counters = rig.device().map(|d| {
         use std::sync::atomic::Ordering::Relaxed;
-        (d.counters().rejected.load(Relaxed), d.counters().io_errors.load(Relaxed))
+        (
+            d.counters().rejected.load(Relaxed),
+            d.counters().io_errors.load(Relaxed),
+        )
     });
     rig.shutdown()?;
 
@@ -162,7 +174,11 @@ fn main() -> io::Result<()> {
     println!(
         "{verified} of {reads} reads verified against the data written (the others read blocks \
          this run never wrote{}); every request completed with VIRTIO_BLK_S_OK.",
-        if args.disk.is_some() { " on a disk of unknown content" } else { ", checked to be zero" }
+        if args.disk.is_some() {
+            " on a disk of unknown content"
+        } else {
+            ", checked to be zero"
+        }
     );
     if let Some((rejected, io_errors)) = counters {
         if rejected + io_errors > 0 {
@@ -179,8 +195,17 @@ fn main() -> io::Result<()> {
 fn print_table(rows: &[Row]) {
     println!(
         "\n{:<10} {:>3} {:>7} {:>9} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10} {:>9}",
-        "workload", "qd", "polling", "IOPS", "p50 us", "p99 us", "kicks/rq", "irqs/rq",
-        "efd wr/rq", "enters/rq", "hits/rq"
+        "workload",
+        "qd",
+        "polling",
+        "IOPS",
+        "p50 us",
+        "p99 us",
+        "kicks/rq",
+        "irqs/rq",
+        "efd wr/rq",
+        "enters/rq",
+        "hits/rq"
     );
     for r in rows {
         let m = &r.m;

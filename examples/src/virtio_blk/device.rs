@@ -422,9 +422,9 @@ impl VirtioBlkDevice {
         Ok(device)
     }
 
-    /// The device's counters.
-    pub fn counters(&self) -> &DeviceCounters {
-        &self.counters
+    /// The device's counters (they stay readable after the device stopped).
+    pub fn counters(&self) -> Arc<DeviceCounters> {
+        self.counters.clone()
     }
 
     /// Stops serving: finishes the requests in flight, ends the task and reports how it ended.
