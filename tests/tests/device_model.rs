@@ -634,3 +634,24 @@ fn stop_waits_for_requests_in_flight() {
     assert_eq!(done, taken);
     rig.iothread.take().unwrap().stop();
 }
+
+#[test]
+fn a_guest_that_breaks_the_ring_stops_the_queue_not_the_iothread() {
+    let mut rig = Rig::default();
+    rig.assert_still_serving();
+    // An avail index more than a queue size ahead of what the device took.
+    let queue = rig.machine.layout.queue;
+    let idx_at = GuestAddress(queue.avail_ring.0 + 2);
+    let idx: u16 = rig.mem().read_obj(idx_at).unwrap();
+    let bogus = idx.wrapping_add(queue.size + 1);
+    rig.mem().write_obj(bogus.to_le(), idx_at).unwrap();
+    rig.machine.kick.set().unwrap();
+    let counters = rig.device.as_ref().unwrap().counters();
+    tests::spin_until("the device to notice", || {
+        counters.broken.load(Ordering::Relaxed)
+    });
+    let io = rig.iothread.as_ref().unwrap();
+    assert_eq!(io.remote().call(|| 7).unwrap(), 7, "the IoThread goes on");
+    rig.device.take().unwrap().stop().unwrap();
+    rig.iothread.take().unwrap().stop();
+}

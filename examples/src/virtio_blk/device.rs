@@ -37,6 +37,9 @@ pub struct DeviceCounters {
     pub io_errors: AtomicU64,
     /// Interrupts raised (irqfd writes).
     pub interrupts: AtomicU64,
+    /// The guest broke the ring itself (an avail index more than a queue size ahead, rings outside its
+    /// memory): the device stopped serving the queue, as QEMU's `virtio_error` does, until restarted.
+    pub broken: AtomicBool,
 }
 
 /// Builds virtio-queue's `Queue` for `config` and checks it against guest memory.
@@ -136,6 +139,11 @@ struct Shared {
 }
 
 impl Shared {
+    fn mark_broken(&self) {
+        self.broken.set(true);
+        self.counters.broken.store(true, Ordering::Relaxed);
+    }
+
     /// Whether the avail ring holds chains the device has not taken (the poll function).
     fn has_work(&self) -> bool {
         let Ok(queue) = self.queue.try_borrow() else {
@@ -155,7 +163,7 @@ impl Shared {
                 queue.disable_notification(&*self.mem)
             };
             if res.is_err() {
-                self.broken.set(true);
+                self.mark_broken();
             }
         }
     }
@@ -179,7 +187,7 @@ impl Shared {
                             parsed.push((head, request::parse(&*self.mem, chain, &self.limits)));
                         }
                     }
-                    Err(_) => self.broken.set(true),
+                    Err(_) => self.mark_broken(),
                 }
             }
             for (head, req) in parsed {
@@ -287,7 +295,7 @@ impl Shared {
                 }
             }
             Ok(false) => {}
-            Err(_) => self.broken.set(true),
+            Err(_) => self.mark_broken(),
         }
         let left = self.in_flight.get() - 1;
         self.in_flight.set(left);
