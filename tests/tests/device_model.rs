@@ -61,16 +61,8 @@ impl Rig {
             .spawn()
             .unwrap();
         let machine = Machine::new(GuestLayout::new(32, BS).unwrap()).unwrap();
-        let device = VirtioBlkDevice::start(
-            iothread.remote(),
-            file,
-            machine.mem.clone(),
-            machine.layout.queue,
-            machine.kick.clone(),
-            machine.irq.clone(),
-            limits(Limits::for_capacity(DISK_SIZE)),
-        )
-        .unwrap();
+        let parts = machine.device_parts(file, limits(Limits::for_capacity(DISK_SIZE)));
+        let device = VirtioBlkDevice::start(iothread.remote(), parts).unwrap();
         let mut driver = machine.driver(GuestWait::Interrupt);
         driver.set_timeout(tests::BOUND);
         Rig {

@@ -12,7 +12,7 @@ use aioctx::{IoThread, PollParams, Stats};
 use super::guest::{GuestDriver, GuestLayout, GuestWait, Machine};
 use super::request::Limits;
 use super::workload::{self, DiskModel, Rw, Workload, WorkloadResult};
-use super::VirtioBlkDevice;
+use super::{DeviceParts, VirtioBlkDevice};
 
 /// Opens (creating it if needed) a disk image of `size` bytes for the device. Returns the file and
 /// whether it is known to read as zeroes (it was created here, sparse).
@@ -81,15 +81,8 @@ impl AioctxRig {
         let machine = Machine::new(layout)?;
         let model = DiskModel::new(capacity, block_size, zeroed)?;
         let iothread = IoThread::builder().name("virtio-blk").spawn()?;
-        let device = VirtioBlkDevice::start(
-            iothread.remote(),
-            file,
-            machine.mem.clone(),
-            layout.queue,
-            machine.kick.clone(),
-            machine.irq.clone(),
-            Limits::for_capacity(capacity),
-        )?;
+        let parts = machine.device_parts(file, Limits::for_capacity(capacity));
+        let device = VirtioBlkDevice::start(iothread.remote(), parts)?;
         Ok(AioctxRig {
             driver: machine.driver(GuestWait::Interrupt),
             machine,
@@ -177,12 +170,44 @@ pub fn compare_workload(iodepth: usize, duration: Duration) -> Workload {
 /// Disk size the `compare` scenarios create: 64 MiB, sparse.
 pub const COMPARE_DISK_SIZE: u64 = 64 << 20;
 
-/// IOPS of the aioctx device (IoThread defaults: io_uring, 32 us polling) at `iodepth` for `duration`,
-/// guest waiting by interrupt, on `disk` (created with [`COMPARE_DISK_SIZE`] if missing). Every read is
-/// verified.
+/// Runs the `compare` workload (see [`compare_workload`]) on `disk` (created with
+/// [`COMPARE_DISK_SIZE`] if missing) against the device `start` builds from the guest's parts, the guest
+/// waiting by interrupt, and returns its IOPS. Every read is verified. `stop` ends the device.
+pub fn compare_iops<D>(
+    iodepth: usize,
+    duration: Duration,
+    disk: &Path,
+    start: impl FnOnce(DeviceParts) -> io::Result<D>,
+    stop: impl FnOnce(D) -> io::Result<()>,
+) -> io::Result<f64> {
+    let (file, zeroed) = open_disk(disk, COMPARE_DISK_SIZE)?;
+    let capacity = file.metadata()?.len();
+    let layout = GuestLayout::new(iodepth, 4096)?;
+    let machine = Machine::new(layout)?;
+    let mut model = DiskModel::new(capacity, 4096, zeroed)?;
+    let device = start(machine.device_parts(file, Limits::for_capacity(capacity)))?;
+    let mut driver = machine.driver(GuestWait::Interrupt);
+    let result = workload::run(
+        &mut driver,
+        &layout,
+        &mut model,
+        &compare_workload(iodepth, duration),
+    );
+    let stopped = stop(device);
+    let result = result?;
+    stopped?;
+    Ok(result.iops())
+}
+
+/// IOPS of the aioctx device on an IoThread with its defaults (io_uring, 32 us adaptive polling); see
+/// [`compare_iops`].
 pub fn aioctx_iops(iodepth: usize, duration: Duration, disk: &Path) -> io::Result<f64> {
-    let mut rig = AioctxRig::new(disk, COMPARE_DISK_SIZE, iodepth, 4096)?;
-    let m = rig.run(&compare_workload(iodepth, duration), GuestWait::Interrupt)?;
-    rig.shutdown()?;
-    Ok(m.result.iops())
+    let iothread = IoThread::builder().name("virtio-blk").spawn()?;
+    compare_iops(
+        iodepth,
+        duration,
+        disk,
+        |parts| VirtioBlkDevice::start(iothread.remote(), parts),
+        VirtioBlkDevice::stop,
+    )
 }

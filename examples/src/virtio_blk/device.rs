@@ -122,6 +122,32 @@ pub fn complete(
         .map_err(|e| io::Error::other(format!("used ring: {e}")))
 }
 
+/// Whether an fallocate mode is not implemented by the file system.
+pub fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+    ) || e.kind() == io::ErrorKind::Unsupported
+}
+
+/// A parsed chain and its head index.
+pub type Chain = (u16, Result<Request, Rejected>);
+
+/// Takes every chain the guest published on the avail ring and parses it. Fails when the ring itself
+/// is broken (an avail index more than a queue size ahead).
+pub fn take_chains(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    limits: &Limits,
+) -> io::Result<Vec<Chain>> {
+    let iter = queue
+        .iter(mem)
+        .map_err(|e| io::Error::other(format!("avail ring: {e}")))?;
+    Ok(iter
+        .map(|chain| (chain.head_index(), request::parse(mem, chain, limits)))
+        .collect())
+}
+
 /// State shared by the serving task, its request tasks and the poll hooks, on the IoThread.
 struct Shared {
     mem: Arc<GuestMemory>,
@@ -177,19 +203,11 @@ impl Shared {
             if suppress {
                 self.set_notification(false);
             }
-            let mut parsed = Vec::new();
-            {
-                let mut queue = self.queue.borrow_mut();
-                match queue.iter(&*self.mem) {
-                    Ok(iter) => {
-                        for chain in iter {
-                            let head = chain.head_index();
-                            parsed.push((head, request::parse(&*self.mem, chain, &self.limits)));
-                        }
-                    }
-                    Err(_) => self.mark_broken(),
-                }
-            }
+            let parsed = take_chains(&mut self.queue.borrow_mut(), &self.mem, &self.limits);
+            let Ok(parsed) = parsed else {
+                self.mark_broken();
+                return;
+            };
             for (head, req) in parsed {
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
                 self.in_flight.set(self.in_flight.get() + 1);
@@ -219,17 +237,50 @@ impl Shared {
             }
             Op::Flush => self.disk.sync_data().await.map(|()| 0),
             Op::GetId => write_id(&self.mem, &req.data, SERIAL),
-            Op::Discard(ranges) | Op::WriteZeroes(ranges) => {
+            Op::Discard(ranges) => {
                 for r in ranges {
-                    if matches!(req.op, Op::Discard(_)) || r.unmap {
-                        self.disk.discard(r.offset, r.len).await?;
-                    } else {
-                        self.disk.write_zeroes(r.offset, r.len).await?;
+                    // A discard is a hint: a file system that cannot punch holes keeps the data.
+                    match self.disk.discard(r.offset, r.len).await {
+                        Err(e) if !unsupported(&e) => return Err(e),
+                        _ => {}
                     }
                 }
                 Ok(0)
             }
+            Op::WriteZeroes(ranges) => {
+                for r in ranges {
+                    self.zero_range(r.offset, r.len, r.unmap).await?;
+                }
+                Ok(0)
+            }
         }
+    }
+
+    /// Makes a range read as zeroes: a hole if allowed, else `FALLOC_FL_ZERO_RANGE`, else written
+    /// zeroes (QEMU's fallbacks, for file systems without those fallocate modes).
+    async fn zero_range(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        if unmap {
+            match self.disk.discard(offset, len).await {
+                Err(e) if unsupported(&e) => {}
+                other => return other,
+            }
+        }
+        match self.disk.write_zeroes(offset, len).await {
+            Err(e) if unsupported(&e) => {}
+            other => return other,
+        }
+        let chunk = len.min(1 << 20) as usize;
+        let mut zeroes = vec![0u8; chunk];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk as u64) as usize;
+            zeroes.truncate(n);
+            let (res, buf) = self.disk.write_all_at(zeroes, offset + done).await;
+            res?;
+            zeroes = buf;
+            done += n as u64;
+        }
+        Ok(())
     }
 
     /// preadv/pwritev between the disk and guest memory, resubmitting the rest after a short transfer.
@@ -365,6 +416,24 @@ async fn serve(shared: Rc<Shared>, kick: EventNotifier, stop: Arc<AtomicBool>) -
     Ok(())
 }
 
+/// What a device is made of: the backing file, guest memory with the queue in it, the guest's
+/// ioeventfd and irqfd, and the limits it enforces.
+#[derive(Debug)]
+pub struct DeviceParts {
+    /// The disk image.
+    pub disk: std::fs::File,
+    /// Guest memory.
+    pub mem: Arc<GuestMemory>,
+    /// Where the virtqueue is.
+    pub queue: QueueConfig,
+    /// The guest's kick (ioeventfd).
+    pub kick: EventNotifier,
+    /// The guest's interrupt (irqfd).
+    pub irq: EventNotifier,
+    /// What requests the device accepts.
+    pub limits: Limits,
+}
+
 /// A running virtio-blk device. Dropping it stops it (see [`stop`](Self::stop)).
 #[derive(Debug)]
 pub struct VirtioBlkDevice {
@@ -377,17 +446,17 @@ pub struct VirtioBlkDevice {
 }
 
 impl VirtioBlkDevice {
-    /// Starts the device on the context behind `remote` (an IoThread's), serving the queue `queue` of
-    /// `mem` with `disk` as the backing file. `kick` is the guest's ioeventfd, `irq` its irqfd.
-    pub fn start(
-        remote: &Remote,
-        disk: std::fs::File,
-        mem: Arc<GuestMemory>,
-        queue: QueueConfig,
-        kick: EventNotifier,
-        irq: EventNotifier,
-        limits: Limits,
-    ) -> io::Result<Self> {
+    /// Starts the device on the context behind `remote` (an IoThread's), serving `parts.queue` of the
+    /// guest's memory with `parts.disk` as the backing file.
+    pub fn start(remote: &Remote, parts: DeviceParts) -> io::Result<Self> {
+        let DeviceParts {
+            disk,
+            mem,
+            queue,
+            kick,
+            irq,
+            limits,
+        } = parts;
         let q = make_queue(&mem, &queue)?;
         let counters = Arc::new(DeviceCounters::default());
         let stop = Arc::new(AtomicBool::new(false));

@@ -133,6 +133,18 @@ impl Machine {
         })
     }
 
+    /// The parts a device serving this guest's queue needs, with `disk` behind it.
+    pub fn device_parts(&self, disk: std::fs::File, limits: super::Limits) -> super::DeviceParts {
+        super::DeviceParts {
+            disk,
+            mem: self.mem.clone(),
+            queue: self.layout.queue,
+            kick: self.kick.clone(),
+            irq: self.irq.clone(),
+            limits,
+        }
+    }
+
     /// A driver for this guest's queue, which starts empty. The queue has one driver for its whole
     /// life: a second one would not know the ring indices of the first.
     pub fn driver(&self, wait: GuestWait) -> GuestDriver {

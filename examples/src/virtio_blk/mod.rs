@@ -20,7 +20,7 @@ pub mod guest;
 pub mod request;
 pub mod workload;
 
-pub use device::{DeviceCounters, VirtioBlkDevice};
+pub use device::{DeviceCounters, DeviceParts, VirtioBlkDevice};
 pub use guest::{Completion, DescSpec, GuestDriver, GuestLayout, GuestWait, Machine};
 pub use request::{Limits, Malformed, Op, Rejected, Request, Segment, SECTOR_SIZE};
 
