@@ -127,7 +127,7 @@ fn main() -> io::Result<()> {
         "virtio-blk on an aioctx IoThread: disk {} ({} MiB), {} B requests, guest waits by {}, \
          {:.2} s per row",
         disk.display(),
-        rig.model.blocks() * block_size as u64 >> 20,
+        (rig.model.blocks() * block_size as u64) >> 20,
         block_size,
         if wait == GuestWait::Interrupt {
             "interrupt"
@@ -147,7 +147,7 @@ fn main() -> io::Result<()> {
                     iodepth,
                     duration: Duration::from_secs_f64(args.seconds),
                     max_ios: u64::MAX,
-                    seed: 0x5eed ^ (iodepth as u64) << 8 ^ u64::from(polling),
+                    seed: 0x5eed ^ ((iodepth as u64) << 8) ^ u64::from(polling),
                 };
                 let m = rig.run(&workload, wait)?;
                 rows.push(Row {

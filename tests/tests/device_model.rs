@@ -507,7 +507,7 @@ fn a_malformed_chain_among_valid_ones_fails_alone() {
         rig.driver.submit(&bad).unwrap(),
     ];
     rig.driver.kick().unwrap();
-    let mut done = vec![
+    let mut done = [
         rig.driver.wait_used().unwrap(),
         rig.driver.wait_used().unwrap(),
     ];
