@@ -232,6 +232,21 @@ impl Device {
     }
 }
 
+/// Polls `ctx` until it has slept once, woken by another thread as soon as it is asleep. (A timer would
+/// not do: a descheduled loop can spin its whole timeout away.)
+fn sleep_until_woken(ctx: &AioContext, guard: &Guard) {
+    let waits = ctx.stats().blocking_waits;
+    let waker = std::thread::spawn({
+        let remote = ctx.remote();
+        move || {
+            spin_until("the loop to sleep", || remote.stats().blocking_waits > waits);
+            remote.notify();
+        }
+    });
+    guard.poll_until(ctx, "a sleep", || ctx.stats().blocking_waits > waits);
+    waker.join().unwrap();
+}
+
 fn polling_context(backend: Backend, params: PollParams) -> AioContext {
     let ctx = AioContext::builder()
         .backend(backend)
@@ -314,18 +329,9 @@ per_backend! {
         assert_eq!(dev.count("begin"), dev.count("end") + 1);
 
         // Nothing arrives now: the loop polls its window, leaves poll mode and sleeps until another
-        // thread wakes it. (A timer would not do: a descheduled loop can spin its whole timeout away.)
+        // thread wakes it.
         let ends = dev.count("end");
-        let waits = ctx.stats().blocking_waits;
-        let waker = std::thread::spawn({
-            let remote = ctx.remote();
-            move || {
-                spin_until("the loop to sleep", || remote.stats().blocking_waits > waits);
-                remote.notify();
-            }
-        });
-        guard.poll_until(&ctx, "a sleep", || ctx.stats().blocking_waits > waits);
-        waker.join().unwrap();
+        sleep_until_woken(&ctx, &guard);
         assert!(dev.count("end") > ends);
         assert_eq!(dev.phases().last(), Some(&"end"));
         assert_eq!(
@@ -515,16 +521,7 @@ per_backend! {
         assert_eq!(phases.borrow().first(), Some(&"begin"), "the loop never polled");
 
         // Nothing arrives now: the loop leaves poll mode before it sleeps until another thread wakes it.
-        let waits = ctx.stats().blocking_waits;
-        let waker = std::thread::spawn({
-            let remote = ctx.remote();
-            move || {
-                spin_until("the loop to sleep", || remote.stats().blocking_waits > waits);
-                remote.notify();
-            }
-        });
-        guard.poll_until(&ctx, "a sleep", || ctx.stats().blocking_waits > waits);
-        waker.join().unwrap();
+        sleep_until_woken(&ctx, &guard);
         let phases = phases.borrow();
         assert_eq!(phases.last(), Some(&"end"), "{phases:?}");
         for pair in phases.windows(2) {
