@@ -84,8 +84,17 @@ struct Row {
     m: Measurement,
 }
 
-fn main() -> io::Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("device-model: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> io::Result<()> {
     if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -171,14 +180,17 @@ fn main() -> io::Result<()> {
     print_table(&rows);
     let verified: u64 = rows.iter().map(|r| r.m.result.verified_reads).sum();
     let reads: u64 = rows.iter().map(|r| r.m.result.reads).sum();
+    let unknown = if verified == reads {
+        String::new()
+    } else {
+        format!(
+            " (the other {} read blocks of the existing image this run never wrote)",
+            reads - verified
+        )
+    };
     println!(
-        "{verified} of {reads} reads verified against the data written (the others read blocks \
-         this run never wrote{}); every request completed with VIRTIO_BLK_S_OK.",
-        if args.disk.is_some() {
-            " on a disk of unknown content"
-        } else {
-            ", checked to be zero"
-        }
+        "{verified} of {reads} reads verified against what the guest wrote, or zeroes{unknown}; \
+         every request completed with VIRTIO_BLK_S_OK."
     );
     if let Some((rejected, io_errors)) = counters {
         if rejected + io_errors > 0 {

@@ -239,7 +239,9 @@ fn sleep_until_woken(ctx: &AioContext, guard: &Guard) {
     let waker = std::thread::spawn({
         let remote = ctx.remote();
         move || {
-            spin_until("the loop to sleep", || remote.stats().blocking_waits > waits);
+            spin_until("the loop to sleep", || {
+                remote.stats().blocking_waits > waits
+            });
             remote.notify();
         }
     });
