@@ -1,11 +1,16 @@
 //! The virtio-blk device: a task on an aioctx IoThread serving one virtqueue.
 //!
-//! - The guest's kick is an ioeventfd, waited for with a polling [`NotifierWaiter`](aioctx::io) whose
-//!   poll function peeks the avail ring. With busy-polling on, the device sees new requests in memory
-//!   without a syscall; while the loop polls, guest notifications are disabled (`poll_begin`) and they
-//!   are re-enabled right before the loop sleeps (`poll_end`, followed by one more peek), as QEMU's
-//!   virtio does with `io_poll_begin`/`io_poll_end`.
-//! - Each chain is parsed by [`request::parse`](super::request::parse) and runs as its own task: block
+//! - The guest's kick is an ioeventfd, waited for with a polling [`aioctx::io::NotifierWaiter`]
+//!   (`EventNotifier::waiter_polling_with`) whose poll function peeks the avail ring. With busy-polling
+//!   on, the device sees new requests in memory without a syscall; while the loop polls, guest
+//!   notifications are disabled (`poll_begin`) and they are re-enabled right before the loop sleeps
+//!   (`poll_end`, followed by one more peek), as QEMU's virtio does with `io_poll_begin`/`io_poll_end`.
+//!   Outside poll mode the device turns notifications off while it drains the ring and back on
+//!   (re-checking the ring) before it waits. With `VIRTIO_RING_F_EVENT_IDX`, as in QEMU, "off" is
+//!   implicit: the guest kicks only when its avail index crosses the `avail_event` the device last
+//!   published, so a polling device that does not re-publish it gets at most one kick; without
+//!   EVENT_IDX it is the used ring's `VRING_USED_F_NO_NOTIFY` flag.
+//! - Each chain is parsed by [`request::parse`] and runs as its own task: block
 //!   I/O with `aioctx::fs::File`'s raw API straight into guest memory, then the status byte, the used
 //!   ring, and the irqfd only when `Queue::needs_notification` says the guest wants an interrupt.
 //! - Malformed chains complete with their error status and the device goes on serving.
@@ -434,7 +439,8 @@ pub struct DeviceParts {
     pub limits: Limits,
 }
 
-/// A running virtio-blk device. Dropping it stops it (see [`stop`](Self::stop)).
+/// A running virtio-blk device. Dropping it stops it (see [`stop`](Self::stop)); stop or drop it from
+/// another thread than its IoThread, which it waits for.
 #[derive(Debug)]
 pub struct VirtioBlkDevice {
     stop: Arc<AtomicBool>,

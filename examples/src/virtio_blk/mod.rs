@@ -9,7 +9,7 @@
 //! - [`guest`]: the guest side: guest memory, the ring layout and a virtio driver (descriptor chains,
 //!   kicks, interrupts or used-ring polling) for a vCPU thread.
 //! - [`workload`]: randread/randwrite/randrw at an iodepth, with every read verified, and its latencies.
-//! - [`bench`]: one measured run of device + guest, shared by the `device-model` example and the
+//! - [`bench`](mod@bench): one measured run of device + guest, shared by the `device-model` example and the
 //!   `compare` benchmark (whose tokio device uses the same guest, parser and disk).
 //!
 //! Guest memory and the split virtqueue come from the rust-vmm crates `vm-memory` and `virtio-queue`.
