@@ -101,6 +101,12 @@ fn run(args: Args) -> io::Result<()> {
             "--seconds must be in (0, 3600]",
         ));
     }
+    if args.iodepth.is_some_and(|d| !(1..=1024).contains(&d)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--iodepth must be 1 to 1024",
+        ));
+    }
     let block_size = usize::try_from(args.bs).unwrap_or(usize::MAX);
     let workloads = match args.rw {
         Some(rw) => vec![rw],
