@@ -232,6 +232,23 @@ impl Device {
     }
 }
 
+/// Polls `ctx` until it has slept once, woken by another thread as soon as it is asleep. (A timer would
+/// not do: a descheduled loop can spin its whole timeout away.)
+fn sleep_until_woken(ctx: &AioContext, guard: &Guard) {
+    let waits = ctx.stats().blocking_waits;
+    let waker = std::thread::spawn({
+        let remote = ctx.remote();
+        move || {
+            spin_until("the loop to sleep", || {
+                remote.stats().blocking_waits > waits
+            });
+            remote.notify();
+        }
+    });
+    guard.poll_until(ctx, "a sleep", || ctx.stats().blocking_waits > waits);
+    waker.join().unwrap();
+}
+
 fn polling_context(backend: Backend, params: PollParams) -> AioContext {
     let ctx = AioContext::builder()
         .backend(backend)
@@ -314,18 +331,9 @@ per_backend! {
         assert_eq!(dev.count("begin"), dev.count("end") + 1);
 
         // Nothing arrives now: the loop polls its window, leaves poll mode and sleeps until another
-        // thread wakes it. (A timer would not do: a descheduled loop can spin its whole timeout away.)
+        // thread wakes it.
         let ends = dev.count("end");
-        let waits = ctx.stats().blocking_waits;
-        let waker = std::thread::spawn({
-            let remote = ctx.remote();
-            move || {
-                spin_until("the loop to sleep", || remote.stats().blocking_waits > waits);
-                remote.notify();
-            }
-        });
-        guard.poll_until(&ctx, "a sleep", || ctx.stats().blocking_waits > waits);
-        waker.join().unwrap();
+        sleep_until_woken(&ctx, &guard);
         assert!(dev.count("end") > ends);
         assert_eq!(dev.phases().last(), Some(&"end"));
         assert_eq!(
@@ -468,4 +476,58 @@ per_backend! {
         assert_eq!(ctx.stats().notify_writes, before.notify_writes);
     }
 
+}
+
+per_backend! {
+    fn notifier_waiter_hooks_bracket_poll_mode(backend) {
+        let ctx = polling_context(backend, PARAMS);
+        let guard = Guard::new(&ctx);
+        let kick = EventNotifier::new().unwrap();
+        let phases: Rc<RefCell<Vec<&'static str>>> = Rc::default();
+        let work = Rc::new(Cell::new(false));
+        let _enter = ctx.enter();
+        let waiter = kick
+            .waiter_polling_with(
+                {
+                    let w = work.clone();
+                    move || w.get()
+                },
+                {
+                    let p = phases.clone();
+                    move || p.borrow_mut().push("begin")
+                },
+                {
+                    let p = phases.clone();
+                    move || p.borrow_mut().push("end")
+                },
+            )
+            .unwrap();
+        // Quick wakeups grow the waiter's window until the loop polls before it waits. Work is
+        // alternately kicked and only published in memory: with io_uring a kick made before the wait
+        // is a completion already, which makes the loop skip polling.
+        for round in 0..ROUNDS {
+            if phases.borrow().contains(&"begin") {
+                break;
+            }
+            if round % 2 == 0 {
+                kick.set().unwrap();
+            } else {
+                work.set(true);
+            }
+            let seen = ctx.block_on(aioctx::time::timeout(BOUND, waiter.wait()));
+            // Work only in memory is seen only by a polling loop; a window shrunk by a descheduled
+            // thread may miss it, and the next kick round grows it again.
+            assert!(seen.is_ok() || round % 2 == 1, "the waiter missed a kick");
+            work.set(false);
+        }
+        assert_eq!(phases.borrow().first(), Some(&"begin"), "the loop never polled");
+
+        // Nothing arrives now: the loop leaves poll mode before it sleeps until another thread wakes it.
+        sleep_until_woken(&ctx, &guard);
+        let phases = phases.borrow();
+        assert_eq!(phases.last(), Some(&"end"), "{phases:?}");
+        for pair in phases.windows(2) {
+            assert_ne!(pair[0], pair[1], "begin/end do not alternate: {phases:?}");
+        }
+    }
 }

@@ -26,6 +26,12 @@ impl WaitState {
     }
 }
 
+/// The callbacks a polling waiter runs when the loop enters and leaves busy-polling.
+struct PollHooks {
+    begin: Box<dyn Fn()>,
+    end: Box<dyn Fn()>,
+}
+
 /// A persistent registration of an [`EventNotifier`] with the current context, for tasks that wait for it
 /// repeatedly (a device's ioeventfd). Created by [`EventNotifier::waiter`] or, with a userspace poll
 /// function the loop's polling phase calls, [`EventNotifier::waiter_polling`].
@@ -56,7 +62,11 @@ impl fmt::Debug for NotifierWaiter {
 }
 
 impl NotifierWaiter {
-    fn register(notifier: &EventNotifier, poll: Option<Box<dyn Fn() -> bool>>) -> io::Result<Self> {
+    fn register(
+        notifier: &EventNotifier,
+        poll: Option<Box<dyn Fn() -> bool>>,
+        hooks: Option<PollHooks>,
+    ) -> io::Result<Self> {
         let state = Rc::new(WaitState::default());
         let mut handlers = FdHandlers::new().read({
             let (state, n) = (Rc::downgrade(&state), notifier.clone());
@@ -77,6 +87,10 @@ impl NotifierWaiter {
                     s.fire();
                 }
             }));
+            if let Some(hooks) = hooks {
+                handlers.poll_begin = Some(hooks.begin);
+                handlers.poll_end = Some(hooks.end);
+            }
         }
         let fd = notifier.as_raw_fd();
         let registration = current::with_current(|inner| {
@@ -124,7 +138,7 @@ impl EventNotifier {
     /// exists (the loop could not see the eventfd otherwise); use [`waiter_polling`](Self::waiter_polling)
     /// where the work can be detected in memory.
     pub fn waiter(&self) -> io::Result<NotifierWaiter> {
-        NotifierWaiter::register(self, None)
+        NotifierWaiter::register(self, None, None)
     }
 
     /// Registers this notifier with a userspace poll function (QEMU's `io_poll`): while the loop
@@ -148,7 +162,48 @@ impl EventNotifier {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn waiter_polling(&self, poll: impl Fn() -> bool + 'static) -> io::Result<NotifierWaiter> {
-        NotifierWaiter::register(self, Some(Box::new(poll)))
+        NotifierWaiter::register(self, Some(Box::new(poll)), None)
+    }
+
+    /// Like [`waiter_polling`](Self::waiter_polling), plus QEMU's `io_poll_begin`/`io_poll_end` hooks:
+    /// `poll_begin` runs when the loop starts busy-polling and `poll_end` when it stops, right before it
+    /// sleeps; after `poll_end` the loop calls `poll` once more, so work that raced with `poll_end` still
+    /// ends the wait. A device uses them to suppress guest notifications while it polls its ring and to
+    /// re-enable them before the loop sleeps (virtqueue notification suppression).
+    ///
+    /// ```
+    /// use std::{cell::Cell, rc::Rc};
+    /// use std::sync::{atomic::{AtomicBool, Ordering}, Arc};
+    /// let ctx = aioctx::AioContext::builder().poll_max_ns(1_000_000).build()?;
+    /// let kick = aioctx::EventNotifier::new()?;
+    /// let work = Arc::new(AtomicBool::new(false));
+    /// let kicks_wanted = Rc::new(Cell::new(true));
+    /// ctx.block_on(async {
+    ///     let w = work.clone();
+    ///     let (off, on) = (kicks_wanted.clone(), kicks_wanted.clone());
+    ///     let waiter = kick.waiter_polling_with(
+    ///         move || w.swap(false, Ordering::AcqRel),
+    ///         move || off.set(false), // polling: the guest need not kick
+    ///         move || on.set(true),   // about to sleep: kicks wanted again
+    ///     )?;
+    ///     work.store(true, Ordering::Release);
+    ///     kick.set()?;
+    ///     waiter.wait().await;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn waiter_polling_with(
+        &self,
+        poll: impl Fn() -> bool + 'static,
+        poll_begin: impl Fn() + 'static,
+        poll_end: impl Fn() + 'static,
+    ) -> io::Result<NotifierWaiter> {
+        let hooks = PollHooks {
+            begin: Box::new(poll_begin),
+            end: Box::new(poll_end),
+        };
+        NotifierWaiter::register(self, Some(Box::new(poll)), Some(hooks))
     }
 
     /// Waits once until the notifier is set, then clears it. Returns at once if it is set already. For
