@@ -5,6 +5,7 @@
 //! idiomatic best for each job (`spawn_blocking` + positional `FileExt` I/O for files). Rounds
 //! alternate the two sides after a warm-up; the table shows medians and min-max spreads.
 
+mod device;
 mod files;
 mod harness;
 mod net;
@@ -47,6 +48,7 @@ fn scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(wake::SCENARIOS)
         .chain(net::SCENARIOS)
         .chain(files::SCENARIOS)
+        .chain(device::SCENARIOS)
 }
 
 /// Lets the idle_fds scenario hold 20,000 descriptors.
