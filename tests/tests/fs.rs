@@ -420,6 +420,67 @@ fn dropped_in_flight_read_keeps_its_buffer_alive() {
     }
 }
 
+/// The raw vectored API copies the iovec array: a caller may drop it (and its future) while the
+/// operation is in flight, keeping only the memory the iovecs describe alive.
+#[test]
+fn dropped_in_flight_raw_readv_needs_only_its_memory() {
+    for backend in [Backend::IoUring, Backend::Epoll] {
+        let ctx = AioContext::builder().backend(backend).build().unwrap();
+        let (rd, wr) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut memory = vec![0u8; 2 * 512];
+        ctx.block_on(async {
+            let f = File::from_std(std::fs::File::from(std::os::fd::OwnedFd::from(rd))).unwrap();
+            let (lo, hi) = memory.split_at_mut(512);
+            let mut iovecs = Box::new([
+                libc::iovec {
+                    iov_base: hi.as_mut_ptr().cast(),
+                    iov_len: 512,
+                },
+                libc::iovec {
+                    iov_base: lo.as_mut_ptr().cast(),
+                    iov_len: 512,
+                },
+            ]);
+            // SAFETY: the iovecs describe `memory`, which nothing touches until the context has
+            // been dropped below (so the operation completed); the array itself may go at once.
+            let read = unsafe { f.readv_at_raw(iovecs.as_ptr(), 2, 0) };
+            let r = aioctx::time::timeout(Duration::from_millis(5), read).await;
+            assert!(r.is_err(), "nothing to read yet");
+            // Scribble over the array and free it: the operation must not depend on it any more.
+            for iov in iovecs.iter_mut() {
+                *iov = libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+            }
+            drop(iovecs);
+            use std::io::Write;
+            let data: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
+            (&wr).write_all(&data).unwrap();
+            drop(f);
+        });
+        // The orphaned read completes when the loop reaps it; its last byte lands last.
+        let last = memory[..512].as_ptr().wrapping_add(511);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // SAFETY: `last` points into `memory`; a volatile read sees the kernel's write.
+        while unsafe { last.read_volatile() } == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: the read never completed"
+            );
+            ctx.poll(false);
+        }
+        drop(ctx);
+        let expected: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(&memory[512..], &expected[..512], "{backend:?}: first iovec");
+        assert_eq!(
+            &memory[..512],
+            &expected[512..],
+            "{backend:?}: second iovec"
+        );
+    }
+}
+
 #[test]
 fn file_closed_with_ops_in_flight_completes_them() {
     let ctx = AioContext::builder()

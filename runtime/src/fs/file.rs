@@ -596,24 +596,23 @@ impl File {
     ///
     /// # Safety
     ///
-    /// The `count` iovecs at `iov`, and the memory they describe, must stay valid (the memory unaliased)
-    /// until the operation completes (see [`read_at_raw`](Self::read_at_raw)).
+    /// The `count` iovecs at `iov` must be valid for this call (they are copied into the operation, so
+    /// the array may go away with the caller's frame); the memory they describe must stay valid and
+    /// unaliased until the operation completes (see [`read_at_raw`](Self::read_at_raw)).
     pub async unsafe fn readv_at_raw(
         &self,
         iov: *const libc::iovec,
         count: usize,
         offset: u64,
     ) -> io::Result<usize> {
-        self.run(
-            Req::Readv {
-                iov: iov as usize,
-                count,
-                off: offset,
-            },
-            (),
-        )
-        .await
-        .0
+        // SAFETY: the caller guarantees `count` valid iovecs at `iov` for this call.
+        let iovecs = unsafe { copy_iovecs(iov, count) };
+        let req = Req::Readv {
+            iov: iovecs.0.as_ptr() as usize,
+            count,
+            off: offset,
+        };
+        self.run(req, iovecs).await.0
     }
 
     /// `pwritev` from caller-owned iovecs. There is no FUA variant for vectors: follow it with
@@ -628,15 +627,27 @@ impl File {
         count: usize,
         offset: u64,
     ) -> io::Result<usize> {
-        self.run(
-            Req::Writev {
-                iov: iov as usize,
-                count,
-                off: offset,
-            },
-            (),
-        )
-        .await
-        .0
+        // SAFETY: the caller guarantees `count` valid iovecs at `iov` for this call.
+        let iovecs = unsafe { copy_iovecs(iov, count) };
+        let req = Req::Writev {
+            iov: iovecs.0.as_ptr() as usize,
+            count,
+            off: offset,
+        };
+        self.run(req, iovecs).await.0
     }
+}
+
+/// Copies a caller's iovec array into the operation's own resources: the kernel reads the array when
+/// it issues the operation, which may be after the future that started it was dropped.
+///
+/// # Safety
+///
+/// `iov` must point at `count` valid iovecs (any pointer when `count` is 0).
+unsafe fn copy_iovecs(iov: *const libc::iovec, count: usize) -> IoVecs {
+    if count == 0 {
+        return IoVecs(Vec::new());
+    }
+    // SAFETY: guaranteed by the caller.
+    IoVecs(unsafe { std::slice::from_raw_parts(iov, count) }.to_vec())
 }

@@ -128,11 +128,13 @@ impl Req {
     }
 }
 
-/// iovecs that point into buffers owned next to them; only the kernel reads them (through the SQE).
+/// An operation's own copy of its iovec array; only the kernel reads it (through the SQE or the
+/// pool's syscall), so it must live as long as the operation's resources.
 pub(super) struct IoVecs(#[allow(dead_code)] pub(super) Vec<libc::iovec>);
 
-// SAFETY: the iovecs point into heap buffers that travel with them (in the same operation's resources),
-// so sending them sends nothing shared.
+// SAFETY: the iovecs point either into heap buffers that travel with them (in the same operation's
+// resources), or into caller memory that the raw API's contract keeps valid and unaliased until the
+// operation completes; sending the array to the pool's thread shares nothing else.
 unsafe impl Send for IoVecs {}
 
 /// The thread-pool engine: the syscall runs on the context's pool, the resources travel with it and
