@@ -1,2 +1,4 @@
 //! Runnable programs that show aioctx at work. Run one with
-//! `cargo run --release -p examples --example NAME`.
+//! `cargo run --release -p examples --example NAME`. Their reusable parts live here.
+
+pub mod nbd;
