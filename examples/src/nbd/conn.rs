@@ -131,7 +131,13 @@ where
         } else {
             None
         };
-        let _ = aioctx::spawn_local(execute(Rc::clone(conn), request, payload, permit));
+        // Detached: the permit it holds is how the connection waits for it.
+        drop(aioctx::spawn_local(execute(
+            Rc::clone(conn),
+            request,
+            payload,
+            permit,
+        )));
     }
 }
 
