@@ -43,12 +43,15 @@ where
 {
     let negotiated = aioctx::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, &export));
     let outcome = match future::select(Box::pin(negotiated), shutdown.clone()).await {
-        Either::Left((Ok(outcome), _)) => outcome?,
-        Either::Left((Err(elapsed), _)) => return Err(elapsed.into()),
+        Either::Left((Ok(outcome), _)) => outcome,
+        Either::Left((Err(elapsed), _)) => Err(elapsed.into()),
         Either::Right(_) => return Ok(()),
     };
-    if outcome == Outcome::Aborted {
-        return Ok(());
+    match outcome {
+        Ok(Outcome::Transmission) => {}
+        Ok(Outcome::Aborted) => return Ok(()),
+        Err(e) if client_gone(&e) => return Ok(()),
+        Err(e) => return Err(e),
     }
     let (reader, writer) = stream.split();
     let conn = Rc::new(Connection {
