@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use examples::nbd::{Config, Listen, Server};
@@ -49,6 +50,9 @@ struct Args {
     /// Connections served at once.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
+    /// Seconds a closing connection waits for its in-flight requests before aborting them.
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
 }
 
 /// Parses `4096`, `64k`, `64K`, `16M`, `1G`, `1T` (binary units).
@@ -91,6 +95,13 @@ fn main() -> ExitCode {
         direct: args.direct,
         poll_max_ns: args.poll_max_ns,
         max_connections: args.max_connections,
+        drain_timeout: match Duration::try_from_secs_f64(args.drain_timeout) {
+            Ok(timeout) => timeout,
+            Err(e) => {
+                eprintln!("nbd-server: --drain-timeout: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let server = match Server::bind(config) {
         Ok(server) => server,
@@ -99,7 +110,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // A plain thread turns signals into a shutdown request: the handler itself only writes to a pipe.
+    // A plain thread turns signals into a shutdown request (the handler itself only writes to a pipe).
+    // A second signal while draining gives up on the stragglers.
     let stop = server.shutdown_handle();
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(signals) => signals,
@@ -109,8 +121,14 @@ fn main() -> ExitCode {
         }
     };
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        let mut received = signals.forever();
+        if received.next().is_some() {
+            eprintln!("nbd-server: stopping (finishing in-flight requests)");
             stop.shutdown();
+        }
+        if let Some(signal) = received.next() {
+            eprintln!("nbd-server: second signal, exiting now");
+            std::process::exit(128 + signal);
         }
     });
     println!("{}", server.uri());

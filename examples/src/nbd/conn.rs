@@ -2,23 +2,27 @@
 //! request on the connection's IOThread; tasks reply as they finish (out of order), one at a time
 //! through a fair async mutex around the socket's write half.
 
-use std::cell::Cell;
-use std::future::poll_fn;
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
 use std::io;
+use std::pin::pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use aioctx::sync::Mutex;
+use aioctx::JoinHandle;
 use futures::future::{self, Either};
 use futures::io::{BufReader, ReadHalf, WriteHalf};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use slab::Slab;
 
 use super::export::{Block, Export};
 use super::handshake::{handshake, Outcome};
 use super::proto::{self, cmd, Request};
-use super::server::ShutdownSignal;
+use super::server::{Activity, ShutdownSignal};
 
 /// Requests of one connection in flight at once; the reader stops reading while this many run.
 const MAX_REQUESTS: usize = 64;
@@ -27,20 +31,28 @@ const MAX_REQUESTS: usize = 64;
 const MAX_BYTES: usize = 64 * 1024 * 1024;
 /// How long a client may take to choose an export.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a shutting-down connection waits for its in-flight requests (a client that stopped
-/// reading replies could otherwise hold the server for ever).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection shares with the server.
+pub(crate) struct Shared {
+    pub(crate) export: Arc<Export>,
+    pub(crate) shutdown: ShutdownSignal,
+    pub(crate) activity: Arc<Activity>,
+    /// How long a closing connection waits for its in-flight requests before it aborts them.
+    pub(crate) drain_timeout: Duration,
+}
 
 /// Serves one connection until the client disconnects, breaks the protocol, or the server shuts down
 /// (then the requests already read are finished and answered first).
-pub(crate) async fn serve_connection<S>(
-    mut stream: S,
-    export: Arc<Export>,
-    shutdown: ShutdownSignal,
-) -> io::Result<()>
+pub(crate) async fn serve_connection<S>(mut stream: S, shared: Shared) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
+    let Shared {
+        export,
+        shutdown,
+        activity,
+        drain_timeout,
+    } = shared;
     let negotiated = aioctx::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, &export));
     let outcome = match future::select(Box::pin(negotiated), shutdown.clone()).await {
         Either::Left((Ok(outcome), _)) => outcome,
@@ -57,11 +69,19 @@ where
     let conn = Rc::new(Connection {
         export,
         writer: Mutex::new(writer),
-        budget: Rc::new(Budget::default()),
+        budget: Rc::new(Budget::new(activity)),
     });
-    let result = read_requests(BufReader::new(reader), &conn, shutdown).await;
-    // Every spawned request holds the connection; let them finish and answer before closing.
-    let _ = aioctx::time::timeout(DRAIN_TIMEOUT, conn.budget.idle()).await;
+    let reader = BufReader::new(reader);
+    let result = read_requests(reader, &conn, shutdown, drain_timeout).await;
+    // Let the requests already read finish and answer. A client that does not read its replies could
+    // hold them (and their buffers) for ever: past the drain timeout they are aborted.
+    if aioctx::time::timeout(drain_timeout, conn.budget.idle())
+        .await
+        .is_err()
+    {
+        conn.budget.abort_all();
+        conn.budget.idle().await;
+    }
     match result {
         Err(e) if client_gone(&e) => Ok(()),
         other => other,
@@ -93,30 +113,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
-/// Reads requests until `DISC`, end of stream, a protocol error or shutdown.
+/// Runs `work` unless `stop` resolves first (then `None`).
+async fn unless<T>(work: impl Future<Output = T>, stop: impl Future + Unpin) -> Option<T> {
+    match future::select(pin!(work), stop).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
+    }
+}
+
+/// Reads requests until `DISC`, end of stream, a protocol error or shutdown. Shutdown stops it between
+/// requests and while it waits for room in the budget; a request whose header has arrived gets
+/// `drain_timeout` more for its payload.
 async fn read_requests<S>(
     mut reader: BufReader<ReadHalf<S>>,
     conn: &Rc<Connection<S>>,
     mut shutdown: ShutdownSignal,
+    drain_timeout: Duration,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
+    let mut past_drain = Box::pin({
+        let shutdown = shutdown.clone();
+        async move {
+            let _ = shutdown.await;
+            aioctx::time::sleep(drain_timeout).await;
+        }
+    });
     let limits = conn.export.limits;
     loop {
         let mut header = [0; proto::REQUEST_LEN];
-        // Shutdown stops the server between requests; a request whose header has arrived is finished.
-        match future::select(reader.read_exact(&mut header), &mut shutdown).await {
-            Either::Left((read, _)) => read?,
-            Either::Right(_) => return Ok(()),
-        }
+        let Some(read) = unless(reader.read_exact(&mut header), &mut shutdown).await else {
+            return Ok(());
+        };
+        read?;
         let request = proto::parse_request(&header)?;
         if let Err(errno) = proto::check_request(&request, &limits) {
-            if request.has_payload() {
-                skip_payload(&mut reader, request.length).await?;
+            let refuse = async {
+                if request.has_payload() {
+                    skip_payload(&mut reader, request.length).await?;
+                }
+                conn.send(&proto::simple_reply(errno, request.cookie)).await
+            };
+            match unless(refuse, &mut past_drain).await {
+                Some(sent) => sent?,
+                None => return Ok(()),
             }
-            conn.send(&proto::simple_reply(errno, request.cookie))
-                .await?;
             continue;
         }
         if request.command == cmd::DISC {
@@ -126,21 +168,22 @@ where
             cmd::READ | cmd::WRITE => request.length as usize,
             _ => 0,
         };
-        let permit = Budget::acquire(&conn.budget, bytes).await;
+        let Some(permit) = unless(Budget::acquire(&conn.budget, bytes), &mut shutdown).await else {
+            return Ok(());
+        };
         let payload = if request.has_payload() {
             let mut block = conn.export.payload_buffer(bytes);
-            reader.read_exact(block.data_mut()).await?;
+            match unless(reader.read_exact(block.data_mut()), &mut past_drain).await {
+                Some(read) => read?,
+                None => return Ok(()),
+            }
             Some(block)
         } else {
             None
         };
-        // Detached: the permit it holds is how the connection waits for it.
-        drop(aioctx::spawn_local(execute(
-            Rc::clone(conn),
-            request,
-            payload,
-            permit,
-        )));
+        let key = permit.key;
+        let task = aioctx::spawn_local(execute(Rc::clone(conn), request, payload, permit));
+        conn.budget.track(key, task);
     }
 }
 
@@ -196,16 +239,29 @@ async fn execute<S>(
     let _ = conn.send(&proto::simple_reply(errno, request.cookie)).await;
 }
 
-/// Bounds what one connection holds: at most [`MAX_REQUESTS`] requests and [`MAX_BYTES`] of buffers.
-/// Only the connection's reader waits on it, so one waker suffices.
-#[derive(Default)]
+/// Bounds what one connection holds: at most [`MAX_REQUESTS`] requests and [`MAX_BYTES`] of buffers,
+/// and keeps their tasks so they can be aborted. Only the connection's own task waits on it, so one
+/// waker suffices.
 struct Budget {
     requests: Cell<usize>,
     bytes: Cell<usize>,
     waiter: Cell<Option<Waker>>,
+    /// The running request tasks, by the key of their permit.
+    tasks: RefCell<Slab<Option<JoinHandle<()>>>>,
+    activity: Arc<Activity>,
 }
 
 impl Budget {
+    fn new(activity: Arc<Activity>) -> Budget {
+        Budget {
+            requests: Cell::new(0),
+            bytes: Cell::new(0),
+            waiter: Cell::new(None),
+            tasks: RefCell::new(Slab::with_capacity(MAX_REQUESTS)),
+            activity,
+        }
+    }
+
     /// Waits until a request of `bytes` fits, and takes its share.
     async fn acquire(budget: &Rc<Budget>, bytes: usize) -> Permit {
         poll_fn(|cx| {
@@ -221,9 +277,26 @@ impl Budget {
             }
         })
         .await;
+        budget.activity.requests.fetch_add(1, Ordering::Relaxed);
         Permit {
             budget: Rc::clone(budget),
             bytes,
+            key: budget.tasks.borrow_mut().insert(None),
+        }
+    }
+
+    /// Records the task that holds the permit `key` (it has not run yet: spawned tasks run later).
+    fn track(&self, key: usize, task: JoinHandle<()>) {
+        if let Some(slot) = self.tasks.borrow_mut().get_mut(key) {
+            *slot = Some(task);
+        }
+    }
+
+    /// Aborts every request task; each drops its future (and permit) when its context next runs it.
+    fn abort_all(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
+        for task in tasks.into_iter().filter_map(|(_, task)| task) {
+            task.abort();
         }
     }
 
@@ -245,6 +318,7 @@ impl Budget {
 struct Permit {
     budget: Rc<Budget>,
     bytes: usize,
+    key: usize,
 }
 
 impl Drop for Permit {
@@ -252,6 +326,10 @@ impl Drop for Permit {
         let budget = &self.budget;
         budget.requests.set(budget.requests.get() - 1);
         budget.bytes.set(budget.bytes.get() - self.bytes);
+        budget.activity.requests.fetch_sub(1, Ordering::Relaxed);
+        // Detaches this task's own handle (its key may be gone after abort_all).
+        let handle = budget.tasks.borrow_mut().try_remove(self.key);
+        drop(handle);
         if let Some(waker) = budget.waiter.take() {
             waker.wake();
         }

@@ -14,4 +14,4 @@ mod handshake;
 pub mod proto;
 mod server;
 
-pub use server::{Config, Listen, Server, ShutdownHandle};
+pub use server::{Activity, Config, Listen, Server, ShutdownHandle};

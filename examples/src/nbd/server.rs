@@ -6,6 +6,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use super::conn::serve_connection;
+use super::conn::{serve_connection, Shared as ConnShared};
 use super::export::Export;
 
 /// Where the server listens.
@@ -47,8 +48,12 @@ pub struct Config {
     pub direct: bool,
     /// The IOThreads' busy-polling budget (`None`: the IOThread default).
     pub poll_max_ns: Option<u64>,
-    /// Connections served at once; more are accepted and closed at once.
+    /// Connections served at once; more are accepted and closed at once. With the per-connection
+    /// budget (64 requests, 64 MiB of buffers) this bounds what clients can make the server allocate.
     pub max_connections: usize,
+    /// How long a closing connection (client EOF, `DISC`, shutdown) waits for its in-flight requests
+    /// to be answered before aborting them: a client that never reads its replies cannot pin them.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Config {
@@ -63,7 +68,43 @@ impl Default for Config {
             direct: false,
             poll_max_ns: None,
             max_connections: 256,
+            drain_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// What the server is doing right now, readable from any thread.
+#[derive(Debug, Default)]
+pub struct Activity {
+    pub(crate) connections: AtomicUsize,
+    pub(crate) requests: AtomicUsize,
+}
+
+impl Activity {
+    /// Connections being served (handshake or transmission).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests read and not yet answered (or aborted), over all connections.
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection for [`Activity`] while it lives.
+struct ConnectionCount(Arc<Activity>);
+
+impl ConnectionCount {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionCount(Arc::clone(activity))
+    }
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -116,6 +157,8 @@ pub struct Server {
     handle: ShutdownHandle,
     signal: ShutdownSignal,
     max_connections: usize,
+    drain_timeout: Duration,
+    activity: Arc<Activity>,
     temp_file: Option<PathBuf>,
 }
 
@@ -182,6 +225,8 @@ impl Server {
             },
             signal: receiver.shared(),
             max_connections: config.max_connections.max(1),
+            drain_timeout: config.drain_timeout,
+            activity: Arc::default(),
             temp_file,
         })
     }
@@ -207,6 +252,11 @@ impl Server {
     /// The path of the temporary file served when no file was given.
     pub fn temp_file(&self) -> Option<&Path> {
         self.temp_file.as_deref()
+    }
+
+    /// Live counts of connections and requests.
+    pub fn activity(&self) -> Arc<Activity> {
+        Arc::clone(&self.activity)
     }
 
     /// A handle that stops [`serve`](Server::serve).
@@ -274,18 +324,22 @@ impl Server {
     }
 
     fn spawn_connection(&self, thread: &IoThread, stream: Accepted) -> JoinHandle<io::Result<()>> {
-        let export = Arc::clone(&self.export);
-        let shutdown = self.signal.clone();
+        let count = ConnectionCount::new(&self.activity);
+        let shared = ConnShared {
+            export: Arc::clone(&self.export),
+            shutdown: self.signal.clone(),
+            activity: Arc::clone(&self.activity),
+            drain_timeout: self.drain_timeout,
+        };
         thread.remote().spawn_local(move || async move {
+            let _count = count;
             match stream {
                 Accepted::Tcp(s) => {
                     s.set_nodelay(true)?;
-                    let s = aioctx::net::TcpStream::from_std(s)?;
-                    serve_connection(s, export, shutdown).await
+                    serve_connection(aioctx::net::TcpStream::from_std(s)?, shared).await
                 }
                 Accepted::Unix(s) => {
-                    let s = aioctx::net::UnixStream::from_std(s)?;
-                    serve_connection(s, export, shutdown).await
+                    serve_connection(aioctx::net::UnixStream::from_std(s)?, shared).await
                 }
             }
         })

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use examples::nbd::{Config, Listen, Server, ShutdownHandle};
+use std::sync::Arc;
+
+use examples::nbd::{Activity, Config, Listen, Server, ShutdownHandle};
 
 pub const NBDMAGIC: u64 = 0x4e42444d41474943;
 pub const IHAVEOPT: u64 = 0x49484156454F5054;
@@ -87,6 +89,7 @@ pub struct TestServer {
     pub image: PathBuf,
     pub uri: String,
     pub size: u64,
+    pub activity: Arc<Activity>,
     kind: Kind,
     socket: PathBuf,
     tcp: Option<std::net::SocketAddr>,
@@ -102,6 +105,7 @@ pub struct Setup {
     pub direct: bool,
     /// The image's initial contents (its length is the export size).
     pub contents: Vec<u8>,
+    pub drain_timeout: Duration,
 }
 
 impl Default for Setup {
@@ -112,6 +116,7 @@ impl Default for Setup {
             read_only: false,
             direct: false,
             contents: vec![0xee; 8 << 20],
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -132,6 +137,7 @@ impl TestServer {
             iothreads: setup.iothreads,
             read_only: setup.read_only,
             direct: setup.direct,
+            drain_timeout: setup.drain_timeout,
             ..Config::default()
         })
         .unwrap_or_else(|e| panic!("starting the NBD server: {e}"));
@@ -140,12 +146,14 @@ impl TestServer {
         let size = server.size();
         assert_eq!(size, setup.contents.len() as u64);
         let stop = server.shutdown_handle();
+        let activity = server.activity();
         let thread = std::thread::spawn(move || server.serve());
         TestServer {
             dir,
             image,
             uri,
             size,
+            activity,
             kind: setup.kind,
             socket,
             tcp,
@@ -208,6 +216,20 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.stop_inner();
+    }
+}
+
+/// Waits (bounded by [`IO_TIMEOUT`]) until the server has no connection and no request left.
+pub fn wait_until_idle(server: &TestServer) {
+    let give_up = std::time::Instant::now() + IO_TIMEOUT;
+    while server.activity.connections() != 0 || server.activity.requests_in_flight() != 0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "still {} connections and {} requests after {IO_TIMEOUT:?}",
+            server.activity.connections(),
+            server.activity.requests_in_flight()
+        );
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

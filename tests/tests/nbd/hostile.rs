@@ -215,11 +215,7 @@ fn vanishing_clients_are_cleaned_up() {
     round_trip(&mut bystander, BYSTANDER_AT, 7);
     // With many requests in flight and their replies never read.
     let mut c = server.client();
-    let mut burst = Vec::new();
-    for i in 0..200u64 {
-        burst.extend(Client::request_bytes(CMD_READ, 0, i, (i % 64) << 16, 65536));
-    }
-    c.s.write_all(&burst).unwrap();
+    c.s.write_all(&read_burst(200)).unwrap();
     drop(c);
     round_trip(&mut bystander, BYSTANDER_AT, 8);
     // Mid-header.
@@ -365,4 +361,77 @@ fn shutdown_finishes_the_request_in_flight_then_closes() {
     assert!(!socket.exists(), "the socket file is removed");
     let file = std::fs::read(image).unwrap();
     assert_eq!(&file[8192..8192 + 65536], &payload[..]);
+}
+
+/// A server that gives closing connections 100 ms to drain.
+fn quick_drain_server() -> TestServer {
+    TestServer::start(Setup {
+        drain_timeout: Duration::from_millis(100),
+        ..Setup::default()
+    })
+}
+
+/// `n` pipelined 64 KiB reads over the first 4 MiB.
+fn read_burst(n: u64) -> Vec<u8> {
+    let mut burst = Vec::new();
+    for i in 0..n {
+        burst.extend(Client::request_bytes(CMD_READ, 0, i, (i % 64) << 16, 65536));
+    }
+    burst
+}
+
+#[test]
+fn shutdown_cuts_off_a_client_that_reads_no_replies() {
+    let mut server = quick_drain_server();
+    let mut greedy = server.client();
+    // 13 MB of replies, far more than the socket buffers hold; none is read before the shutdown.
+    greedy.s.write_all(&read_burst(200)).unwrap();
+    round_trip(&mut server.client(), BYSTANDER_AT, 1);
+    server.shutdown_handle().shutdown();
+    // The stuck requests are aborted, their buffers freed, the connection closed, serve returns.
+    wait_until_idle(&server);
+    server.stop().expect("serve returns Ok");
+    let mut replies = 0;
+    while let Ok(reply) = greedy.reply() {
+        assert_eq!(reply.error, 0);
+        if greedy.s.read_exact(&mut vec![0; 65536]).is_err() {
+            break;
+        }
+        replies += 1;
+    }
+    assert!(
+        replies < 200,
+        "all {replies} replies were sent: nothing was aborted"
+    );
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_payload_that_never_comes() {
+    let mut server = quick_drain_server();
+    let mut stalled = server.client();
+    // A read (answered) proves the server is past the handshake; then half a write.
+    stalled.send(CMD_READ, 0, 1, 0, 512);
+    stalled.send(CMD_WRITE, 0, 2, 0, 65536);
+    stalled.s.write_all(&[5; 1000]).unwrap();
+    assert_eq!(
+        stalled.reply().unwrap(),
+        Reply {
+            error: 0,
+            cookie: 1
+        }
+    );
+    stalled.read_data(512);
+    // And a connection still in the handshake.
+    let mut shy = Client::new(server.connect());
+    shy.greeting(true);
+    server.shutdown_handle().shutdown();
+    wait_until_idle(&server);
+    server.stop().expect("serve returns Ok");
+    assert!(stalled.closed_by_server());
+    assert!(shy.closed_by_server());
+    let image = std::fs::read(&server.image).unwrap();
+    assert!(
+        image[..65536].iter().all(|&b| b == 0xee),
+        "the partial write was not applied"
+    );
 }
