@@ -8,6 +8,8 @@ mod client;
 mod hostile;
 #[path = "nbd/model.rs"]
 mod model;
+#[path = "nbd/parsers.rs"]
+mod parsers;
 
 use std::process::Command;
 
