@@ -1,6 +1,6 @@
 //! One client connection: the handshake, then a reader that parses requests and spawns one task per
-//! request on the connection's IOThread; tasks reply as they finish (out of order), one at a time
-//! through a fair async mutex around the socket's write half.
+//! request on the connection's IOThread; tasks queue their replies as they finish (out of order) and
+//! one writer sends whatever is queued in one socket write (see `replies`).
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -12,16 +12,16 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use aioctx::sync::Mutex;
 use aioctx::JoinHandle;
 use futures::future::{self, Either};
-use futures::io::{BufReader, ReadHalf, WriteHalf};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::io::{BufReader, ReadHalf};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite};
 use slab::Slab;
 
 use super::export::{Block, Export};
 use super::handshake::{handshake, Outcome};
 use super::proto::{self, cmd, Request};
+use super::replies::{Replies, Reply};
 use super::server::{Activity, ShutdownSignal};
 
 /// Requests of one connection in flight at once; the reader stops reading while this many run.
@@ -68,20 +68,29 @@ where
     let (reader, writer) = stream.split();
     let conn = Rc::new(Connection {
         export,
-        writer: Mutex::new(writer),
+        replies: Replies::new(),
         budget: Rc::new(Budget::new(activity)),
     });
-    let reader = BufReader::new(reader);
-    let result = read_requests(reader, &conn, shutdown, drain_timeout).await;
-    // Let the requests already read finish and answer. A client that does not read its replies could
-    // hold them (and their buffers) for ever: past the drain timeout they are aborted.
-    if aioctx::time::timeout(drain_timeout, conn.budget.idle())
-        .await
-        .is_err()
-    {
-        conn.budget.abort_all();
-        conn.budget.idle().await;
-    }
+    let serve = async {
+        let reader = BufReader::new(reader);
+        let result = read_requests(reader, &conn, shutdown, drain_timeout).await;
+        // Let the requests already read finish and answer. A client that does not read its replies
+        // could hold them (and their buffers) for ever: past the drain timeout they are dropped (the
+        // tasks drop theirs when they next run, the writer's batch goes when this select ends).
+        if aioctx::time::timeout(drain_timeout, conn.budget.idle())
+            .await
+            .is_err()
+        {
+            conn.budget.abort_all();
+            conn.replies.close();
+        }
+        result
+    };
+    let result = match future::select(pin!(serve), pin!(conn.replies.write_all(writer))).await {
+        Either::Left((result, _)) => result,
+        // The socket failed: replies are dropped from now on; reading ends at the client's EOF.
+        Either::Right((_, serve)) => serve.await,
+    };
     match result {
         Err(e) if client_gone(&e) => Ok(()),
         other => other,
@@ -99,18 +108,10 @@ fn client_gone(e: &io::Error) -> bool {
     )
 }
 
-struct Connection<S> {
+struct Connection {
     export: Arc<Export>,
-    writer: Mutex<WriteHalf<S>>,
+    replies: Replies<Permit>,
     budget: Rc<Budget>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    /// Sends one complete reply; replies never interleave.
-    async fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut writer = self.writer.lock().await;
-        writer.write_all(bytes).await
-    }
 }
 
 /// Runs `work` unless `stop` resolves first (then `None`).
@@ -126,7 +127,7 @@ async fn unless<T>(work: impl Future<Output = T>, stop: impl Future + Unpin) -> 
 /// `drain_timeout` more for its payload.
 async fn read_requests<S>(
     mut reader: BufReader<ReadHalf<S>>,
-    conn: &Rc<Connection<S>>,
+    conn: &Rc<Connection>,
     mut shutdown: ShutdownSignal,
     drain_timeout: Duration,
 ) -> io::Result<()>
@@ -149,16 +150,19 @@ where
         read?;
         let request = proto::parse_request(&header)?;
         if let Err(errno) = proto::check_request(&request, &limits) {
-            let refuse = async {
-                if request.has_payload() {
-                    skip_payload(&mut reader, request.length).await?;
-                }
-                conn.send(&proto::simple_reply(errno, request.cookie)).await
+            // Error replies count against the budget too: a client sending nothing but bad requests
+            // and reading no replies must not grow the queue.
+            let Some(permit) = unless(Budget::acquire(&conn.budget, 0), &mut shutdown).await else {
+                return Ok(());
             };
-            match unless(refuse, &mut past_drain).await {
-                Some(sent) => sent?,
-                None => return Ok(()),
+            if request.has_payload() {
+                match unless(skip_payload(&mut reader, request.length), &mut past_drain).await {
+                    Some(skipped) => skipped?,
+                    None => return Ok(()),
+                }
             }
+            conn.replies
+                .push(Reply::status(errno, request.cookie, permit));
             continue;
         }
         if request.command == cmd::DISC {
@@ -203,24 +207,16 @@ async fn skip_payload<R: AsyncRead + Unpin>(reader: &mut R, length: u32) -> io::
     Ok(())
 }
 
-/// Runs one request and sends its reply. A reply that cannot be sent means the client is gone; the
-/// reader finds out on its own.
-async fn execute<S>(
-    conn: Rc<Connection<S>>,
-    request: Request,
-    payload: Option<Block>,
-    _permit: Permit,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
+/// Runs one request and queues its reply.
+async fn execute(conn: Rc<Connection>, request: Request, payload: Option<Block>, permit: Permit) {
     let export = &conn.export;
     let fua = request.flags & cmd::FLAG_FUA != 0;
     let (offset, length) = (request.offset, request.length);
     let done = match (request.command, payload) {
         (cmd::READ, _) => match export.read(offset, length as usize).await {
-            Ok(mut block) => {
-                let header = proto::simple_reply(0, request.cookie);
-                let _ = conn.send(block.with_header(&header)).await;
+            Ok(block) => {
+                conn.replies
+                    .push(Reply::data(request.cookie, block, permit));
                 return;
             }
             Err(e) => Err(e),
@@ -236,7 +232,8 @@ async fn execute<S>(
         Ok(()) => 0,
         Err(e) => proto::errno_for(&e),
     };
-    let _ = conn.send(&proto::simple_reply(errno, request.cookie)).await;
+    conn.replies
+        .push(Reply::status(errno, request.cookie, permit));
 }
 
 /// Bounds what one connection holds: at most [`MAX_REQUESTS`] requests and [`MAX_BYTES`] of buffers,

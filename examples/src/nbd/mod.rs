@@ -12,6 +12,7 @@ mod conn;
 mod export;
 mod handshake;
 pub mod proto;
+mod replies;
 mod server;
 
 pub use server::{Activity, Config, Listen, Server, ShutdownHandle};
