@@ -164,7 +164,7 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    fn new(len: usize, headroom: usize, align: usize) -> Block {
+    pub(crate) fn new(len: usize, headroom: usize, align: usize) -> Block {
         let buf = AlignedBuf::new(headroom + len, align.max(8));
         Block {
             buf,

@@ -150,3 +150,90 @@ where
     drop(written);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::rc::Rc;
+    use std::task::Context;
+
+    use futures::future::{self, Either};
+
+    use super::*;
+
+    /// A socket that records each write, or fails every write with `EPIPE`.
+    struct Recorder {
+        writes: Rc<RefCell<Vec<Vec<u8>>>>,
+        broken: bool,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.broken {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            self.writes.borrow_mut().push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn queued_replies_go_out_in_one_write_and_release_their_permits() {
+        let replies = Replies::new();
+        let permits = Rc::new(());
+        let mut block = Block::new(512, SIMPLE_REPLY_LEN, 1);
+        block.data_mut().fill(0xcd);
+        replies.push(Reply::status(0, 1, Rc::clone(&permits)));
+        replies.push(Reply::data(2, block, Rc::clone(&permits)));
+        replies.push(Reply::status(22, 3, Rc::clone(&permits)));
+        let writes = Rc::new(RefCell::new(Vec::new()));
+        let socket = Recorder {
+            writes: Rc::clone(&writes),
+            broken: false,
+        };
+        // The writer never finishes on its own; stop it once the queue has been sent.
+        let sent = futures::executor::block_on(future::select(
+            Box::pin(replies.write_all(socket)),
+            future::ready(()),
+        ));
+        assert!(matches!(sent, Either::Right(_)));
+        let writes = writes.borrow();
+        assert_eq!(writes.len(), 1, "one write for three replies");
+        let bytes = &writes[0];
+        assert_eq!(bytes.len(), 16 + 16 + 512 + 16);
+        assert_eq!(&bytes[..16], &proto::simple_reply(0, 1));
+        assert_eq!(&bytes[16..32], &proto::simple_reply(0, 2));
+        assert!(bytes[32..544].iter().all(|&b| b == 0xcd));
+        assert_eq!(&bytes[544..], &proto::simple_reply(22, 3));
+        assert_eq!(Rc::strong_count(&permits), 1, "every permit released");
+    }
+
+    #[test]
+    fn a_failed_socket_closes_the_queue() {
+        let replies = Replies::new();
+        let permits = Rc::new(());
+        replies.push(Reply::status(0, 1, Rc::clone(&permits)));
+        let broken = Recorder {
+            writes: Rc::default(),
+            broken: true,
+        };
+        let err = futures::executor::block_on(replies.write_all(broken)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        replies.push(Reply::status(0, 2, Rc::clone(&permits)));
+        assert_eq!(
+            Rc::strong_count(&permits),
+            1,
+            "nothing kept after the failure"
+        );
+    }
+}
