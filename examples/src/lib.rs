@@ -1,4 +1,5 @@
 //! Runnable programs that show aioctx at work. Run one with
-//! `cargo run --release -p examples --example NAME`.
+//! `cargo run --release -p examples --example NAME`. Their reusable parts live here.
 
+pub mod nbd;
 pub mod virtio_blk;

@@ -1,0 +1,334 @@
+//! One client connection: the handshake, then a reader that parses requests and spawns one task per
+//! request on the connection's IOThread; tasks queue their replies as they finish (out of order) and
+//! one writer sends whatever is queued in one socket write (see `replies`).
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use aioctx::JoinHandle;
+use futures::future::{self, Either};
+use futures::io::{BufReader, ReadHalf};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite};
+use slab::Slab;
+
+use super::export::{Block, Export};
+use super::handshake::{handshake, Outcome};
+use super::proto::{self, cmd, Request};
+use super::replies::{Replies, Reply};
+use super::server::{Activity, ShutdownSignal};
+
+/// Requests of one connection in flight at once; the reader stops reading while this many run.
+const MAX_REQUESTS: usize = 64;
+/// Payload bytes (read data and write payloads) of one connection held at once, unless a single
+/// request needs more (up to [`proto::MAX_PAYLOAD`]).
+const MAX_BYTES: usize = 64 * 1024 * 1024;
+/// How long a client may take to choose an export.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a connection shares with the server.
+pub(crate) struct Shared {
+    pub(crate) export: Arc<Export>,
+    pub(crate) shutdown: ShutdownSignal,
+    pub(crate) activity: Arc<Activity>,
+    /// How long a closing connection waits for its in-flight requests before it aborts them.
+    pub(crate) drain_timeout: Duration,
+}
+
+/// Serves one connection until the client disconnects, breaks the protocol, or the server shuts down
+/// (then the requests already read are finished and answered first).
+pub(crate) async fn serve_connection<S>(mut stream: S, shared: Shared) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let Shared {
+        export,
+        shutdown,
+        activity,
+        drain_timeout,
+    } = shared;
+    let negotiated = aioctx::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, &export));
+    let outcome = match future::select(Box::pin(negotiated), shutdown.clone()).await {
+        Either::Left((Ok(outcome), _)) => outcome,
+        Either::Left((Err(elapsed), _)) => Err(elapsed.into()),
+        Either::Right(_) => return Ok(()),
+    };
+    match outcome {
+        Ok(Outcome::Transmission) => {}
+        Ok(Outcome::Aborted) => return Ok(()),
+        Err(e) if client_gone(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let (reader, writer) = stream.split();
+    let conn = Rc::new(Connection {
+        export,
+        replies: Replies::new(),
+        budget: Rc::new(Budget::new(activity)),
+    });
+    let serve = async {
+        let reader = BufReader::new(reader);
+        let result = read_requests(reader, &conn, shutdown, drain_timeout).await;
+        // Let the requests already read finish and answer. A client that does not read its replies
+        // could hold them (and their buffers) for ever: past the drain timeout they are dropped (the
+        // tasks drop theirs when they next run, the writer's batch goes when this select ends).
+        if aioctx::time::timeout(drain_timeout, conn.budget.idle())
+            .await
+            .is_err()
+        {
+            conn.budget.abort_all();
+            conn.replies.close();
+        }
+        result
+    };
+    let result = match future::select(pin!(serve), pin!(conn.replies.write_all(writer))).await {
+        Either::Left((result, _)) => result,
+        // The socket failed: replies are dropped from now on; reading ends at the client's EOF.
+        Either::Right((_, serve)) => serve.await,
+    };
+    match result {
+        Err(e) if client_gone(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether an error only says the client went away.
+fn client_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+struct Connection {
+    export: Arc<Export>,
+    replies: Replies<Permit>,
+    budget: Rc<Budget>,
+}
+
+/// Runs `work` unless `stop` resolves first (then `None`).
+async fn unless<T>(work: impl Future<Output = T>, stop: impl Future + Unpin) -> Option<T> {
+    match future::select(pin!(work), stop).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
+    }
+}
+
+/// Reads requests until `DISC`, end of stream, a protocol error or shutdown. Shutdown stops it between
+/// requests and while it waits for room in the budget; a request whose header has arrived gets
+/// `drain_timeout` more for its payload.
+async fn read_requests<S>(
+    mut reader: BufReader<ReadHalf<S>>,
+    conn: &Rc<Connection>,
+    mut shutdown: ShutdownSignal,
+    drain_timeout: Duration,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let mut past_drain = Box::pin({
+        let shutdown = shutdown.clone();
+        async move {
+            let _ = shutdown.await;
+            aioctx::time::sleep(drain_timeout).await;
+        }
+    });
+    let limits = conn.export.limits;
+    loop {
+        let mut header = [0; proto::REQUEST_LEN];
+        let Some(read) = unless(reader.read_exact(&mut header), &mut shutdown).await else {
+            return Ok(());
+        };
+        read?;
+        let request = proto::parse_request(&header)?;
+        if let Err(errno) = proto::check_request(&request, &limits) {
+            // Error replies count against the budget too: a client sending nothing but bad requests
+            // and reading no replies must not grow the queue.
+            let Some(permit) = unless(Budget::acquire(&conn.budget, 0), &mut shutdown).await else {
+                return Ok(());
+            };
+            if request.has_payload() {
+                match unless(skip_payload(&mut reader, request.length), &mut past_drain).await {
+                    Some(skipped) => skipped?,
+                    None => return Ok(()),
+                }
+            }
+            conn.replies
+                .push(Reply::status(errno, request.cookie, permit));
+            continue;
+        }
+        if request.command == cmd::DISC {
+            return Ok(());
+        }
+        let bytes = match request.command {
+            cmd::READ | cmd::WRITE => request.length as usize,
+            _ => 0,
+        };
+        let Some(permit) = unless(Budget::acquire(&conn.budget, bytes), &mut shutdown).await else {
+            return Ok(());
+        };
+        let payload = if request.has_payload() {
+            let mut block = conn.export.payload_buffer(bytes);
+            match unless(reader.read_exact(block.data_mut()), &mut past_drain).await {
+                Some(read) => read?,
+                None => return Ok(()),
+            }
+            Some(block)
+        } else {
+            None
+        };
+        let key = permit.key;
+        let task = aioctx::spawn_local(execute(Rc::clone(conn), request, payload, permit));
+        conn.budget.track(key, task);
+    }
+}
+
+/// Discards the payload of a refused `WRITE`, so the stream stays in step. A payload too long to be
+/// worth reading ends the connection instead (the protocol allows it; nothing else can be sent).
+async fn skip_payload<R: AsyncRead + Unpin>(reader: &mut R, length: u32) -> io::Result<()> {
+    if length > proto::MAX_PAYLOAD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("WRITE of {length} bytes: over the maximum, payload not skipped"),
+        ));
+    }
+    let copied = futures::io::copy(reader.take(length.into()), &mut futures::io::sink()).await?;
+    if copied < u64::from(length) {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// Runs one request and queues its reply.
+async fn execute(conn: Rc<Connection>, request: Request, payload: Option<Block>, permit: Permit) {
+    let export = &conn.export;
+    let fua = request.flags & cmd::FLAG_FUA != 0;
+    let (offset, length) = (request.offset, request.length);
+    let done = match (request.command, payload) {
+        (cmd::READ, _) => match export.read(offset, length as usize).await {
+            Ok(block) => {
+                conn.replies
+                    .push(Reply::data(request.cookie, block, permit));
+                return;
+            }
+            Err(e) => Err(e),
+        },
+        (cmd::WRITE, Some(block)) => export.write(block, offset, fua).await,
+        (cmd::FLUSH, _) => export.flush().await,
+        (cmd::TRIM, _) => export.trim(offset, length.into(), fua).await,
+        (cmd::WRITE_ZEROES, _) => export.write_zeroes(offset, length.into(), fua).await,
+        // check_request lets nothing else through.
+        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    let errno = match done {
+        Ok(()) => 0,
+        Err(e) => proto::errno_for(&e),
+    };
+    conn.replies
+        .push(Reply::status(errno, request.cookie, permit));
+}
+
+/// Bounds what one connection holds: at most [`MAX_REQUESTS`] requests and [`MAX_BYTES`] of buffers,
+/// and keeps their tasks so they can be aborted. Only the connection's own task waits on it, so one
+/// waker suffices.
+struct Budget {
+    requests: Cell<usize>,
+    bytes: Cell<usize>,
+    waiter: Cell<Option<Waker>>,
+    /// The running request tasks, by the key of their permit.
+    tasks: RefCell<Slab<Option<JoinHandle<()>>>>,
+    activity: Arc<Activity>,
+}
+
+impl Budget {
+    fn new(activity: Arc<Activity>) -> Budget {
+        Budget {
+            requests: Cell::new(0),
+            bytes: Cell::new(0),
+            waiter: Cell::new(None),
+            tasks: RefCell::new(Slab::with_capacity(MAX_REQUESTS)),
+            activity,
+        }
+    }
+
+    /// Waits until a request of `bytes` fits, and takes its share.
+    async fn acquire(budget: &Rc<Budget>, bytes: usize) -> Permit {
+        poll_fn(|cx| {
+            let (requests, held) = (budget.requests.get(), budget.bytes.get());
+            let fits = requests == 0 || (requests < MAX_REQUESTS && held + bytes <= MAX_BYTES);
+            if fits {
+                budget.requests.set(requests + 1);
+                budget.bytes.set(held + bytes);
+                Poll::Ready(())
+            } else {
+                budget.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+        budget.activity.requests.fetch_add(1, Ordering::Relaxed);
+        Permit {
+            budget: Rc::clone(budget),
+            bytes,
+            key: budget.tasks.borrow_mut().insert(None),
+        }
+    }
+
+    /// Records the task that holds the permit `key` (it has not run yet: spawned tasks run later).
+    fn track(&self, key: usize, task: JoinHandle<()>) {
+        if let Some(slot) = self.tasks.borrow_mut().get_mut(key) {
+            *slot = Some(task);
+        }
+    }
+
+    /// Aborts every request task; each drops its future (and permit) when its context next runs it.
+    fn abort_all(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
+        for task in tasks.into_iter().filter_map(|(_, task)| task) {
+            task.abort();
+        }
+    }
+
+    /// Waits until no request is in flight.
+    async fn idle(&self) {
+        poll_fn(|cx| {
+            if self.requests.get() == 0 {
+                Poll::Ready(())
+            } else {
+                self.waiter.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// One request's share of the [`Budget`], given back when the request is answered (or dropped).
+struct Permit {
+    budget: Rc<Budget>,
+    bytes: usize,
+    key: usize,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let budget = &self.budget;
+        budget.requests.set(budget.requests.get() - 1);
+        budget.bytes.set(budget.bytes.get() - self.bytes);
+        budget.activity.requests.fetch_sub(1, Ordering::Relaxed);
+        // Detaches this task's own handle (its key may be gone after abort_all).
+        let handle = budget.tasks.borrow_mut().try_remove(self.key);
+        drop(handle);
+        if let Some(waker) = budget.waiter.take() {
+            waker.wake();
+        }
+    }
+}

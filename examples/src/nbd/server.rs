@@ -1,0 +1,444 @@
+//! The server: binds the listener, opens the file, starts the IOThreads, accepts on the calling
+//! thread's own context and hands each connection (a std socket, which is `Send`) round-robin to an
+//! IOThread, where it becomes an aioctx stream served by [`serve_connection`].
+
+use std::io::{self, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aioctx::io::Async;
+use aioctx::{AioContext, IoThread, JoinHandle};
+use futures::channel::oneshot;
+use futures::future::{FutureExt, Shared};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use super::conn::{serve_connection, Shared as ConnShared};
+use super::export::Export;
+
+/// Where the server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP address (port 0 picks a free port).
+    Tcp(SocketAddr),
+    /// A Unix-domain socket path (must not exist; removed when the server stops).
+    Unix(PathBuf),
+}
+
+/// What to serve and how.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file (or block device) to export; `None` creates a temporary file of `size` bytes, removed
+    /// when the server is dropped.
+    pub file: Option<PathBuf>,
+    /// The size of the temporary file when `file` is `None`.
+    pub size: u64,
+    /// The export's name (clients asking for the empty name get it too).
+    pub export_name: String,
+    /// Where to listen.
+    pub listen: Listen,
+    /// How many IOThreads serve connections (at least 1).
+    pub iothreads: usize,
+    /// Refuse writes with `EPERM`.
+    pub read_only: bool,
+    /// Open the file with `O_DIRECT` (requests must then be 512-byte aligned; the server says so).
+    pub direct: bool,
+    /// The IOThreads' busy-polling budget (`None`: the IOThread default).
+    pub poll_max_ns: Option<u64>,
+    /// Connections served at once; more are accepted and closed at once. With the per-connection
+    /// budget (64 requests, 64 MiB of buffers) this bounds what clients can make the server allocate.
+    pub max_connections: usize,
+    /// How long a closing connection (client EOF, `DISC`, shutdown) waits for its in-flight requests
+    /// to be answered before aborting them: a client that never reads its replies cannot pin them.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            file: None,
+            size: 64 * 1024 * 1024,
+            export_name: "disk".into(),
+            listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 10809))),
+            iothreads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            read_only: false,
+            direct: false,
+            poll_max_ns: None,
+            max_connections: 256,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the server is doing right now, readable from any thread.
+#[derive(Debug, Default)]
+pub struct Activity {
+    pub(crate) connections: AtomicUsize,
+    pub(crate) requests: AtomicUsize,
+}
+
+impl Activity {
+    /// Connections being served (handshake or transmission).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests read and not yet answered (or aborted), over all connections.
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection for [`Activity`] while it lives.
+struct ConnectionCount(Arc<Activity>);
+
+impl ConnectionCount {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionCount(Arc::clone(activity))
+    }
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves when the server is asked to stop (shared by the acceptor and every connection).
+pub(crate) type ShutdownSignal = Shared<oneshot::Receiver<()>>;
+
+/// Asks a running [`Server`] to stop: from any thread, any number of times.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    sender: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+}
+
+impl ShutdownHandle {
+    /// Stops accepting; connections finish the requests they have read, answer them and close; the
+    /// file is flushed; then [`Server::serve`] returns.
+    pub fn shutdown(&self) {
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(sender) = sender {
+            let _ = sender.send(());
+        }
+    }
+}
+
+enum Listener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+/// An NBD server bound and ready to [`serve`](Server::serve).
+///
+/// ```no_run
+/// use examples::nbd::{Config, Listen, Server};
+/// let server = Server::bind(Config {
+///     listen: Listen::Tcp("127.0.0.1:0".parse().unwrap()),
+///     ..Config::default()
+/// })?;
+/// println!("{}", server.uri());
+/// let stop = server.shutdown_handle();
+/// let thread = std::thread::spawn(move || server.serve());
+/// stop.shutdown();
+/// thread.join().unwrap()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Server {
+    /// Taken by `serve`.
+    listener: Option<Listener>,
+    export: Arc<Export>,
+    threads: Vec<IoThread>,
+    uri: String,
+    handle: ShutdownHandle,
+    signal: ShutdownSignal,
+    max_connections: usize,
+    drain_timeout: Duration,
+    activity: Arc<Activity>,
+    temp_file: Option<PathBuf>,
+}
+
+impl Server {
+    /// Opens (or creates) the file, starts the IOThreads and binds the listener.
+    ///
+    /// Errors: the file cannot be opened (or is empty), `O_DIRECT` refused, the address or socket
+    /// path cannot be bound, an IOThread cannot start.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let temp_file = match &config.file {
+            Some(_) => None,
+            None => Some(create_temp_file(config.size)?),
+        };
+        let path = config
+            .file
+            .as_ref()
+            .or(temp_file.as_ref())
+            .expect("one is set");
+        let export = match open_export(&config, path) {
+            Ok(export) => export,
+            Err(e) => {
+                if let Some(temp) = &temp_file {
+                    let _ = std::fs::remove_file(temp);
+                }
+                return Err(e);
+            }
+        };
+        let threads = spawn_iothreads(&config)?;
+        let (file, size) = export;
+        // aioctx::fs::File resolves its engine on a context: wrap the file on an IOThread.
+        let file = threads[0]
+            .remote()
+            .call(move || aioctx::fs::File::from_std(file))??;
+        let export = Arc::new(Export::new(
+            config.export_name.clone(),
+            file,
+            size,
+            config.read_only,
+            config.direct,
+        ));
+        let name = &config.export_name;
+        let (listener, uri) = match &config.listen {
+            Listen::Tcp(addr) => {
+                let listener = std::net::TcpListener::bind(addr)?;
+                let uri = format!("nbd://{}/{name}", listener.local_addr()?);
+                (Listener::Tcp(listener), uri)
+            }
+            Listen::Unix(path) => {
+                let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+                    io::Error::new(e.kind(), format!("binding {}: {e}", path.display()))
+                })?;
+                let uri = format!("nbd+unix:///{name}?socket={}", path.display());
+                (Listener::Unix(listener, path.clone()), uri)
+            }
+        };
+        let (sender, receiver) = oneshot::channel();
+        Ok(Server {
+            listener: Some(listener),
+            export,
+            threads,
+            uri,
+            handle: ShutdownHandle {
+                sender: Arc::new(Mutex::new(Some(sender))),
+            },
+            signal: receiver.shared(),
+            max_connections: config.max_connections.max(1),
+            drain_timeout: config.drain_timeout,
+            activity: Arc::default(),
+            temp_file,
+        })
+    }
+
+    /// The NBD URI clients connect to (`nbd://HOST:PORT/NAME` or `nbd+unix:///NAME?socket=PATH`).
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The bound TCP address (`None` for a Unix socket).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match &self.listener {
+            Some(Listener::Tcp(l)) => l.local_addr().ok(),
+            _ => None,
+        }
+    }
+
+    /// The exported size in bytes.
+    pub fn size(&self) -> u64 {
+        self.export.limits.size
+    }
+
+    /// The path of the temporary file served when no file was given.
+    pub fn temp_file(&self) -> Option<&Path> {
+        self.temp_file.as_deref()
+    }
+
+    /// Live counts of connections and requests.
+    pub fn activity(&self) -> Arc<Activity> {
+        Arc::clone(&self.activity)
+    }
+
+    /// A handle that stops [`serve`](Server::serve).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// Accepts and serves connections on the calling thread (which runs its own context for the
+    /// accept loop) until [`ShutdownHandle::shutdown`]; then stops accepting, waits for every
+    /// connection to finish its in-flight requests, flushes the file and returns.
+    pub fn serve(mut self) -> io::Result<()> {
+        let ctx = AioContext::new()?;
+        let listener = self
+            .listener
+            .take()
+            .ok_or_else(|| io::Error::other("the listener is gone"))?;
+        let socket_path = match &listener {
+            Listener::Unix(_, path) => Some(path.clone()),
+            Listener::Tcp(_) => None,
+        };
+        let result = ctx.block_on(async {
+            let accept = AcceptOn::new(listener)?;
+            self.accept_loop(accept).await
+        });
+        if let Some(path) = socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+        result?;
+        let export = Arc::clone(&self.export);
+        ctx.block_on(async move { export.flush().await })
+    }
+
+    async fn accept_loop(&self, accept: AcceptOn) -> io::Result<()> {
+        let mut connections: FuturesUnordered<JoinHandle<io::Result<()>>> = FuturesUnordered::new();
+        let mut next_thread = 0;
+        let mut shutdown = self.signal.clone();
+        loop {
+            futures::select_biased! {
+                _ = (&mut shutdown).fuse() => break,
+                done = connections.select_next_some() => log_connection_end(done),
+                accepted = accept.next().fuse() => {
+                    let stream = match accepted {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            // Out of fds or memory: say so and breathe instead of spinning.
+                            eprintln!("nbd-server: accept: {e}");
+                            aioctx::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    if connections.len() >= self.max_connections {
+                        eprintln!("nbd-server: refusing a connection: {} served", connections.len());
+                        continue;
+                    }
+                    let thread = &self.threads[next_thread % self.threads.len()];
+                    next_thread += 1;
+                    connections.push(self.spawn_connection(thread, stream));
+                }
+            }
+        }
+        while let Some(done) = connections.next().await {
+            log_connection_end(done);
+        }
+        Ok(())
+    }
+
+    fn spawn_connection(&self, thread: &IoThread, stream: Accepted) -> JoinHandle<io::Result<()>> {
+        let count = ConnectionCount::new(&self.activity);
+        let shared = ConnShared {
+            export: Arc::clone(&self.export),
+            shutdown: self.signal.clone(),
+            activity: Arc::clone(&self.activity),
+            drain_timeout: self.drain_timeout,
+        };
+        thread.remote().spawn_local(move || async move {
+            let _count = count;
+            match stream {
+                Accepted::Tcp(s) => {
+                    s.set_nodelay(true)?;
+                    serve_connection(aioctx::net::TcpStream::from_std(s)?, shared).await
+                }
+                Accepted::Unix(s) => {
+                    serve_connection(aioctx::net::UnixStream::from_std(s)?, shared).await
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Stop the IOThreads (joining them) before the temporary file goes.
+        self.threads.clear();
+        if let Some(temp) = &self.temp_file {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+}
+
+fn log_connection_end(done: Result<io::Result<()>, aioctx::JoinError>) {
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("nbd-server: connection closed: {e}"),
+        Err(e) => eprintln!("nbd-server: connection task failed: {e}"),
+    }
+}
+
+/// An accepted socket, still a std type so it can travel to its IOThread.
+enum Accepted {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+/// The listener registered with the accepting context.
+enum AcceptOn {
+    Tcp(Async<std::net::TcpListener>),
+    Unix(Async<std::os::unix::net::UnixListener>),
+}
+
+impl AcceptOn {
+    fn new(listener: Listener) -> io::Result<Self> {
+        Ok(match listener {
+            Listener::Tcp(l) => AcceptOn::Tcp(Async::new(l)?),
+            Listener::Unix(l, _) => AcceptOn::Unix(Async::new(l)?),
+        })
+    }
+
+    async fn next(&self) -> io::Result<Accepted> {
+        match self {
+            AcceptOn::Tcp(l) => l
+                .read_with(|l| l.accept())
+                .await
+                .map(|(s, _)| Accepted::Tcp(s)),
+            AcceptOn::Unix(l) => l
+                .read_with(|l| l.accept())
+                .await
+                .map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
+}
+
+fn spawn_iothreads(config: &Config) -> io::Result<Vec<IoThread>> {
+    (0..config.iothreads.max(1))
+        .map(|i| {
+            let mut builder = IoThread::builder().name(format!("nbd{i}"));
+            if let Some(ns) = config.poll_max_ns {
+                builder = builder.poll_max_ns(ns);
+            }
+            builder.spawn()
+        })
+        .collect()
+}
+
+/// Opens the export's file and finds its size (seeking works for block devices too).
+fn open_export(config: &Config, path: &Path) -> io::Result<(std::fs::File, u64)> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(!config.read_only);
+    if config.direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+    let size = file.seek(SeekFrom::End(0))?;
+    if size == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is empty: nothing to export", path.display()),
+        ));
+    }
+    Ok((file, size))
+}
+
+fn create_temp_file(size: u64) -> io::Result<PathBuf> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("nbd-server-{}-{n}.img", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    file.set_len(size)?;
+    Ok(path)
+}

@@ -1,0 +1,56 @@
+//! Properties of the pure parsers in `examples::nbd::proto`: no panic on any bytes, and they agree
+//! with the test client's own encoding of the protocol.
+
+use examples::nbd::proto::{self, ExportLimits, ProtoError, Request};
+use proptest::prelude::*;
+
+use super::client::Client;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn parsers_return_errors_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        let _ = proto::parse_request(&bytes);
+        let _ = proto::parse_option_header(&bytes);
+        let _ = proto::parse_info_request(&bytes);
+        let _ = proto::parse_client_flags(&bytes);
+    }
+
+    #[test]
+    fn requests_parse_as_the_client_encodes_them(
+        flags: u16, command: u16, cookie: u64, offset: u64, length: u32,
+        size: u64, read_only: bool, min_shift in 0u32..13,
+    ) {
+        let bytes = Client::request_bytes(command, flags, cookie, offset, length);
+        let request = proto::parse_request(&bytes).unwrap();
+        prop_assert_eq!(request, Request { flags, command, cookie, offset, length });
+        let limits = ExportLimits { size, read_only, min_block: 1 << min_shift };
+        // Whatever it says, an accepted data request stays inside the export.
+        if proto::check_request(&request, &limits).is_ok() && matches!(command, 0 | 1 | 4 | 6) {
+            prop_assert!(offset.checked_add(u64::from(length)).is_some_and(|end| end <= size));
+            prop_assert!(!(read_only && command != 0));
+        }
+    }
+
+    #[test]
+    fn info_requests_round_trip(name in "[a-z]{0,40}", types in prop::collection::vec(any::<u16>(), 0..20)) {
+        let data = Client::info_data(&name, &types);
+        let parsed = proto::parse_info_request(&data).unwrap();
+        prop_assert_eq!(parsed.name, name.as_bytes());
+        prop_assert_eq!(parsed.info_types, types);
+        for cut in 0..data.len() {
+            prop_assert!(proto::parse_info_request(&data[..cut]).is_err());
+        }
+    }
+}
+
+#[test]
+fn a_bad_request_magic_is_reported() {
+    let mut bytes = Client::request_bytes(0, 0, 1, 0, 512);
+    bytes[3] = 0;
+    assert!(matches!(
+        proto::parse_request(&bytes),
+        Err(ProtoError::BadMagic { .. })
+    ));
+}
