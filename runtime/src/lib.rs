@@ -68,7 +68,9 @@ pub use io_uring;
 pub use iothread::{IoThread, IoThreadBuilder};
 pub use notifier::EventNotifier;
 pub use pool::spawn_blocking;
-pub use task::{reschedule, spawn, spawn_local, yield_now, JoinError, JoinHandle, YieldNow};
+pub use task::{
+    reschedule, spawn, spawn_local, yield_now, JoinError, JoinHandle, PanicPayload, YieldNow,
+};
 
 /// Runs `async fn main` on an [`AioContext`] created on the main thread, with
 /// [`AioContext::block_on`]. Options: `backend = "auto" | "io_uring" | "epoll" | "poll"`,

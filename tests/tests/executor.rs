@@ -406,3 +406,23 @@ fn join_error_display_and_io_error() {
 fn spawn_local_outside_a_context_panics_clearly() {
     drop(aioctx::spawn_local(async {}));
 }
+
+#[test]
+fn join_error_is_send_sync_and_carries_its_payload_into_io_errors() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<JoinError>();
+    #[derive(Debug, PartialEq)]
+    struct Custom(u32);
+    let ctx = AioContext::new().unwrap();
+    let err = ctx
+        .block_on(ctx.spawn_local(async { std::panic::panic_any(Custom(7)) }))
+        .unwrap_err();
+    assert_eq!(err.to_string(), "task panicked: <non-string panic payload>");
+    let io: std::io::Error = err.into();
+    // The JoinError itself travels inside the io::Error, payload and all.
+    let inner = io.into_inner().unwrap().downcast::<JoinError>().unwrap();
+    assert_eq!(
+        inner.into_panic().downcast::<Custom>().unwrap(),
+        Box::new(Custom(7))
+    );
+}

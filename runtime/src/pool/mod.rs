@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::channel::oneshot;
 
 use crate::context::{current, Inner};
-use crate::task::{JoinError, JoinHandle};
+use crate::task::{JoinError, JoinHandle, PanicPayload};
 
 /// QEMU's default `thread-pool-max`.
 pub(crate) const DEFAULT_MAX_THREADS: usize = 64;
@@ -184,7 +184,7 @@ impl Inner {
         self.spawn_local_flat(async move {
             match rx.await {
                 Ok(Ok(value)) => Ok(value),
-                Ok(Err(panic)) => Err(JoinError::Panic(panic)),
+                Ok(Err(panic)) => Err(JoinError::Panic(PanicPayload::new(panic))),
                 // The pool dropped the job: the context is shutting down.
                 Err(oneshot::Canceled) => Err(JoinError::Cancelled),
             }

@@ -8,17 +8,61 @@ use std::task::{Context, Poll};
 
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
 use std::task::Waker;
 
 use super::spawn::TaskMeta;
 
-/// Why a task produced no value.
+/// Why a task produced no value. `Send + Sync`, so it converts into `io::Error`,
+/// `Box<dyn Error + Send + Sync>` and the like.
+///
+/// ```
+/// let ctx = aioctx::AioContext::new()?;
+/// let err = ctx.block_on(ctx.spawn_local(async { panic!("boom") })).unwrap_err();
+/// let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+/// assert_eq!(boxed.to_string(), "task panicked: boom");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub enum JoinError {
     /// The task was aborted with [`JoinHandle::abort`], or dropped because its context was dropped (or its
     /// IOThread stopped) before it finished.
     Cancelled,
     /// The task panicked; the payload is what it panicked with.
-    Panic(Box<dyn Any + Send + 'static>),
+    Panic(PanicPayload),
+}
+
+/// What a task panicked with, and its message when the payload is a string.
+pub struct PanicPayload {
+    message: String,
+    // A Mutex makes the `Send`-only payload `Sync`; it is only ever taken whole, never shared.
+    payload: Mutex<Box<dyn Any + Send + 'static>>,
+}
+
+impl PanicPayload {
+    pub(crate) fn new(payload: Box<dyn Any + Send + 'static>) -> PanicPayload {
+        PanicPayload {
+            message: panic_message(&*payload).to_owned(),
+            payload: Mutex::new(payload),
+        }
+    }
+
+    /// The panic message (`"<non-string panic payload>"` when the payload is not a string).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The payload, to resume the panic with [`std::panic::resume_unwind`].
+    pub fn into_inner(self) -> Box<dyn Any + Send + 'static> {
+        self.payload
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for PanicPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PanicPayload({:?})", self.message)
+    }
 }
 
 impl JoinError {
@@ -46,7 +90,7 @@ impl JoinError {
     /// The panic payload, or the error itself if the task was cancelled.
     pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, JoinError> {
         match self {
-            JoinError::Panic(p) => Ok(p),
+            JoinError::Panic(p) => Ok(p.into_inner()),
             other => Err(other),
         }
     }
@@ -64,7 +108,7 @@ impl fmt::Debug for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             JoinError::Cancelled => f.write_str("JoinError::Cancelled"),
-            JoinError::Panic(p) => write!(f, "JoinError::Panic({:?})", panic_message(&**p)),
+            JoinError::Panic(p) => write!(f, "JoinError::Panic({:?})", p.message()),
         }
     }
 }
@@ -73,7 +117,7 @@ impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             JoinError::Cancelled => f.write_str("task was cancelled"),
-            JoinError::Panic(p) => write!(f, "task panicked: {}", panic_message(&**p)),
+            JoinError::Panic(p) => write!(f, "task panicked: {}", p.message()),
         }
     }
 }
@@ -82,7 +126,7 @@ impl std::error::Error for JoinError {}
 
 impl From<JoinError> for std::io::Error {
     fn from(e: JoinError) -> Self {
-        std::io::Error::other(e.to_string())
+        std::io::Error::other(e)
     }
 }
 

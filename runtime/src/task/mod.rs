@@ -16,7 +16,7 @@ pub(crate) mod queue;
 mod spawn;
 mod yield_now;
 
-pub use join::{JoinError, JoinHandle};
+pub use join::{JoinError, JoinHandle, PanicPayload};
 pub use spawn::{reschedule, spawn, spawn_local};
 pub use yield_now::{yield_now, YieldNow};
 

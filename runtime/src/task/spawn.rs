@@ -14,7 +14,7 @@ use futures::FutureExt;
 use slab::Slab;
 
 use super::queue::RunQueues;
-use super::{JoinError, JoinHandle};
+use super::{JoinError, JoinHandle, PanicPayload};
 use crate::context::{current, Inner, Shared};
 use crate::Remote;
 
@@ -179,9 +179,9 @@ where
 {
     Tracked {
         future: Abortable {
-            future: AssertUnwindSafe(future)
-                .catch_unwind()
-                .map(|out| out.unwrap_or_else(|panic| Err(JoinError::Panic(panic)))),
+            future: AssertUnwindSafe(future).catch_unwind().map(|out| {
+                out.unwrap_or_else(|panic| Err(JoinError::Panic(PanicPayload::new(panic))))
+            }),
         },
         registration: None,
     }
