@@ -13,8 +13,8 @@ use super::proto::{self, info, opt, rep};
 const MAX_OPTIONS: usize = 256;
 
 /// How a handshake ended without an error.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
     /// The export is selected: requests follow.
     Transmission,
     /// The client sent `NBD_OPT_ABORT`.

@@ -5,6 +5,7 @@
 //! - `handshake`: option negotiation (`GO`, `INFO`, `LIST`, `ABORT`, `EXPORT_NAME`; others `ERR_UNSUP`).
 //! - `conn`: one connection's requests, served concurrently by tasks and answered out of order.
 //! - `export`: the block operations on `aioctx::fs::File` (io_uring on the IOThread's ring).
+//! - [`replay`]: the handshake driven from a client's bytes in memory (for fuzzing and property tests).
 //! - [`Server`]: accepts on the calling thread, spreads connections round-robin over IOThreads, stops
 //!   gracefully through a [`ShutdownHandle`].
 
@@ -13,6 +14,8 @@ mod export;
 mod handshake;
 pub mod proto;
 mod replies;
+pub mod replay;
 mod server;
 
+pub use handshake::Outcome as HandshakeOutcome;
 pub use server::{Activity, Config, Listen, Server, ShutdownHandle};
