@@ -254,7 +254,11 @@ fn connection_churn_leaves_fds_and_memory_flat() {
             echo.live.load(Ordering::SeqCst) == 0
         });
         client::wait_until_idle(&nbd);
-        assert_eq!(echo.failures.load(Ordering::Relaxed), 0, "echo server errors");
+        assert_eq!(
+            echo.failures.load(Ordering::Relaxed),
+            0,
+            "echo server errors"
+        );
         (echo_totals, nbd_totals)
     };
 

@@ -13,8 +13,8 @@ mod conn;
 mod export;
 mod handshake;
 pub mod proto;
-mod replies;
 pub mod replay;
+mod replies;
 mod server;
 
 pub use handshake::Outcome as HandshakeOutcome;

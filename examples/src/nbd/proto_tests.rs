@@ -72,7 +72,11 @@ fn a_name_that_leaves_no_room_for_the_count_is_malformed_not_short() {
     );
     assert!(matches!(
         parse_info_request(&crash[..5]),
-        Err(ProtoError::Short { needed: 6, got: 5, .. })
+        Err(ProtoError::Short {
+            needed: 6,
+            got: 5,
+            ..
+        })
     ));
 }
 

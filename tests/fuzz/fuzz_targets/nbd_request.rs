@@ -6,5 +6,5 @@ use tests::fuzzing::nbd;
 
 fuzz_target!(|data: &[u8]| {
     let (header, limits) = nbd::split_request_input(data);
-    nbd::check_request(header, &limits);
+    let _verdict = nbd::check_request(header, &limits);
 });

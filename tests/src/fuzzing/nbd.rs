@@ -34,7 +34,10 @@ pub fn check_option_parsers(data: &[u8]) {
         Ok(flags) => {
             let word = be32(data, 0);
             assert_eq!(word & !3, 0, "unknown client flags {word:#x} accepted");
-            assert_eq!(flags.fixed_newstyle, word & proto::CLIENT_FIXED_NEWSTYLE != 0);
+            assert_eq!(
+                flags.fixed_newstyle,
+                word & proto::CLIENT_FIXED_NEWSTYLE != 0
+            );
             assert_eq!(flags.no_zeroes, word & proto::CLIENT_NO_ZEROES != 0);
         }
         Err(ProtoError::Short { .. }) => assert!(data.len() < 4),
@@ -74,13 +77,13 @@ pub fn info_data(name: &[u8], info_types: &[u16]) -> Vec<u8> {
     out
 }
 
-/// The result a handshake should have: an outcome or the kind of its error.
-type Expected = Result<HandshakeOutcome, io::ErrorKind>;
+/// How a handshake ended: an outcome or the kind of its error.
+pub type Ended = Result<HandshakeOutcome, io::ErrorKind>;
 
 /// Replays `client` into the server's handshake (on `target`, from [`replay_target`]) and checks the
 /// greeting, every option reply, the `EXPORT_NAME` answer, how many bytes the server read and how the
-/// handshake ended against the protocol.
-pub fn check_handshake(target: &HandshakeReplay, client: &[u8]) {
+/// handshake ended against the protocol. Returns how it ended.
+pub fn check_handshake(target: &HandshakeReplay, client: &[u8]) -> Ended {
     let replayed = target.replay(client);
     let greeting = proto::greeting();
     assert!(
@@ -99,6 +102,7 @@ pub fn check_handshake(target: &HandshakeReplay, client: &[u8]) {
         "{} unexpected bytes after the last reply",
         server.bytes.len()
     );
+    got
 }
 
 /// The server's output after the greeting, consumed reply by reply.
@@ -123,13 +127,17 @@ impl ServerOutput<'_> {
     /// Takes a reply that must be of type `kind` with `data`.
     fn expect(&mut self, option: u32, kind: u32, data: &[u8]) {
         let (got_kind, got_data) = self.reply(option);
-        assert_eq!((got_kind, got_data.as_slice()), (kind, data), "reply to {option}");
+        assert_eq!(
+            (got_kind, got_data.as_slice()),
+            (kind, data),
+            "reply to {option}"
+        );
     }
 }
 
 /// Walks the client's options as the protocol says the server must answer them, taking the server's
 /// replies from `server`; returns how the handshake must end and how many client bytes it reads.
-fn expect_options(client: &[u8], server: &mut ServerOutput<'_>) -> (Expected, usize) {
+fn expect_options(client: &[u8], server: &mut ServerOutput<'_>) -> (Ended, usize) {
     use io::ErrorKind::{InvalidData, UnexpectedEof};
     let Some(flags) = client.get(..4) else {
         return (Err(UnexpectedEof), client.len());
@@ -175,7 +183,11 @@ fn expect_options(client: &[u8], server: &mut ServerOutput<'_>) -> (Expected, us
                 return (Ok(HandshakeOutcome::Aborted), at);
             }
             opt::LIST if data.is_empty() => {
-                server.expect(option, rep::SERVER, &proto::list_entry(EXPORT_NAME.as_bytes()));
+                server.expect(
+                    option,
+                    rep::SERVER,
+                    &proto::list_entry(EXPORT_NAME.as_bytes()),
+                );
                 server.expect(option, rep::ACK, &[]);
             }
             opt::LIST => server.expect(option, rep::ERR_INVALID, &[]),
@@ -232,14 +244,19 @@ pub fn request_bytes(request: &Request) -> [u8; REQUEST_LEN] {
 }
 
 /// Parses `header` as a request and checks it against `limits`: a parsed request re-encodes to the same
-/// bytes, and a request `check_request` lets through is one the export can serve as it is.
-pub fn check_request(header: &[u8], limits: &ExportLimits) {
+/// bytes, and a request `check_request` lets through is one the export can serve as it is. Returns
+/// the verdict, or `None` if the header did not parse.
+pub fn check_request(header: &[u8], limits: &ExportLimits) -> Option<Result<(), u32>> {
     let request = match proto::parse_request(header) {
         Ok(request) => request,
-        Err(ProtoError::Short { .. }) => return assert!(header.len() < REQUEST_LEN),
+        Err(ProtoError::Short { .. }) => {
+            assert!(header.len() < REQUEST_LEN);
+            return None;
+        }
         Err(ProtoError::BadMagic { found, .. }) => {
             assert_eq!(found, u64::from(be32(header, 0)));
-            return assert_ne!(be32(header, 0), REQUEST_MAGIC);
+            assert_ne!(be32(header, 0), REQUEST_MAGIC);
+            return None;
         }
         Err(e) => panic!("request: unexpected error {e}"),
     };
@@ -258,10 +275,17 @@ pub fn check_request(header: &[u8], limits: &ExportLimits) {
             if writes || request.command == cmd::READ {
                 assert!(!(writes && limits.read_only), "write to a read-only export");
                 let end = request.offset.checked_add(request.length.into());
-                assert!(end.is_some_and(|end| end <= limits.size), "{request:?} past the end");
+                assert!(
+                    end.is_some_and(|end| end <= limits.size),
+                    "{request:?} past the end"
+                );
                 let unit = u64::from(limits.min_block.max(1));
                 assert_eq!(request.offset % unit, 0, "misaligned offset accepted");
-                assert_eq!(u64::from(request.length) % unit, 0, "misaligned length accepted");
+                assert_eq!(
+                    u64::from(request.length) % unit,
+                    0,
+                    "misaligned length accepted"
+                );
             }
             if matches!(request.command, cmd::READ | cmd::WRITE) {
                 assert!(request.length <= MAX_PAYLOAD, "oversized payload accepted");
@@ -271,4 +295,5 @@ pub fn check_request(header: &[u8], limits: &ExportLimits) {
         Err(errno::EINVAL) => {}
         Err(other) => panic!("check_request answered errno {other} for {request:?}"),
     }
+    Some(verdict)
 }

@@ -53,7 +53,8 @@ pub fn guest_memory(image: &[u8]) -> GuestMemory {
 /// Runs the device's queue handling on guest memory laid out from `image`: every chain published on the
 /// avail ring is parsed (checked by [`check_parsed`]) and completed as the device completes it. Every
 /// chain with a valid head gets exactly one used-ring entry; a broken avail ring is refused without one.
-pub fn check_virtqueue(image: &[u8]) {
+/// Returns the requests the parser accepted.
+pub fn check_virtqueue(image: &[u8]) -> Vec<Request> {
     let mem = guest_memory(image);
     let config = QueueConfig {
         size: QUEUE_SIZE,
@@ -68,8 +69,14 @@ pub fn check_virtqueue(image: &[u8]) {
     let used_idx_before: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).unwrap();
     let taken = take_chains(&mut queue, &mem, &limits);
     // An avail index more than a queue ahead of the device breaks the ring; nothing else does.
-    assert_eq!(taken.is_err(), avail_idx > QUEUE_SIZE, "avail index {avail_idx}");
-    let Ok(chains) = taken else { return };
+    assert_eq!(
+        taken.is_err(),
+        avail_idx > QUEUE_SIZE,
+        "avail index {avail_idx}"
+    );
+    let Ok(chains) = taken else {
+        return Vec::new();
+    };
     let mut used = 0u16;
     for (head, parsed) in &chains {
         check_parsed(&mem, &limits, parsed);
@@ -88,14 +95,26 @@ pub fn check_virtqueue(image: &[u8]) {
             // Putting the used element may overwrite a status byte the guest placed in the used ring.
             let in_used_ring = (USED_RING..USED_RING + 0x100).contains(&at.raw_value());
             let byte: u8 = mem.read_obj(at).unwrap();
-            assert!(in_used_ring || byte == code, "status byte at {at:?} not written");
+            assert!(
+                in_used_ring || byte == code,
+                "status byte at {at:?} not written"
+            );
         }
     }
     // The device counts from 0 and stores its index after each entry; until the first entry the
     // guest's own bytes stay (a chain whose head is out of range has no status byte to write either).
     let used_idx: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).unwrap();
     let expected = if used == 0 { used_idx_before } else { used };
-    assert_eq!(used_idx, expected, "used ring index after {} chains", chains.len());
+    assert_eq!(
+        used_idx,
+        expected,
+        "used ring index after {} chains",
+        chains.len()
+    );
+    chains
+        .into_iter()
+        .filter_map(|(_, parsed)| parsed.ok())
+        .collect()
 }
 
 /// Checks the parser's promises about one chain: an accepted request lies entirely in guest memory and
@@ -121,7 +140,10 @@ pub fn check_parsed<M: GuestMemoryBackend>(
     let mut total = 0u64;
     for seg in &request.data {
         assert!(seg.len > 0, "empty segment");
-        assert!(mem.check_range(seg.addr, seg.len as usize), "{seg:?} outside guest memory");
+        assert!(
+            mem.check_range(seg.addr, seg.len as usize),
+            "{seg:?} outside guest memory"
+        );
         total += u64::from(seg.len);
     }
     assert_eq!(total, request.data_len);
@@ -131,13 +153,19 @@ pub fn check_parsed<M: GuestMemoryBackend>(
             assert!(request.data.len() <= limits.max_segments);
             assert!(request.data_len <= limits.max_transfer);
             let end = request.offset.checked_add(request.data_len);
-            assert!(end.is_some_and(|end| end <= limits.capacity), "past the disk");
+            assert!(
+                end.is_some_and(|end| end <= limits.capacity),
+                "past the disk"
+            );
         }
         Op::Discard(ranges) | Op::WriteZeroes(ranges) => {
             assert!(!ranges.is_empty() && ranges.len() <= limits.max_ranges);
             for r in ranges {
                 assert!(r.len <= limits.max_range_bytes);
-                assert!(r.offset.checked_add(r.len).is_some_and(|end| end <= limits.capacity));
+                assert!(r
+                    .offset
+                    .checked_add(r.len)
+                    .is_some_and(|end| end <= limits.capacity));
             }
             if matches!(request.op, Op::Discard(_)) {
                 assert!(ranges.iter().all(|r| !r.unmap), "DISCARD takes no flags");
