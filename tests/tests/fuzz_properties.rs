@@ -6,7 +6,7 @@ use std::io::ErrorKind;
 
 use examples::nbd::proto::{errno, opt, ExportLimits, Request, IHAVEOPT, MAX_OPTION_DATA};
 use examples::nbd::replay::HandshakeReplay;
-use examples::nbd::HandshakeOutcome;
+use examples::nbd::{HandshakeOutcome, MAX_OPTIONS};
 use examples::virtio_blk::Op;
 use proptest::prelude::*;
 use tests::fuzzing::nbd::{self, EXPORT_NAME};
@@ -54,18 +54,23 @@ fn client_option() -> impl Strategy<Value = Vec<u8>> {
         2 => (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..8)),
     ];
     (option_and_data, 0..20u8).prop_map(|((option, data), twist)| {
-        let magic = if twist == 0 { IHAVEOPT ^ 1 } else { IHAVEOPT };
-        let length = if twist == 1 {
-            MAX_OPTION_DATA + 1
-        } else {
-            data.len() as u32
-        };
-        let mut bytes = magic.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&option.to_be_bytes());
-        bytes.extend_from_slice(&length.to_be_bytes());
-        bytes.extend_from_slice(&data);
+        let mut bytes = option_bytes(option, &data);
+        match twist {
+            0 => bytes[7] ^= 1,
+            1 => bytes[12..16].copy_from_slice(&(MAX_OPTION_DATA + 1).to_be_bytes()),
+            _ => {}
+        }
         bytes
     })
+}
+
+/// One option as a client sends it: magic, number, length, data.
+fn option_bytes(number: u32, data: &[u8]) -> Vec<u8> {
+    let mut bytes = IHAVEOPT.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&number.to_be_bytes());
+    bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(data);
+    bytes
 }
 
 /// A raw descriptor: anywhere in guest memory, across the hole, or anywhere at all.
@@ -357,4 +362,24 @@ fn device_takes_parses_and_completes_every_chain() {
         count(range_ops) > 25,
         "too few DISCARD/WRITE_ZEROES accepted"
     );
+}
+
+/// The option limit, beyond the reach of the fuzzer's default 4 KiB inputs: the last allowed option
+/// still selects the export, one more unknown option ends the handshake.
+#[test]
+fn handshake_gives_up_after_max_options() {
+    let mut client = 3u32.to_be_bytes().to_vec();
+    for _ in 1..MAX_OPTIONS {
+        client.extend_from_slice(&option_bytes(99, &[]));
+    }
+    let mut last_allowed = client.clone();
+    last_allowed.extend_from_slice(&option_bytes(opt::GO, &nbd::info_data(b"", &[])));
+    client.extend_from_slice(&option_bytes(99, &[]));
+    client.extend_from_slice(&option_bytes(opt::GO, &nbd::info_data(b"", &[])));
+    REPLAY.with(|replay| {
+        let ended = nbd::check_handshake(replay, &last_allowed);
+        assert_eq!(ended, Ok(HandshakeOutcome::Transmission));
+        let ended = nbd::check_handshake(replay, &client);
+        assert_eq!(ended, Err(ErrorKind::InvalidData));
+    });
 }

@@ -17,5 +17,5 @@ pub mod replay;
 mod replies;
 mod server;
 
-pub use handshake::Outcome as HandshakeOutcome;
+pub use handshake::{Outcome as HandshakeOutcome, MAX_OPTIONS};
 pub use server::{Activity, Config, Listen, Server, ShutdownHandle};

@@ -10,7 +10,7 @@ use examples::nbd::proto::{
     MAX_PAYLOAD, OPTION_HEADER_LEN, OPTION_REPLY_MAGIC, REQUEST_LEN, REQUEST_MAGIC,
 };
 use examples::nbd::replay::HandshakeReplay;
-use examples::nbd::HandshakeOutcome;
+use examples::nbd::{HandshakeOutcome, MAX_OPTIONS};
 
 use super::{be32, be64};
 
@@ -18,8 +18,6 @@ use super::{be32, be64};
 pub const EXPORT_NAME: &str = "disk";
 /// Its size.
 pub const EXPORT_SIZE: u64 = 1 << 30;
-/// The server's limit on options per handshake (`handshake::MAX_OPTIONS`).
-const MAX_OPTIONS: usize = 256;
 
 /// A replay target for [`EXPORT_NAME`]: writable, not `O_DIRECT`.
 pub fn replay_target() -> HandshakeReplay {
