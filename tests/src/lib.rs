@@ -3,6 +3,8 @@
 
 use aioctx::{AioContext, Backend};
 
+pub mod fuzzing;
+
 /// The backends every loop-level test runs on.
 pub const BACKENDS: [Backend; 3] = [Backend::IoUring, Backend::Poll, Backend::Epoll];
 

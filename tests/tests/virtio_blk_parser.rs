@@ -1,8 +1,9 @@
 //! Properties of the virtio-blk request parser (examples::virtio_blk::request) on arbitrary chains.
 
-use examples::virtio_blk::request::{parse, Limits, Op};
+use examples::virtio_blk::request::{parse, Limits};
 use proptest::prelude::*;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use tests::fuzzing::virtio_blk::check_parsed;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM: u64 = 0x10000;
 
@@ -47,34 +48,6 @@ proptest! {
             let flags = if write { virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16 } else { 0 };
             virtio_queue::desc::split::Descriptor::new(addr, len, flags, 0)
         });
-        match parse(&mem, chain, &limits) {
-            Ok(req) => {
-                prop_assert!(mem.check_range(req.status, 1));
-                let mut total = 0u64;
-                for seg in &req.data {
-                    prop_assert!(seg.len > 0 && mem.check_range(seg.addr, seg.len as usize));
-                    total += u64::from(seg.len);
-                }
-                prop_assert_eq!(total, req.data_len);
-                match &req.op {
-                    Op::Read | Op::Write => {
-                        prop_assert!(req.offset + req.data_len <= limits.capacity);
-                        prop_assert!(req.data_len <= limits.max_transfer);
-                    }
-                    Op::Discard(rs) | Op::WriteZeroes(rs) => {
-                        for r in rs {
-                            prop_assert!(r.offset + r.len <= limits.capacity);
-                        }
-                    }
-                    Op::Flush | Op::GetId => {}
-                }
-            }
-            Err(rejected) => {
-                if let Some(at) = rejected.status_addr {
-                    prop_assert!(mem.check_range(at, 1));
-                    prop_assert!(rejected.reason.status().is_some());
-                }
-            }
-        }
+        check_parsed(&mem, &limits, &parse(&mem, chain, &limits));
     }
 }

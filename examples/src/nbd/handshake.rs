@@ -10,11 +10,11 @@ use super::proto::{self, info, opt, rep};
 
 /// How many options one client may send before the server gives up on it: a client that never
 /// chooses an export must not hold a connection slot for ever.
-const MAX_OPTIONS: usize = 256;
+pub const MAX_OPTIONS: usize = 256;
 
 /// How a handshake ended without an error.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
     /// The export is selected: requests follow.
     Transmission,
     /// The client sent `NBD_OPT_ABORT`.

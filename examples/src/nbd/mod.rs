@@ -5,6 +5,7 @@
 //! - `handshake`: option negotiation (`GO`, `INFO`, `LIST`, `ABORT`, `EXPORT_NAME`; others `ERR_UNSUP`).
 //! - `conn`: one connection's requests, served concurrently by tasks and answered out of order.
 //! - `export`: the block operations on `aioctx::fs::File` (io_uring on the IOThread's ring).
+//! - [`replay`]: the handshake driven from a client's bytes in memory (for fuzzing and property tests).
 //! - [`Server`]: accepts on the calling thread, spreads connections round-robin over IOThreads, stops
 //!   gracefully through a [`ShutdownHandle`].
 
@@ -12,7 +13,9 @@ mod conn;
 mod export;
 mod handshake;
 pub mod proto;
+pub mod replay;
 mod replies;
 mod server;
 
+pub use handshake::{Outcome as HandshakeOutcome, MAX_OPTIONS};
 pub use server::{Activity, Config, Listen, Server, ShutdownHandle};

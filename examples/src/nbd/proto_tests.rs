@@ -63,6 +63,24 @@ fn info_request_lengths_must_agree() {
 }
 
 #[test]
+fn a_name_that_leaves_no_room_for_the_count_is_malformed_not_short() {
+    // The nbd_handshake_options fuzz target's first crash: name length 1, name 0x08, one byte left.
+    let crash = [0, 0, 0, 1, 0x08, 0x1a];
+    assert_eq!(
+        parse_info_request(&crash),
+        Err(ProtoError::Malformed("INFO/GO option data"))
+    );
+    assert!(matches!(
+        parse_info_request(&crash[..5]),
+        Err(ProtoError::Short {
+            needed: 6,
+            got: 5,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn checks_follow_the_spec() {
     let limits = ExportLimits {
         size: 1 << 20,

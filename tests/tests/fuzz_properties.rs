@@ -1,0 +1,385 @@
+//! The proptest twins of the fuzz targets in `tests/fuzz`: the same checks (`tests::fuzzing`), on
+//! structured inputs that reach the accepting paths, for a bounded number of cases so they run in CI.
+//! The fuzz targets explore raw bytes; these make sure the interesting inputs are always covered.
+
+use std::io::ErrorKind;
+
+use examples::nbd::proto::{errno, opt, ExportLimits, Request, IHAVEOPT, MAX_OPTION_DATA};
+use examples::nbd::replay::HandshakeReplay;
+use examples::nbd::{HandshakeOutcome, MAX_OPTIONS};
+use examples::virtio_blk::Op;
+use proptest::prelude::*;
+use tests::fuzzing::nbd::{self, EXPORT_NAME};
+use tests::fuzzing::virtio_blk::{self, AVAIL_RING, DESC_TABLE, QUEUE_SIZE};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+
+thread_local! {
+    static REPLAY: HandshakeReplay = nbd::replay_target();
+}
+
+/// An export name a client may ask for: ours, the default, or another.
+fn export_name() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(EXPORT_NAME.as_bytes().to_vec()),
+        Just(Vec::new()),
+        proptest::collection::vec(any::<u8>(), 0..12),
+    ]
+}
+
+/// One option as a client sends it (header and data), valid or not.
+fn client_option() -> impl Strategy<Value = Vec<u8>> {
+    let info_types =
+        proptest::collection::vec(prop_oneof![Just(3u16), Just(0), any::<u16>()], 0..4);
+    let (info, go) = (Just(opt::INFO), Just(opt::GO));
+    let option_and_data = prop_oneof![
+        4 => (prop_oneof![info, go], export_name(), info_types, 0..8usize).prop_map(
+            |(option, name, types, damage)| {
+                let mut data = nbd::info_data(&name, &types);
+                // Now and then cut the data short or leave a byte over.
+                match damage {
+                    0 => data.truncate(data.len() / 2),
+                    1 => data.push(0),
+                    _ => {}
+                }
+                (option, data)
+            }
+        ),
+        2 => export_name().prop_map(|name| (opt::EXPORT_NAME, name)),
+        1 => Just((opt::ABORT, Vec::new())),
+        2 => prop_oneof![Just(Vec::new()), Just(vec![1])].prop_map(|data| (opt::LIST, data)),
+        2 => (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..8)),
+    ];
+    (option_and_data, 0..20u8).prop_map(|((option, data), twist)| {
+        let mut bytes = option_bytes(option, &data);
+        match twist {
+            0 => bytes[7] ^= 1,
+            1 => bytes[12..16].copy_from_slice(&(MAX_OPTION_DATA + 1).to_be_bytes()),
+            _ => {}
+        }
+        bytes
+    })
+}
+
+/// One option as a client sends it: magic, number, length, data.
+fn option_bytes(number: u32, data: &[u8]) -> Vec<u8> {
+    let mut bytes = IHAVEOPT.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&number.to_be_bytes());
+    bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+/// A raw descriptor: anywhere in guest memory, across the hole, or anywhere at all.
+fn descriptor() -> impl Strategy<Value = (u64, u32, bool)> {
+    (
+        prop_oneof![
+            3 => 0x1000u64..0x1e00,
+            2 => 0x3000u64..0x4e00,
+            1 => 0x1f00u64..0x3100,
+            1 => any::<u64>(),
+        ],
+        prop_oneof![3 => Just(512u32), 2 => Just(4096), 2 => 0u32..0x2000, 1 => any::<u32>()],
+        any::<bool>(),
+    )
+}
+
+/// A request chain: its type and sector, the descriptors between header and status, whether it is
+/// framed like a real request (header first, status byte last) or just raw descriptors, and whether its
+/// data descriptors are tidied to fit the type (direction, sector multiples, the range list).
+type Chain = (u32, u64, Vec<(u64, u32, bool)>, bool, bool);
+
+fn chain() -> impl Strategy<Value = Chain> {
+    let kind = prop_oneof![
+        Just(VIRTIO_BLK_T_IN),
+        Just(VIRTIO_BLK_T_OUT),
+        Just(VIRTIO_BLK_T_FLUSH),
+        Just(VIRTIO_BLK_T_GET_ID),
+        Just(VIRTIO_BLK_T_DISCARD),
+        Just(VIRTIO_BLK_T_WRITE_ZEROES),
+        any::<u32>(),
+    ];
+    let sector = prop_oneof![3 => 0u64..2000, 1 => any::<u64>()];
+    let ranges = prop_oneof![Just((0x800, 16, false)), Just((0x800, 48, false))];
+    let middle = proptest::collection::vec(prop_oneof![4 => descriptor(), 1 => ranges], 0..6);
+    let framed = prop::bool::weighted(0.8);
+    (kind, sector, middle, framed, prop::bool::weighted(0.7))
+}
+
+/// The descriptors of `chain` between header and status, tidied if asked.
+fn data_descriptors(&(kind, _, ref middle, _, tidy): &Chain) -> Vec<(u64, u32, bool)> {
+    if !tidy {
+        return middle.clone();
+    }
+    match kind {
+        VIRTIO_BLK_T_FLUSH => Vec::new(),
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => vec![(0x800, 48, false)],
+        _ => {
+            let write = matches!(kind, VIRTIO_BLK_T_IN | VIRTIO_BLK_T_GET_ID);
+            // Up to 2 KiB somewhere in the first 4 KiB of a region: always inside guest memory.
+            let place = |i: usize, addr: u64| [0x1000, 0x3000][i % 2] + addr % 0x800;
+            let sectors = |len: u32| (len / 512).clamp(1, 4) * 512;
+            let tidied = middle.iter().enumerate();
+            tidied
+                .map(|(i, &(addr, len, _))| (place(i, addr), sectors(len), write))
+                .collect()
+        }
+    }
+}
+
+/// Writes `value` little-endian at `at`.
+fn put(image: &mut [u8], at: u64, value: &[u8]) {
+    image[at as usize..at as usize + value.len()].copy_from_slice(value);
+}
+
+/// Guest memory for `chains`: the descriptors linked in the table, the headers at 0x400, the
+/// DISCARD/WRITE_ZEROES ranges at 0x800, the heads on the avail ring. `indirect` moves the first chain
+/// into an indirect table at 0xc00; `avail_idx` overrides the published count.
+fn queue_image(chains: &[Chain], ranges: &[u8], indirect: bool, avail_idx: Option<u16>) -> Vec<u8> {
+    let mut image = vec![0u8; 0x4000];
+    put(&mut image, 0x800, ranges);
+    let mut next_free = 0u16;
+    let mut heads = Vec::new();
+    for (i, chain) in chains.iter().enumerate() {
+        let &(kind, sector, _, framed, _) = chain;
+        let header_at = 0x400 + 32 * i as u64;
+        put(&mut image, header_at, &kind.to_le_bytes());
+        put(&mut image, header_at + 8, &sector.to_le_bytes());
+        let mut descs = data_descriptors(chain);
+        if framed {
+            descs.insert(0, (header_at, 16, false));
+            descs.push((0x600 + i as u64, 1, true));
+        }
+        let into_indirect = indirect && i == 0 && !descs.is_empty();
+        let (table, base) = if into_indirect {
+            (0xc00, 0)
+        } else {
+            (DESC_TABLE, next_free)
+        };
+        for (j, &(addr, len, write)) in descs.iter().enumerate() {
+            let index = base + j as u16;
+            if !into_indirect && index >= QUEUE_SIZE {
+                break;
+            }
+            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if j + 1 < descs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let at = table + 16 * u64::from(index);
+            put(&mut image, at, &addr.to_le_bytes());
+            put(&mut image, at + 8, &len.to_le_bytes());
+            put(&mut image, at + 12, &flags.to_le_bytes());
+            put(&mut image, at + 14, &(index + 1).to_le_bytes());
+        }
+        if next_free >= QUEUE_SIZE {
+            break;
+        }
+        heads.push(next_free);
+        if into_indirect {
+            let at = DESC_TABLE + 16 * u64::from(next_free);
+            put(&mut image, at, &0xc00u64.to_le_bytes());
+            put(&mut image, at + 8, &(16 * descs.len() as u32).to_le_bytes());
+            put(
+                &mut image,
+                at + 12,
+                &(VRING_DESC_F_INDIRECT as u16).to_le_bytes(),
+            );
+            next_free += 1;
+        } else {
+            next_free = next_free.saturating_add(descs.len().max(1) as u16);
+        }
+    }
+    for (slot, head) in heads.iter().enumerate() {
+        put(
+            &mut image,
+            AVAIL_RING + 4 + 2 * slot as u64,
+            &head.to_le_bytes(),
+        );
+    }
+    let idx = avail_idx.unwrap_or(heads.len() as u16);
+    put(&mut image, AVAIL_RING + 2, &idx.to_le_bytes());
+    image
+}
+
+const CASES: u32 = 512;
+
+/// Runs `check` on [`CASES`] values of `strategy` (shrinking a failure) and returns what each run
+/// returned, so that a test can also show its inputs reached the paths that matter.
+fn run_cases<S: Strategy, R>(strategy: S, check: impl Fn(S::Value) -> R) -> Vec<R> {
+    let config = ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let seen = std::cell::RefCell::new(Vec::new());
+    let result = proptest::test_runner::TestRunner::new(config).run(&strategy, |value| {
+        seen.borrow_mut().push(check(value));
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    seen.into_inner()
+}
+
+/// Twin of `nbd_handshake_options`: option sequences, some malformed, some cut short, replayed into
+/// the server's handshake and checked reply by reply; each option's data through the parsers.
+#[test]
+fn handshake_answers_every_option_as_the_protocol_says() {
+    let client_stream = (
+        prop_oneof![4 => Just(3u32), 1 => 0u32..4, 1 => any::<u32>()],
+        proptest::collection::vec(client_option(), 0..6),
+        prop_oneof![3 => Just(None), 1 => any::<prop::sample::Index>().prop_map(Some)],
+    );
+    let ends = run_cases(client_stream, |(flags, options, cut)| {
+        let mut client = flags.to_be_bytes().to_vec();
+        for option in &options {
+            nbd::check_option_parsers(&option[16..]);
+            nbd::check_option_parsers(option);
+            client.extend_from_slice(option);
+        }
+        if let Some(cut) = cut {
+            client.truncate(cut.index(client.len() + 1));
+        }
+        REPLAY.with(|replay| nbd::check_handshake(replay, &client))
+    });
+    let count = |end: nbd::Ended| ends.iter().filter(|&&e| e == end).count();
+    assert!(
+        count(Ok(HandshakeOutcome::Transmission)) > 40,
+        "too few reach transmission"
+    );
+    assert!(count(Ok(HandshakeOutcome::Aborted)) > 15, "too few aborts");
+    assert!(
+        count(Err(ErrorKind::InvalidData)) > 80,
+        "too few protocol errors"
+    );
+    assert!(
+        count(Err(ErrorKind::UnexpectedEof)) > 80,
+        "too few cut-short streams"
+    );
+}
+
+/// Twin of `nbd_request`: requests near the export's edges and alignment, with the limits encoded
+/// after the header the way the fuzz target reads them.
+#[test]
+fn accepted_requests_are_servable_as_they_are() {
+    let request = (
+        prop_oneof![4 => 0u16..8, 1 => any::<u16>()],
+        prop_oneof![3 => Just(0u16), 1 => 0u16..4, 1 => any::<u16>()],
+        any::<u64>(),
+        (
+            prop_oneof![3 => 0u64..1024, 1 => any::<u64>().prop_map(|s| s / 512)],
+            prop_oneof![3 => Just(0u64), 1 => 0u64..512],
+        ),
+        prop_oneof![3 => (0u32..64).prop_map(|n| n * 512), 1 => 0u32..4096, 1 => any::<u32>()],
+    );
+    let limits = (
+        prop_oneof![3 => 1024u64..4096, 1 => 0u64..1024, 1 => any::<u64>().prop_map(|s| s / 512)],
+        prop::bool::weighted(0.3),
+        prop_oneof![3 => 0u8..10, 1 => 0u8..13],
+        prop::bool::weighted(0.05),
+    );
+    let verdicts = run_cases((request, limits), |(request, limits)| {
+        let (command, flags, cookie, (offset_sectors, nudge), length) = request;
+        let (size_sectors, read_only, block_shift, bad_magic) = limits;
+        let limits = ExportLimits {
+            size: size_sectors * 512,
+            read_only,
+            min_block: 1 << block_shift,
+        };
+        let offset = offset_sectors * 512 + nudge;
+        let request = Request {
+            flags,
+            command,
+            cookie,
+            offset,
+            length,
+        };
+        let mut input = nbd::request_bytes(&request).to_vec();
+        if bad_magic {
+            input[0] ^= 0x80;
+        }
+        input.extend_from_slice(&limits.size.to_be_bytes());
+        input.extend_from_slice(&[u8::from(read_only), block_shift]);
+        let (header, decoded) = nbd::split_request_input(&input);
+        assert_eq!(decoded, limits);
+        nbd::check_request(header, &limits)
+    });
+    let count = |v: Option<Result<(), u32>>| verdicts.iter().filter(|&&x| x == v).count();
+    assert!(count(Some(Ok(()))) > 50, "too few requests accepted");
+    assert!(
+        count(Some(Err(errno::EPERM))) > 10,
+        "too few read-only refusals"
+    );
+    assert!(
+        count(Some(Err(errno::EINVAL))) > 50,
+        "too few invalid requests"
+    );
+    assert!(count(None) > 8, "too few bad magics");
+}
+
+/// Twin of `virtio_blk_request`: queues of linked chains (framed requests or raw descriptors, one
+/// possibly through an indirect table) taken, parsed and completed by the device's own code.
+#[test]
+fn device_takes_parses_and_completes_every_chain() {
+    let ranges = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 48),
+        (0u64..2048, 1u32..64, 0u32..2).prop_map(|(sector, count, flags)| {
+            let mut range = sector.to_le_bytes().to_vec();
+            range.extend_from_slice(&count.to_le_bytes());
+            range.extend_from_slice(&flags.to_le_bytes());
+            range.repeat(3)
+        }),
+    ];
+    let queue = (
+        proptest::collection::vec(chain(), 1..5),
+        ranges,
+        prop::bool::weighted(0.2),
+        prop_oneof![9 => Just(None), 1 => any::<u16>().prop_map(Some)],
+    );
+    let accepted = run_cases(queue, |(chains, ranges, indirect, avail_idx)| {
+        virtio_blk::check_virtqueue(&queue_image(&chains, &ranges, indirect, avail_idx))
+    });
+    let ops: Vec<&Op> = accepted.iter().flatten().map(|r| &r.op).collect();
+    let count = |f: fn(&Op) -> bool| ops.iter().filter(|op| f(op)).count();
+    assert!(
+        count(|op| matches!(op, Op::Read)) > 25,
+        "too few reads accepted"
+    );
+    assert!(
+        count(|op| matches!(op, Op::Write)) > 25,
+        "too few writes accepted"
+    );
+    assert!(
+        count(|op| matches!(op, Op::Flush | Op::GetId)) > 80,
+        "too few flushes/GET_IDs"
+    );
+    let range_ops = |op: &Op| matches!(op, Op::Discard(_) | Op::WriteZeroes(_));
+    assert!(
+        count(range_ops) > 25,
+        "too few DISCARD/WRITE_ZEROES accepted"
+    );
+}
+
+/// The option limit, beyond the reach of the fuzzer's default 4 KiB inputs: the last allowed option
+/// still selects the export, one more unknown option ends the handshake.
+#[test]
+fn handshake_gives_up_after_max_options() {
+    let mut client = 3u32.to_be_bytes().to_vec();
+    for _ in 1..MAX_OPTIONS {
+        client.extend_from_slice(&option_bytes(99, &[]));
+    }
+    let mut last_allowed = client.clone();
+    last_allowed.extend_from_slice(&option_bytes(opt::GO, &nbd::info_data(b"", &[])));
+    client.extend_from_slice(&option_bytes(99, &[]));
+    client.extend_from_slice(&option_bytes(opt::GO, &nbd::info_data(b"", &[])));
+    REPLAY.with(|replay| {
+        let ended = nbd::check_handshake(replay, &last_allowed);
+        assert_eq!(ended, Ok(HandshakeOutcome::Transmission));
+        let ended = nbd::check_handshake(replay, &client);
+        assert_eq!(ended, Err(ErrorKind::InvalidData));
+    });
+}
