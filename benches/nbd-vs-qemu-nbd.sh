@@ -6,7 +6,8 @@
 #   benches/nbd-vs-qemu-nbd.sh [unix|tcp|both]      (default: both)
 #
 # Environment: COUNT (requests per run, default 75000), SIZE (file size, default 1G), RUNS (runs per
-# cell and server, alternating between the servers; the median is kept, default 5), POLL_OFF=1 adds a column for nbd-server with busy-polling off.
+# cell and server, alternating between the servers; the median is kept, default 5), POLL_OFF=1 adds a
+# column for nbd-server with busy-polling off.
 set -euo pipefail
 
 kinds=${1:-both}
