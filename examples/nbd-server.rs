@@ -24,7 +24,7 @@ struct Args {
     /// The file or block device to export (default: a new temporary file of --size bytes).
     file: Option<PathBuf>,
     /// Size of the temporary file, e.g. 64M, 1G (only without FILE).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    #[arg(long, default_value = "64M", value_parser = examples::nbd::parse_size)]
     size: u64,
     /// The export's name.
     #[arg(long, default_value = "disk")]
@@ -53,30 +53,6 @@ struct Args {
     /// Seconds a closing connection waits for its in-flight requests before aborting them.
     #[arg(long, default_value_t = 10.0)]
     drain_timeout: f64,
-}
-
-/// Parses `4096`, `64k`, `64K`, `16M`, `1G`, `1T` (binary units).
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number with an optional k/M/G/T unit"))?;
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}")),
-    };
-    number
-        .checked_mul(1 << shift)
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{text:?}: size must be between 1 byte and 2^64-1"))
 }
 
 fn main() -> ExitCode {
