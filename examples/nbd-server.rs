@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use examples::nbd::{Config, Listen, Server};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 /// Serves a file as an NBD export from aioctx IOThreads.
 #[derive(Parser, Debug)]
@@ -86,27 +84,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // A plain thread turns signals into a shutdown request (the handler itself only writes to a pipe).
-    // A second signal while draining gives up on the stragglers.
-    let stop = server.shutdown_handle();
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("nbd-server: installing signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    std::thread::spawn(move || {
-        let mut received = signals.forever();
-        if received.next().is_some() {
-            eprintln!("nbd-server: stopping (finishing in-flight requests)");
-            stop.shutdown();
-        }
-        if let Some(signal) = received.next() {
-            eprintln!("nbd-server: second signal, exiting now");
-            std::process::exit(128 + signal);
-        }
-    });
+    if let Err(e) = server.shutdown_handle().on_termination_signals() {
+        eprintln!("nbd-server: installing signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     println!("{}", server.uri());
     match server.serve() {
         Ok(()) => ExitCode::SUCCESS,

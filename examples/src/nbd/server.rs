@@ -126,6 +126,28 @@ impl ShutdownHandle {
             let _ = sender.send(());
         }
     }
+
+    /// Shuts down on the first SIGINT or SIGTERM, from a thread of its own (the signal handler only
+    /// writes to a pipe); a second signal exits the process at once with status 128 + its number.
+    pub fn on_termination_signals(&self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let stop = self.clone();
+        std::thread::Builder::new()
+            .name("nbd-signals".into())
+            .spawn(move || {
+                let mut received = signals.forever();
+                if received.next().is_some() {
+                    eprintln!("nbd-server: stopping (finishing in-flight requests)");
+                    stop.shutdown();
+                }
+                if let Some(signal) = received.next() {
+                    eprintln!("nbd-server: second signal, exiting now");
+                    std::process::exit(128 + signal);
+                }
+            })?;
+        Ok(())
+    }
 }
 
 enum Listener {

@@ -435,3 +435,22 @@ fn shutdown_does_not_wait_for_a_payload_that_never_comes() {
         "the partial write was not applied"
     );
 }
+
+#[test]
+fn sigterm_stops_the_server_gracefully() {
+    let mut server = server();
+    server.shutdown_handle().on_termination_signals().unwrap();
+    let mut c = server.client();
+    round_trip(&mut c, 0, 1);
+    // SAFETY: raise takes no pointers; the handler installed above turns SIGTERM into a shutdown
+    // instead of the default termination of this process.
+    assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+    assert!(c.closed_by_server(), "SIGTERM closed the idle connection");
+    server.wait().expect("serve returns Ok after SIGTERM");
+    let image = std::fs::read(&server.image).unwrap();
+    assert_eq!(
+        &image[..2],
+        &[1, 32],
+        "the round trip's data is in the file"
+    );
+}
