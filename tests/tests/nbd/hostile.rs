@@ -2,6 +2,8 @@
 //! never reads its replies. After each, a bystander connection must still be served.
 
 use std::io::{ErrorKind, Read, Write};
+
+use proptest::prelude::*;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -453,4 +455,35 @@ fn sigterm_stops_the_server_gracefully() {
         &[1, 32],
         "the round trip's data is in the file"
     );
+}
+
+#[test]
+fn random_garbage_never_takes_the_server_down() {
+    use proptest::test_runner::{Config, TestRunner};
+    let server = server();
+    let bystander = std::cell::RefCell::new(server.client());
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let garbage = (
+        any::<bool>(),
+        prop::collection::vec(any::<u8>(), 0..2000),
+        any::<u8>(),
+    );
+    runner
+        .run(&garbage, |(after_go, bytes, seed)| {
+            let mut c = Client::new(server.connect());
+            if after_go {
+                c.greeting(true);
+                c.go("disk").unwrap();
+            }
+            // The server may close as soon as it sees the first bad byte: writes may fail.
+            let _ = c.s.write_all(&bytes);
+            drop(c);
+            round_trip(&mut bystander.borrow_mut(), BYSTANDER_AT, seed);
+            Ok(())
+        })
+        .unwrap();
 }
