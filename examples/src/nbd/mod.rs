@@ -3,7 +3,9 @@
 //!
 //! - [`proto`]: the wire format, pure parsing and encoding over byte slices (no I/O, no panics).
 //! - `handshake`: option negotiation (`GO`, `INFO`, `LIST`, `ABORT`, `EXPORT_NAME`; others `ERR_UNSUP`).
-//! - `conn`: one connection's requests, served concurrently by tasks and answered out of order.
+//! - `conn`: one connection's requests, served concurrently by tasks and answered out of order, within
+//!   a budget (64 requests, 64 MiB of buffers) that stops the reader while it is spent.
+//! - `replies`: the reply queue and its writer, which sends every queued reply in one socket write.
 //! - `export`: the block operations on `aioctx::fs::File` (io_uring on the IOThread's ring).
 //! - [`Server`]: accepts on the calling thread, spreads connections round-robin over IOThreads, stops
 //!   gracefully through a [`ShutdownHandle`].
