@@ -6,13 +6,14 @@
 #   benches/nbd-vs-qemu-nbd.sh [unix|tcp|both]      (default: both)
 #
 # Environment: COUNT (requests per run, default 75000), SIZE (file size, default 1G), RUNS (runs per
-# cell, the median is kept, default 3), POLL_OFF=1 adds a column for nbd-server with busy-polling off.
+# cell and server, alternating between the servers; the median is kept, default 5), POLL_OFF=1 adds a
+# column for nbd-server with busy-polling off.
 set -euo pipefail
 
 kinds=${1:-both}
 count=${COUNT:-75000}
 size=${SIZE:-1G}
-runs=${RUNS:-3}
+runs=${RUNS:-5}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 for tool in qemu-img qemu-nbd; do
@@ -54,9 +55,11 @@ wait_ready() {
     exit 1
 }
 
-# start SERVER KIND: starts nbd-server / nbd-server-nopoll / qemu-nbd, sets $uri and $server_pid.
+# start SERVER KIND: starts nbd-server / nbd-server-nopoll / qemu-nbd on its own socket, sets
+# uris[SERVER].
+declare -A uris
 start() {
-    local server=$1 kind=$2 addr args=()
+    local server=$1 kind=$2 addr uri args=()
     if [ "$kind" = unix ]; then
         addr="$work/$server.sock"
         rm -f "$addr"
@@ -69,53 +72,64 @@ start() {
         nbd-server|nbd-server-nopoll)
             [ "$server" = nbd-server-nopoll ] && args+=(--poll-max-ns 0)
             if [ "$kind" = unix ]; then args+=(--socket "$addr"); else args+=(--listen "127.0.0.1:$addr"); fi
-            "$server_bin" "$image" --iothreads 1 "${args[@]}" >/dev/null &
+            "$server_bin" "$image" --iothreads 1 "${args[@]}" >/dev/null 2>&1 &
             ;;
         qemu-nbd)
             if [ "$kind" = unix ]; then args+=(-k "$addr"); else args+=(-b 127.0.0.1 -p "$addr"); fi
             qemu-nbd -f raw -x disk --aio=io_uring --persistent --shared=8 "${args[@]}" "$image" &
             ;;
     esac
-    server_pid=$!
-    pids+=("$server_pid")
+    pids+=("$!")
     wait_ready "$kind" "$addr"
     # Warm up (page cache, adaptive polling, first-connection costs) outside the measurement.
     qemu-img bench -f raw -c 5000 -d 16 -s 4k "$uri" >/dev/null
+    uris[$server]=$uri
 }
 
-stop() {
-    kill -TERM "$server_pid"
-    wait "$server_pid" 2>/dev/null || true
+stop_all() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pids=()
 }
 
-# iops URI DEPTH WRITE: the median IOPS of $runs qemu-img bench runs.
-iops() {
-    local uri=$1 depth=$2 write=$3 results=() args=(bench -f raw -c "$count" -d "$depth" -s 4k)
-    [ "$write" = 1 ] && args+=(-w)
-    for _ in $(seq 1 "$runs"); do
-        local secs
-        secs=$(qemu-img "${args[@]}" "$uri" | sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
-        [ -n "$secs" ] || { echo "qemu-img bench failed on $uri" >&2; exit 1; }
-        results+=("$(awk -v c="$count" -v s="$secs" 'BEGIN { printf "%d", c / s }')")
-    done
-    printf '%s\n' "${results[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+# once URI DEPTH WRITE: the IOPS of one qemu-img bench run.
+once() {
+    local args=(bench -f raw -c "$count" -d "$2" -s 4k) secs
+    [ "$3" = 1 ] && args+=(-w)
+    secs=$(qemu-img "${args[@]}" "$1" | sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
+    [ -n "$secs" ] || { echo "qemu-img bench failed on $1" >&2; exit 1; }
+    awk -v c="$count" -v s="$secs" 'BEGIN { printf "%d", c / s }'
+}
+
+median() {
+    printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
 }
 
 servers=(nbd-server qemu-nbd)
 [ "${POLL_OFF:-0}" = 1 ] && servers=(nbd-server nbd-server-nopoll qemu-nbd)
 case $kinds in both) kinds=(unix tcp) ;; *) kinds=("$kinds") ;; esac
 
+# All servers run at once; the runs of one cell alternate between them, so load from elsewhere on the
+# machine hits every server alike.
 declare -A result
 for kind in "${kinds[@]}"; do
-    for server in "${servers[@]}"; do
-        start "$server" "$kind"
-        for depth in 1 64; do
-            for write in 0 1; do
-                result[$kind,$server,$depth,$write]=$(iops "$uri" "$depth" "$write")
+    for server in "${servers[@]}"; do start "$server" "$kind"; done
+    for depth in 1 64; do
+        for write in 0 1; do
+            declare -A samples=()
+            for _ in $(seq 1 "$runs"); do
+                for server in "${servers[@]}"; do
+                    samples[$server]+=" $(once "${uris[$server]}" "$depth" "$write")"
+                done
             done
+            for server in "${servers[@]}"; do
+                # shellcheck disable=SC2086
+                result[$kind,$server,$depth,$write]=$(median ${samples[$server]})
+            done
+            unset samples
         done
-        stop
     done
+    stop_all
 done
 
 echo

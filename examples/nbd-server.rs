@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use examples::nbd::{Config, Listen, Server};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 /// Serves a file as an NBD export from aioctx IOThreads.
 #[derive(Parser, Debug)]
@@ -24,7 +22,7 @@ struct Args {
     /// The file or block device to export (default: a new temporary file of --size bytes).
     file: Option<PathBuf>,
     /// Size of the temporary file, e.g. 64M, 1G (only without FILE).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    #[arg(long, default_value = "64M", value_parser = examples::nbd::parse_size)]
     size: u64,
     /// The export's name.
     #[arg(long, default_value = "disk")]
@@ -53,30 +51,6 @@ struct Args {
     /// Seconds a closing connection waits for its in-flight requests before aborting them.
     #[arg(long, default_value_t = 10.0)]
     drain_timeout: f64,
-}
-
-/// Parses `4096`, `64k`, `64K`, `16M`, `1G`, `1T` (binary units).
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number with an optional k/M/G/T unit"))?;
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}")),
-    };
-    number
-        .checked_mul(1 << shift)
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("{text:?}: size must be between 1 byte and 2^64-1"))
 }
 
 fn main() -> ExitCode {
@@ -110,27 +84,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // A plain thread turns signals into a shutdown request (the handler itself only writes to a pipe).
-    // A second signal while draining gives up on the stragglers.
-    let stop = server.shutdown_handle();
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
-        Err(e) => {
-            eprintln!("nbd-server: installing signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    std::thread::spawn(move || {
-        let mut received = signals.forever();
-        if received.next().is_some() {
-            eprintln!("nbd-server: stopping (finishing in-flight requests)");
-            stop.shutdown();
-        }
-        if let Some(signal) = received.next() {
-            eprintln!("nbd-server: second signal, exiting now");
-            std::process::exit(128 + signal);
-        }
-    });
+    if let Err(e) = server.shutdown_handle().on_termination_signals() {
+        eprintln!("nbd-server: installing signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     println!("{}", server.uri());
     match server.serve() {
         Ok(()) => ExitCode::SUCCESS,

@@ -212,3 +212,38 @@ fn qemu_img_convert_copies_the_export() {
     assert!(copied == contents, "the copy differs from the export");
     server.stop().unwrap();
 }
+
+#[test]
+fn without_a_file_a_temporary_one_is_served_and_removed() {
+    use examples::nbd::{Config, Listen, Server};
+    let dir = client::TempDir::new("temp");
+    let socket = dir.path("nbd.sock");
+    let server = Server::bind(Config {
+        size: 3 << 20,
+        listen: Listen::Unix(socket.clone()),
+        iothreads: 1,
+        ..Config::default()
+    })
+    .unwrap();
+    let temp = server.temp_file().expect("a temporary file").to_owned();
+    assert_eq!(std::fs::metadata(&temp).unwrap().len(), 3 << 20);
+    assert_eq!(server.size(), 3 << 20);
+    let uri = server.uri().to_owned();
+    let stop = server.shutdown_handle();
+    let thread = std::thread::spawn(move || server.serve());
+    qemu_io(
+        &uri,
+        &[
+            "write -P 0x3c 1M 4k",
+            "read -P 0x3c 1M 4k",
+            "read -P 0 0 1M",
+        ],
+    );
+    stop.shutdown();
+    thread.join().unwrap().unwrap();
+    assert!(
+        !temp.exists(),
+        "the temporary file is removed with the server"
+    );
+    assert!(!socket.exists(), "the socket is removed");
+}

@@ -71,26 +71,27 @@ where
         replies: Replies::new(),
         budget: Rc::new(Budget::new(activity)),
     });
-    let serve = async {
-        let reader = BufReader::new(reader);
-        let result = read_requests(reader, &conn, shutdown, drain_timeout).await;
-        // Let the requests already read finish and answer. A client that does not read its replies
-        // could hold them (and their buffers) for ever: past the drain timeout they are dropped (the
-        // tasks drop theirs when they next run, the writer's batch goes when this select ends).
-        if aioctx::time::timeout(drain_timeout, conn.budget.idle())
-            .await
-            .is_err()
-        {
-            conn.budget.abort_all();
-            conn.replies.close();
+    // The writer is a task of its own: a reply queued must not wake (and re-poll) the reader.
+    let writer = aioctx::spawn_local({
+        let conn = Rc::clone(&conn);
+        async move {
+            let _ = conn.replies.write_all(writer).await;
         }
-        result
-    };
-    let result = match future::select(pin!(serve), pin!(conn.replies.write_all(writer))).await {
-        Either::Left((result, _)) => result,
-        // The socket failed: replies are dropped from now on; reading ends at the client's EOF.
-        Either::Right((_, serve)) => serve.await,
-    };
+    });
+    let reader = BufReader::new(reader);
+    let result = read_requests(reader, &conn, shutdown, drain_timeout).await;
+    // Let the requests already read finish and answer. A client that does not read its replies could
+    // hold them (and their buffers) for ever: past the drain timeout they are dropped (the aborted
+    // tasks drop theirs when they next run).
+    if aioctx::time::timeout(drain_timeout, conn.budget.idle())
+        .await
+        .is_err()
+    {
+        conn.budget.abort_all();
+        conn.replies.close();
+    }
+    // Everything is written (or given up): the writer goes, and with it the socket.
+    writer.abort();
     match result {
         Err(e) if client_gone(&e) => Ok(()),
         other => other,
@@ -267,6 +268,8 @@ impl Budget {
             if fits {
                 budget.requests.set(requests + 1);
                 budget.bytes.set(held + bytes);
+                // No stale waker: a permit given back later must not wake a task that is not waiting.
+                budget.waiter.take();
                 Poll::Ready(())
             } else {
                 budget.waiter.set(Some(cx.waker().clone()));
@@ -301,6 +304,7 @@ impl Budget {
     async fn idle(&self) {
         poll_fn(|cx| {
             if self.requests.get() == 0 {
+                self.waiter.take();
                 Poll::Ready(())
             } else {
                 self.waiter.set(Some(cx.waker().clone()));

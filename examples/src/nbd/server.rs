@@ -126,6 +126,28 @@ impl ShutdownHandle {
             let _ = sender.send(());
         }
     }
+
+    /// Shuts down on the first SIGINT or SIGTERM, from a thread of its own (the signal handler only
+    /// writes to a pipe); a second signal exits the process at once with status 128 + its number.
+    pub fn on_termination_signals(&self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let stop = self.clone();
+        std::thread::Builder::new()
+            .name("nbd-signals".into())
+            .spawn(move || {
+                let mut received = signals.forever();
+                if received.next().is_some() {
+                    eprintln!("nbd-server: stopping (finishing in-flight requests)");
+                    stop.shutdown();
+                }
+                if let Some(signal) = received.next() {
+                    eprintln!("nbd-server: second signal, exiting now");
+                    std::process::exit(128 + signal);
+                }
+            })?;
+        Ok(())
+    }
 }
 
 enum Listener {
@@ -159,7 +181,8 @@ pub struct Server {
     max_connections: usize,
     drain_timeout: Duration,
     activity: Arc<Activity>,
-    temp_file: Option<PathBuf>,
+    /// Removed on drop, after the IOThreads stopped.
+    temp_file: Option<TempFile>,
 }
 
 impl Server {
@@ -168,24 +191,14 @@ impl Server {
     /// Errors: the file cannot be opened (or is empty), `O_DIRECT` refused, the address or socket
     /// path cannot be bound, an IOThread cannot start.
     pub fn bind(config: Config) -> io::Result<Server> {
-        let temp_file = match &config.file {
-            Some(_) => None,
-            None => Some(create_temp_file(config.size)?),
-        };
-        let path = config
-            .file
-            .as_ref()
-            .or(temp_file.as_ref())
-            .expect("one is set");
-        let export = match open_export(&config, path) {
-            Ok(export) => export,
-            Err(e) => {
-                if let Some(temp) = &temp_file {
-                    let _ = std::fs::remove_file(temp);
-                }
-                return Err(e);
+        let (path, temp_file) = match &config.file {
+            Some(path) => (path.clone(), None),
+            None => {
+                let temp = TempFile::create(config.size)?;
+                (temp.0.clone(), Some(temp))
             }
         };
+        let export = open_export(&config, &path)?;
         let threads = spawn_iothreads(&config)?;
         let (file, size) = export;
         // aioctx::fs::File resolves its engine on a context: wrap the file on an IOThread.
@@ -251,7 +264,7 @@ impl Server {
 
     /// The path of the temporary file served when no file was given.
     pub fn temp_file(&self) -> Option<&Path> {
-        self.temp_file.as_deref()
+        self.temp_file.as_ref().map(|t| t.0.as_path())
     }
 
     /// Live counts of connections and requests.
@@ -348,11 +361,33 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // Stop the IOThreads (joining them) before the temporary file goes.
+        // Stop the IOThreads (joining them) before the temporary file goes with the fields.
         self.threads.clear();
-        if let Some(temp) = &self.temp_file {
-            let _ = std::fs::remove_file(temp);
-        }
+    }
+}
+
+/// A temporary file to export, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn create(size: u64) -> io::Result<TempFile> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("nbd-server-{}-{n}.img", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let temp = TempFile(path);
+        file.set_len(size)?;
+        Ok(temp)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -428,17 +463,4 @@ fn open_export(config: &Config, path: &Path) -> io::Result<(std::fs::File, u64)>
         ));
     }
     Ok((file, size))
-}
-
-fn create_temp_file(size: u64) -> io::Result<PathBuf> {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::env::temp_dir().join(format!("nbd-server-{}-{n}.img", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    file.set_len(size)?;
-    Ok(path)
 }

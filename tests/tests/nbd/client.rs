@@ -200,6 +200,14 @@ impl TestServer {
         self.stop_inner()
     }
 
+    /// Waits for `serve` to return without asking it to stop.
+    pub fn wait(&mut self) -> io::Result<()> {
+        match self.thread.take() {
+            Some(t) => t.join().expect("the server thread panicked"),
+            None => Ok(()),
+        }
+    }
+
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.stop.clone()
     }

@@ -2,6 +2,8 @@
 //! never reads its replies. After each, a bystander connection must still be served.
 
 use std::io::{ErrorKind, Read, Write};
+
+use proptest::prelude::*;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -434,4 +436,54 @@ fn shutdown_does_not_wait_for_a_payload_that_never_comes() {
         image[..65536].iter().all(|&b| b == 0xee),
         "the partial write was not applied"
     );
+}
+
+#[test]
+fn sigterm_stops_the_server_gracefully() {
+    let mut server = server();
+    server.shutdown_handle().on_termination_signals().unwrap();
+    let mut c = server.client();
+    round_trip(&mut c, 0, 1);
+    // SAFETY: raise takes no pointers; the handler installed above turns SIGTERM into a shutdown
+    // instead of the default termination of this process.
+    assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+    assert!(c.closed_by_server(), "SIGTERM closed the idle connection");
+    server.wait().expect("serve returns Ok after SIGTERM");
+    let image = std::fs::read(&server.image).unwrap();
+    assert_eq!(
+        &image[..2],
+        &[1, 32],
+        "the round trip's data is in the file"
+    );
+}
+
+#[test]
+fn random_garbage_never_takes_the_server_down() {
+    use proptest::test_runner::{Config, TestRunner};
+    let server = server();
+    let bystander = std::cell::RefCell::new(server.client());
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let garbage = (
+        any::<bool>(),
+        prop::collection::vec(any::<u8>(), 0..2000),
+        any::<u8>(),
+    );
+    runner
+        .run(&garbage, |(after_go, bytes, seed)| {
+            let mut c = Client::new(server.connect());
+            if after_go {
+                c.greeting(true);
+                c.go("disk").unwrap();
+            }
+            // The server may close as soon as it sees the first bad byte: writes may fail.
+            let _ = c.s.write_all(&bytes);
+            drop(c);
+            round_trip(&mut bystander.borrow_mut(), BYSTANDER_AT, seed);
+            Ok(())
+        })
+        .unwrap();
 }

@@ -7,7 +7,9 @@ use proptest::test_runner::{Config, TestRunner};
 
 use super::client::*;
 
+/// The modelled range (the export is twice as big; the bystander works past it).
 const SIZE: u64 = 1 << 20;
+const EXPORT_SIZE: u64 = 2 * SIZE;
 const MAX_LEN: u32 = 65536;
 
 #[derive(Clone, Debug)]
@@ -66,7 +68,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|((off, len), fua, no_hole)| Op::Zeroes { off, len, fua, no_hole }),
         1 => in_range().prop_map(|(off, len)| Op::Trim { off, len }),
         1 => Just(Op::Flush),
-        1 => (any::<bool>(), SIZE - 1000..SIZE * 2, 1001..=MAX_LEN)
+        1 => (any::<bool>(), EXPORT_SIZE - 1000..EXPORT_SIZE * 2, 1001..=MAX_LEN)
             .prop_map(|(write, off, len)| Op::OutOfRange { write, off, len }),
     ]
 }
@@ -79,7 +81,7 @@ fn pattern(seed: u8, len: u32) -> Vec<u8> {
 
 /// Sends each batch at once (requests of a batch touch disjoint ranges, so their order does not
 /// matter), reads the replies in whatever order they come, and checks them against the model.
-fn run_case(server: &TestServer, batches: &[Vec<Op>]) {
+fn run_case(server: &TestServer, bystander: &mut Client, batches: &[Vec<Op>]) {
     let mut c = server.client();
     // The model starts from what the export holds now; `None` marks trimmed bytes (undefined).
     let mut model: Vec<Option<u8>> = c
@@ -88,7 +90,7 @@ fn run_case(server: &TestServer, batches: &[Vec<Op>]) {
         .into_iter()
         .map(Some)
         .collect();
-    for batch in batches {
+    for (n, batch) in batches.iter().enumerate() {
         let mut kept: Vec<&Op> = Vec::new();
         for op in batch {
             let overlaps = |other: &&Op| match (op.range(), other.range()) {
@@ -182,6 +184,8 @@ fn run_case(server: &TestServer, batches: &[Vec<Op>]) {
         for (off, data) in updates {
             model[off as usize..off as usize + data.len()].copy_from_slice(&data);
         }
+        // Another connection is served all along (past the modelled range).
+        round_trip(bystander, SIZE + 4096, n as u8);
     }
     c.send(CMD_DISC, 0, 0, 0, 0);
     assert!(c.closed_by_server());
@@ -189,7 +193,8 @@ fn run_case(server: &TestServer, batches: &[Vec<Op>]) {
 
 #[test]
 fn random_request_sequences_match_an_in_memory_model() {
-    let contents: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 256) as u8).collect();
+    // The model covers the first SIZE bytes; the bystander uses the rest.
+    let contents: Vec<u8> = (0..EXPORT_SIZE).map(|i| (i * 7 % 256) as u8).collect();
     let server = TestServer::start(Setup {
         iothreads: 2,
         contents,
@@ -201,9 +206,10 @@ fn random_request_sequences_match_an_in_memory_model() {
         ..Config::default()
     });
     let batches = prop::collection::vec(prop::collection::vec(op(), 1..8), 1..12);
+    let bystander = std::cell::RefCell::new(server.client());
     runner
         .run(&batches, |batches| {
-            run_case(&server, &batches);
+            run_case(&server, &mut bystander.borrow_mut(), &batches);
             Ok(())
         })
         .unwrap();
