@@ -108,6 +108,27 @@ per_backend! {
         });
     }
 
+    // One writev/readv syscall moves every buffer, not just the first.
+    fn vectored_io_moves_every_buffer(backend) {
+        let ctx = context(backend);
+        ctx.block_on(async {
+            let (mut a, mut b) = UnixStream::pair().unwrap();
+            let parts: [&[u8]; 3] = [b"head", b"-body-", b"tail"];
+            let slices: Vec<_> = parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+            let sent = a.write_vectored(&slices).await.unwrap();
+            assert_eq!(sent, 14);
+            let (mut x, mut y, mut z) = ([0u8; 4], [0u8; 6], [0u8; 4]);
+            let mut bufs = [
+                std::io::IoSliceMut::new(&mut x),
+                std::io::IoSliceMut::new(&mut y),
+                std::io::IoSliceMut::new(&mut z),
+            ];
+            let got = b.read_vectored(&mut bufs).await.unwrap();
+            assert_eq!(got, 14);
+            assert_eq!((&x, &y, &z), (b"head", b"-body-", b"tail"));
+        });
+    }
+
     fn unix_echo_round_trips(backend) {
         let ctx = context(backend);
         let path = sock_path("echo");

@@ -94,6 +94,14 @@ macro_rules! stream_io_impls {
             ) -> std::task::Poll<std::io::Result<usize>> {
                 std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
             }
+
+            fn poll_read_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &mut [std::io::IoSliceMut<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_read_vectored(cx, bufs)
+            }
         }
 
         impl futures::io::AsyncWrite for $ty {
@@ -103,6 +111,14 @@ macro_rules! stream_io_impls {
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
                 std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
             }
 
             fn poll_flush(

@@ -40,6 +40,25 @@ impl TcpListener {
         }))
     }
 
+    /// Takes over a listening std socket (made non-blocking) on the current context, e.g. one
+    /// bound before the IOThread that serves it existed, or inherited from a supervisor.
+    ///
+    /// ```
+    /// let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = std_listener.local_addr()?;
+    /// aioctx::AioContext::new()?.block_on(async move {
+    ///     let listener = aioctx::net::TcpListener::from_std(std_listener)?;
+    ///     assert_eq!(listener.local_addr()?, addr);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        Ok(TcpListener {
+            inner: Async::new(listener)?,
+        })
+    }
+
     /// Accepts a connection.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (stream, peer) = self.inner.read_with(|l| l.accept()).await?;

@@ -19,7 +19,25 @@ pub struct UnixListener {
 impl UnixListener {
     /// Binds to `path` (which must not exist).
     pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
-        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        UnixListener::from_std(std::os::unix::net::UnixListener::bind(path)?)
+    }
+
+    /// Takes over a listening std socket (made non-blocking) on the current context.
+    ///
+    /// ```
+    /// let path = std::env::temp_dir().join(format!("aioctx-doc-{}.sock", std::process::id()));
+    /// let std_listener = std::os::unix::net::UnixListener::bind(&path)?;
+    /// aioctx::AioContext::new()?.block_on(async {
+    ///     let listener = aioctx::net::UnixListener::from_std(std_listener)?;
+    ///     let client = aioctx::net::UnixStream::connect(&path).await?;
+    ///     let (_server_side, _) = listener.accept().await?;
+    ///     drop(client);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn from_std(listener: std::os::unix::net::UnixListener) -> io::Result<UnixListener> {
         Ok(UnixListener {
             inner: Async::new(listener)?,
         })
