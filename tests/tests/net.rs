@@ -82,6 +82,27 @@ per_backend! {
         });
     }
 
+    // Polling a pending read again without a readiness event (a wake by a select! sibling) waits
+    // without a syscall; the event then lets the read through.
+    fn a_pending_read_polled_again_makes_no_syscall(backend) {
+        let ctx = context(backend);
+        ctx.block_on(async {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let reads = Rc::new(std::cell::Cell::new(0));
+            let mut reader = Async::new(CountingReads { inner: b, reads: reads.clone() }).unwrap();
+            let mut byte = [0u8; 1];
+            let mut read = std::pin::pin!(reader.read(&mut byte));
+            for _ in 0..10 {
+                assert!(futures::poll!(read.as_mut()).is_pending());
+            }
+            assert_eq!(reads.get(), 1, "only the first poll tries the socket");
+            std::io::Write::write_all(&mut &a, b"x").unwrap();
+            assert_eq!(read.await.unwrap(), 1);
+            assert_eq!(reads.get(), 2);
+            assert_eq!(byte, *b"x");
+        });
+    }
+
     fn tcp_echo_round_trips(backend) {
         let ctx = context(backend);
         ctx.block_on(async {

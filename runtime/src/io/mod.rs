@@ -33,6 +33,10 @@ struct Direction {
     /// Ready since a task last found it not ready.
     ready: Cell<bool>,
     armed: Cell<bool>,
+    /// The last syscall in this direction would have blocked, and the handler has not reported
+    /// readiness since: polling the I/O again (a wake by something else, a `select!` sibling) waits
+    /// without repeating the doomed syscall.
+    blocked: Cell<bool>,
 }
 
 #[derive(Default)]
@@ -258,21 +262,25 @@ impl<T: AsRawFd> Async<T> {
         read: bool,
         mut op: impl FnMut(&mut T) -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
+        let dir = self.source.direction(read);
         loop {
-            match op(self.io.as_mut().expect("present until into_inner")) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match self.source.poll_ready(cx, read) {
-                        Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
-                    }
+            // Interest stays armed while blocked (a waker is registered), so the level-triggered
+            // handler reports the fd as soon as it is ready: skipping the syscall loses nothing.
+            if dir.blocked.get() {
+                match self.source.poll_ready(cx, read) {
+                    Poll::Ready(Ok(())) => dir.blocked.set(false),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
                 }
+            }
+            match op(self.io.as_mut().expect("present until into_inner")) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dir.blocked.set(true),
                 other => {
                     // This op consumed the readiness the handler reported: forget it, or the next
                     // op's WouldBlock would take the stale flag for fresh readiness and retry the
                     // syscall once more before waiting.
                     if other.is_ok() {
-                        self.source.direction(read).ready.set(false);
+                        dir.ready.set(false);
                     }
                     return Poll::Ready(other);
                 }
