@@ -131,3 +131,59 @@ pub fn counting_notifier(ctx: &AioContext) -> Counted {
     let reg = ctx.set_event_notifier(&n, on_read, None).unwrap();
     (n, reg, hits)
 }
+
+/// The raw OS error of `err`, looking through aioctx's error wrapping.
+pub fn os_error(err: &std::io::Error) -> Option<i32> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(code) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Set only in a child process: the test it is to run.
+pub const CHILD: &str = "AIOCTX_TESTS_CHILD";
+/// Set only in a child process: what its test is to check (test-specific).
+pub const EXPECT: &str = "AIOCTX_TESTS_EXPECT";
+
+/// In a child run of `test`, what it is to check (empty if nothing was said); `None` in the parent.
+///
+/// Tests that change process-wide state (rlimits, signal dispositions, seccomp filters, mount
+/// namespaces, the environment) run their body in a child process of the test binary:
+///
+/// ```ignore
+/// if child_expectation(NAME).is_none() {
+///     return run_in_child(NAME, &[]);
+/// }
+/// // ... the body, in the child ...
+/// ```
+pub fn child_expectation(test: &str) -> Option<String> {
+    (std::env::var(CHILD).ok()? == test).then(|| std::env::var(EXPECT).unwrap_or_default())
+}
+
+/// Re-runs `test` (its full path inside the test binary) alone in a child process of this test binary
+/// with `env` added, and checks that it ran and passed.
+pub fn run_in_child(test: &str, env: &[(&str, &str)]) {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, test)
+        .env_remove("AIOCTX_BACKEND")
+        .envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // "1 passed" also proves the filter matched: a typo would run 0 tests and still exit 0.
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child run of {test} with {env:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}

@@ -6,30 +6,16 @@
 //! instead of hanging it.
 
 use std::cell::{Cell, RefCell};
-use std::error::Error;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::process::Command;
 use std::rc::Rc;
 
 use aioctx::{AioContext, Backend, EventNotifier, FdHandlers};
-use tests::{counting_notifier, per_backend, Counted, Guard};
-
-/// The raw OS error of `err`, looking through aioctx's error wrapping.
-fn os_error(err: &io::Error) -> Option<i32> {
-    let mut current: Option<&(dyn Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if let Some(code) = e
-            .downcast_ref::<io::Error>()
-            .and_then(io::Error::raw_os_error)
-        {
-            return Some(code);
-        }
-        current = e.source();
-    }
-    None
-}
+use tests::{
+    child_expectation, counting_notifier, os_error, per_backend, run_in_child, Counted, Guard,
+    EXPECT,
+};
 
 /// A regular file in the temp dir, open for reading, removed on drop.
 struct TempFile {
@@ -225,35 +211,6 @@ fn bad_backend_names_and_builder_parameters_are_invalid_input() {
             "{builder:?}: {err}"
         );
     }
-}
-
-/// Set only in a child process: the test it is to run, and what that test is to check.
-const CHILD: &str = "AIOCTX_TESTS_CHILD";
-const EXPECT: &str = "AIOCTX_TESTS_EXPECT";
-
-/// In a child run of `test`, what it is to check; `None` in the parent.
-fn child_expectation(test: &str) -> Option<String> {
-    (std::env::var(CHILD).ok()? == test).then(|| std::env::var(EXPECT).unwrap_or_default())
-}
-
-/// Re-runs `test` alone in a child process of this test binary with `env` added; checks it passed.
-fn run_in_child(test: &str, env: &[(&str, &str)]) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(CHILD, test)
-        .env_remove("AIOCTX_BACKEND")
-        .envs(env.iter().copied());
-    let out = cmd.output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    // "1 passed" also proves the filter matched: a typo would run 0 tests and still exit 0.
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "child run of {test} with {env:?} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
 }
 
 #[test]

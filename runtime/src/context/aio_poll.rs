@@ -15,9 +15,10 @@
 //! 7. Report whether anything made progress.
 
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::handlers::HandlerNode;
+use super::notify::NotifyState;
 use super::polling::soonest;
 use super::Inner;
 use crate::fdmon::{bits, Event};
@@ -29,6 +30,40 @@ pub(crate) struct Ready {
     node: Rc<HandlerNode>,
     revents: u32,
     poll_ready: bool,
+}
+
+/// The loop's announcement that it is about to block (QEMU's `notify_me` raised), withdrawn on drop so
+/// that a callback panicking between the announcement and the wait cannot leave it raised.
+struct Announced<'a>(&'a NotifyState);
+
+impl<'a> Announced<'a> {
+    /// Announces the wait; the flag is true if a notification is already pending (do not block).
+    fn prepare(state: &'a NotifyState) -> (Self, bool) {
+        let pending = state.prepare_wait();
+        (Announced(state), pending)
+    }
+}
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        self.0.finish_wait();
+    }
+}
+
+/// Clears the context's `polling` flag when busy-polling ends, or a poll function or hook unwinds.
+struct PollingFlag<'a>(&'a AtomicBool);
+
+impl<'a> PollingFlag<'a> {
+    fn raise(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        PollingFlag(flag)
+    }
+}
+
+impl Drop for PollingFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Clears a handler's `in_poll_ready` when its `poll_ready` returns, or unwinds.
@@ -53,11 +88,15 @@ impl Inner {
         // With polling on, wake before a deadline by the kernel's wake-up latency and spin the rest.
         timeout = self.wake_lead.shorten(timeout, params.max_ns);
 
-        // From here until the wait returns, a notifier must write the eventfd to wake us.
-        let use_notify_me = timeout != 0;
-        if use_notify_me && self.shared.notify_state.prepare_wait() {
-            timeout = 0;
-        }
+        // From here until the wait returns, a notifier must write the eventfd to wake us. The guard
+        // withdraws the announcement even if a poll_end hook or poll function below panics.
+        let announced = (timeout != 0).then(|| {
+            let (announced, pending) = Announced::prepare(&self.shared.notify_state);
+            if pending {
+                timeout = 0;
+            }
+            announced
+        });
 
         if timeout != 0 || self.need_wait() {
             // Leave poll mode before sleeping so that, e.g., guest notifications are re-enabled.
@@ -75,9 +114,7 @@ impl Inner {
             progress |= self.busy_iteration(&mut ready);
         }
 
-        if use_notify_me {
-            self.shared.notify_state.finish_wait();
-        }
+        drop(announced);
         self.shared.notify_state.accept();
 
         let block_ns = if params.max_ns > 0 {
@@ -132,7 +169,8 @@ impl Inner {
 
     /// QEMU's `aio_compute_timeout`.
     fn compute_timeout(&self) -> i64 {
-        if self.shared.tasks.has_ready() {
+        // Completions left undispatched (a completion callback panicked) are due now.
+        if self.shared.tasks.has_ready() || !self.completions_buf.borrow().is_empty() {
             return 0;
         }
         let bh = self.bh_timeout();
@@ -193,11 +231,9 @@ impl Inner {
         }
         if max_ns > 0 && !self.need_wait() {
             // Set first: a poll_begin hook that wakes a task must stop the spinning too.
-            self.shared.polling.store(true, Ordering::Relaxed);
+            let _polling = PollingFlag::raise(&self.shared.polling);
             self.poll_set_started(ready, true);
-            let progress = self.run_poll_handlers(&list, ready, max_ns, timeout);
-            self.shared.polling.store(false, Ordering::Relaxed);
-            return progress;
+            return self.run_poll_handlers(&list, ready, max_ns, timeout);
         }
         false
     }

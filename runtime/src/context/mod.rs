@@ -308,8 +308,14 @@ impl AioContext {
     /// count). With `blocking`, it first sleeps until something is due; without, it only checks.
     ///
     /// May be called from inside any callback of this context (a nested poll, QEMU's `AIO_WAIT_WHILE`).
-    /// A panic in a callback propagates out of `poll`; the context stays consistent and usable, and the
-    /// work that had not run yet runs at the next iteration.
+    /// A panic in a callback (bottom half, timer, fd handler, poll function or hook, SQE completion)
+    /// propagates out of `poll` (or `block_on`): the runtime cannot know whether the state the callback
+    /// was changing is consistent, so it does not swallow the panic (QEMU would abort). Its own state stays
+    /// consistent, so a caller that catches the panic can go on polling: no borrow or lock is left held,
+    /// flags set around user code are restored, and the work that was due and had not run yet (the rest of
+    /// the BH slice, later expired timers, other ready fds, reaped completions) runs at the next
+    /// iteration, which does not sleep while such work is pending. A panic in a task is caught at the
+    /// task boundary instead and becomes its [`JoinError`](crate::JoinError).
     pub fn poll(&self, blocking: bool) -> bool {
         let _enter = current::enter(&self.inner);
         self.inner.aio_poll(blocking)

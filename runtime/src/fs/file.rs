@@ -3,15 +3,14 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use super::op::{cqe_result, Op};
+use super::open::{resolve_engine, OpenOptions};
 use super::req::{run_blocking, IoVecs, Req};
 use super::{IoBuf, IoBufMut};
-use crate::context::current;
 
 /// The `O_DIRECT` alignment checked before submission.
 const DIRECT_ALIGN: u64 = 512;
@@ -32,7 +31,7 @@ pub enum IoEngine {
 }
 
 impl IoEngine {
-    fn to_u8(self) -> u8 {
+    pub(super) fn to_u8(self) -> u8 {
         match self {
             IoEngine::Auto => 0,
             IoEngine::IoUring => 1,
@@ -49,138 +48,13 @@ impl IoEngine {
     }
 }
 
-/// How to open a [`File`] (like `std::fs::OpenOptions`, plus `direct` and `engine`).
-///
-/// ```
-/// # let dir = std::env::temp_dir().join(format!("aioctx-doc-open-{}", std::process::id()));
-/// # std::fs::create_dir_all(&dir)?;
-/// let ctx = aioctx::AioContext::new()?;
-/// ctx.block_on(async {
-///     let f = aioctx::fs::File::options()
-///         .read(true)
-///         .write(true)
-///         .create(true)
-///         .open(dir.join("disk.img"))
-///         .await?;
-///     let (res, _buf) = f.write_at(b"hello".to_vec(), 0).await;
-///     assert_eq!(res?, 5);
-///     let (res, buf) = f.read_at(Vec::with_capacity(16), 0).await;
-///     assert_eq!(res?, 5);
-///     assert_eq!(buf, b"hello");
-///     Ok::<_, std::io::Error>(())
-/// })?;
-/// # std::fs::remove_dir_all(&dir)?;
-/// # Ok::<(), std::io::Error>(())
-/// ```
-#[derive(Clone, Debug, Default)]
-#[must_use = "OpenOptions does nothing until .open() is awaited"]
-pub struct OpenOptions {
-    read: bool,
-    write: bool,
-    create: bool,
-    truncate: bool,
-    direct: bool,
-    engine: IoEngine,
-}
-
-impl OpenOptions {
-    /// All options off.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Open for reading.
-    pub fn read(mut self, on: bool) -> Self {
-        self.read = on;
-        self
-    }
-
-    /// Open for writing.
-    pub fn write(mut self, on: bool) -> Self {
-        self.write = on;
-        self
-    }
-
-    /// Create the file if it does not exist (needs `write`).
-    pub fn create(mut self, on: bool) -> Self {
-        self.create = on;
-        self
-    }
-
-    /// Truncate the file to 0 bytes (needs `write`).
-    pub fn truncate(mut self, on: bool) -> Self {
-        self.truncate = on;
-        self
-    }
-
-    /// Bypass the page cache (`O_DIRECT`). Buffers, lengths and offsets must then be 512-byte aligned
-    /// (use [`AlignedBuf`](super::AlignedBuf)); file systems that refuse `O_DIRECT` fail the open with
-    /// `EINVAL`.
-    pub fn direct(mut self, on: bool) -> Self {
-        self.direct = on;
-        self
-    }
-
-    /// Chooses the engine (default `Auto`).
-    pub fn engine(mut self, engine: IoEngine) -> Self {
-        self.engine = engine;
-        self
-    }
-
-    /// Opens `path` (on the blocking thread pool, since opening can block) and resolves the engine.
-    ///
-    /// Errors: what the OS says (`NotFound`, `PermissionDenied`, `EINVAL` for `O_DIRECT` on a file system
-    /// that refuses it), `Unsupported` if `IoEngine::IoUring` was forced where io_uring is unavailable,
-    /// `NotConnected` outside an aioctx context.
-    pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
-        let engine = resolve_engine(self.engine)?;
-        let opts = self.clone();
-        let path = path.as_ref().to_owned();
-        let std_file = crate::pool::spawn_blocking_io(move || {
-            let mut o = std::fs::OpenOptions::new();
-            o.read(opts.read)
-                .write(opts.write)
-                .create(opts.create)
-                .truncate(opts.truncate);
-            if opts.direct {
-                o.custom_flags(libc::O_DIRECT);
-            }
-            o.open(&path)
-                .map_err(|e| crate::sys::with_context(e, format!("opening {}", path.display())))
-        })
-        .await?;
-        Ok(File {
-            fd: Arc::new(OwnedFd::from(std_file)),
-            direct: self.direct,
-            engine: AtomicU8::new(engine.to_u8()),
-        })
-    }
-}
-
-fn resolve_engine(wanted: IoEngine) -> io::Result<IoEngine> {
-    if wanted == IoEngine::ThreadPool {
-        return Ok(wanted);
-    }
-    let ring = current::with_current(|inner| inner.ring_available()).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotConnected,
-            "aioctx::fs used outside an aioctx context",
-        )
-    })?;
-    match (wanted, ring) {
-        (_, Ok(())) => Ok(IoEngine::IoUring),
-        (IoEngine::Auto, Err(_)) => Ok(IoEngine::ThreadPool),
-        (_, Err(e)) => Err(io::Error::new(io::ErrorKind::Unsupported, e)),
-    }
-}
-
 /// A file for block I/O on the current context's ring. See the [module docs](super) for the engines and
 /// the buffer-lifetime rules. `Send + Sync`: a block driver may share it between tasks and IOThreads;
 /// each operation runs on the context of the task that awaits it.
 pub struct File {
-    fd: Arc<OwnedFd>,
-    direct: bool,
-    engine: AtomicU8,
+    pub(super) fd: Arc<OwnedFd>,
+    pub(super) direct: bool,
+    pub(super) engine: AtomicU8,
 }
 
 impl fmt::Debug for File {

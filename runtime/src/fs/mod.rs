@@ -8,7 +8,9 @@
 //! iteration, completions found by the polling phase without a syscall), or a side ring of the context on
 //! the epoll and poll backends. Where the kernel refuses io_uring, they run on the context's blocking
 //! thread pool (`pread`/`pwrite`), whose results come back through the loop. [`File::engine`] tells which;
-//! [`OpenOptions::engine`] forces one (for tests and comparisons).
+//! [`OpenOptions::engine`] forces one (for tests and comparisons). Opening a file is an operation of its
+//! engine too: an `OPENAT` on the ring (no thread hop; an fd opened after its future was dropped is
+//! closed), or `open` on the pool.
 //!
 //! ## Buffer lifetimes
 //!
@@ -37,7 +39,9 @@
 mod buf;
 mod file;
 mod op;
+mod open;
 mod req;
 
 pub use buf::{AlignedBuf, IoBuf, IoBufMut};
-pub use file::{File, IoEngine, OpenOptions};
+pub use file::{File, IoEngine};
+pub use open::OpenOptions;

@@ -15,6 +15,8 @@ struct OpCell<T> {
     result: Option<i32>,
     waker: Option<Waker>,
     resources: Option<T>,
+    /// The future was dropped before the result arrived: the callback hands it to `orphan`.
+    abandoned: bool,
 }
 
 /// The cell an operation shares with its completion callback.
@@ -25,6 +27,7 @@ type SharedCell<T> = Arc<HomeCell<OpCell<T>>>;
 pub(crate) struct Op<T: Send + 'static> {
     state: Result<SharedCell<T>, Option<(io::Error, T)>>,
     home: u64,
+    orphan: fn(i32),
 }
 
 impl<T: Send + 'static> Op<T> {
@@ -36,6 +39,21 @@ impl<T: Send + 'static> Op<T> {
     /// Every pointer in the SQE must point into memory owned by `resources` (or kept alive by the
     /// caller until the operation completes).
     pub(crate) unsafe fn submit(resources: T, make_sqe: impl FnOnce(&T) -> squeue::Entry) -> Op<T> {
+        // SAFETY: forwarded; the caller upholds `submit_owning_result`'s contract.
+        unsafe { Self::submit_owning_result(resources, make_sqe, |_| {}) }
+    }
+
+    /// [`submit`](Self::submit) for an operation whose result owns something (an open's fd): if the
+    /// future is dropped before it consumed the result, `orphan` gets the result to release it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`submit`](Self::submit).
+    pub(crate) unsafe fn submit_owning_result(
+        resources: T,
+        make_sqe: impl FnOnce(&T) -> squeue::Entry,
+        orphan: fn(i32),
+    ) -> Op<T> {
         let sqe = make_sqe(&resources);
         let home = thread_token();
         let cell = Arc::new(HomeCell::new(
@@ -44,6 +62,7 @@ impl<T: Send + 'static> Op<T> {
                 result: None,
                 waker: None,
                 resources: Some(resources),
+                abandoned: false,
             },
         ));
         let for_callback = Arc::clone(&cell);
@@ -52,6 +71,11 @@ impl<T: Send + 'static> Op<T> {
                 sqe,
                 Box::new(move |c| {
                     let mut cell = for_callback.borrow_mut();
+                    if cell.abandoned {
+                        drop(cell);
+                        orphan(c.result);
+                        return;
+                    }
                     cell.result = Some(c.result);
                     let waker = cell.waker.take();
                     drop(cell);
@@ -71,6 +95,7 @@ impl<T: Send + 'static> Op<T> {
             Ok(()) => Op {
                 state: Ok(cell),
                 home,
+                orphan,
             },
             Err(err) => {
                 // The SQE never reached the kernel: the resources are ours again.
@@ -78,6 +103,7 @@ impl<T: Send + 'static> Op<T> {
                 Op {
                     state: Err(Some((err, resources))),
                     home,
+                    orphan,
                 }
             }
         }
@@ -99,7 +125,7 @@ impl<T: Send + 'static> Future for Op<T> {
             }
             Ok(cell) => {
                 let mut cell = cell.borrow_mut();
-                match cell.result {
+                match cell.result.take() {
                     Some(result) => {
                         let res = cell.resources.take().expect("Op polled after completion");
                         Poll::Ready((Ok(result), res))
@@ -122,9 +148,19 @@ impl<T: Send + 'static> Drop for Op<T> {
         // A dropped op keeps running: its resources stay in the cell the completion callback holds and
         // are freed when the CQE arrives (or when the context cancels it at teardown). Only forget the
         // waker, on the home thread where the cell may be touched.
+        // An owned result that arrived but was never consumed is released here; one still to come is
+        // released by the completion callback.
         if let Ok(cell) = &self.state {
             if thread_token() == self.home {
-                cell.borrow_mut().waker = None;
+                let mut cell = cell.borrow_mut();
+                cell.waker = None;
+                if cell.resources.is_some() {
+                    cell.abandoned = true;
+                    if let Some(result) = cell.result.take() {
+                        drop(cell);
+                        (self.orphan)(result);
+                    }
+                }
             }
         }
     }
