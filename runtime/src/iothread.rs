@@ -64,6 +64,13 @@ impl IoThreadBuilder {
         self
     }
 
+    /// How long a handler's poll function may find nothing before the loop stops polling it (QEMU's
+    /// 7 s; io_uring only): see [`Builder::poll_idle_timeout`](crate::Builder::poll_idle_timeout).
+    pub fn poll_idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.context = self.context.poll_idle_timeout(timeout);
+        self
+    }
+
     /// QEMU's `aio-max-batch`: submit io_uring SQEs early once this many are queued (0: at the next wait).
     pub fn max_batch(mut self, max_batch: usize) -> Self {
         self.context = self.context.max_batch(max_batch);

@@ -531,3 +531,75 @@ per_backend! {
         }
     }
 }
+
+/// Runs blocking iterations until a 1 ms timer fires: one or more polling phases, then a wait.
+fn tick(ctx: &AioContext) {
+    let fired = Rc::new(Cell::new(false));
+    let timer = ctx.timer(aioctx::time::Clock::Realtime, {
+        let fired = fired.clone();
+        move || fired.set(true)
+    });
+    timer.arm_after(Duration::from_millis(1));
+    while !fired.get() {
+        ctx.poll(true);
+    }
+}
+
+per_backend! {
+    // QEMU drops a poll handler whose poll function found nothing for 7 s (here: at once) from the
+    // poll list, on the io_uring monitor only, and puts it back when its fd fires.
+    fn idle_poll_handlers_leave_the_poll_list_until_their_fd_fires(backend) {
+        let ctx = AioContext::builder()
+            .backend(backend)
+            .poll_params(PARAMS)
+            .poll_idle_timeout(Duration::ZERO)
+            .build()
+            .unwrap();
+        let quiet = EventNotifier::new().unwrap();
+        let (polls, reads) = (Rc::new(Cell::new(0u32)), Rc::new(Cell::new(0u32)));
+        let _reg = ctx
+            .set_event_notifier(
+                &quiet,
+                {
+                    let (quiet, reads) = (quiet.clone(), reads.clone());
+                    move || {
+                        if quiet.test_and_clear().unwrap() {
+                            reads.set(reads.get() + 1);
+                        }
+                    }
+                },
+                Some(Box::new({
+                    let polls = polls.clone();
+                    move || {
+                        polls.set(polls.get() + 1);
+                        false
+                    }
+                })),
+            )
+            .unwrap();
+        // A dispatch after a short wait opens the handler's poll window, so the loop polls from now on.
+        quiet.set().unwrap();
+        while reads.get() == 0 {
+            ctx.poll(true);
+        }
+        tick(&ctx);
+        tick(&ctx);
+        let polled = polls.get();
+        assert!(polled > 0, "the loop never polled");
+        tick(&ctx);
+        tick(&ctx);
+        if backend == Backend::IoUring {
+            assert_eq!(polls.get(), polled, "an idle handler stays off the poll list");
+        } else {
+            assert!(polls.get() > polled, "{backend:?} keeps polling every handler");
+        }
+        // Its fd fires: the handler runs and is polled again.
+        quiet.set().unwrap();
+        while reads.get() == 1 {
+            ctx.poll(true);
+        }
+        let back = polls.get();
+        tick(&ctx);
+        assert!(polls.get() > back, "{backend:?}: a handler whose fd fired is polled again");
+    }
+}

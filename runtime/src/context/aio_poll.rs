@@ -258,6 +258,10 @@ impl Inner {
                 break;
             }
         }
+        if self.remove_idle_poll_handlers(list, ready, start + elapsed) {
+            *timeout = 0;
+            progress = true;
+        }
         let stats = &self.shared.stats;
         stats.poll_ns.add(elapsed.max(0) as u64);
         if *timeout == 0 {
@@ -269,6 +273,75 @@ impl Inner {
             *timeout -= (*timeout).min(elapsed);
         }
         progress
+    }
+
+    /// QEMU's `remove_idle_poll_handlers`: a handler whose poll function found nothing for the idle
+    /// timeout leaves the poll list, so a context with many quiet devices does not spin over all of
+    /// them (QEMU measured 10k -> 105k IOPS with 100 devices). io_uring only: during polling the loop
+    /// notices the removed handler's fd in the completion queue (`need_wait`), and dispatching it puts
+    /// the handler back. Returns whether the final poll after `poll_end` found work.
+    fn remove_idle_poll_handlers(
+        &self,
+        list: &[Rc<HandlerNode>],
+        ready: &mut Vec<Ready>,
+        now: i64,
+    ) -> bool {
+        if self.monitor.borrow().backend() != crate::Backend::IoUring {
+            return false;
+        }
+        let mut idle = Vec::new();
+        for node in list {
+            if node.deleted.get() || node.is_ctx_notifier {
+                continue;
+            }
+            match node.poll_idle_deadline.get() {
+                0 => node
+                    .poll_idle_deadline
+                    .set(now.saturating_add(self.poll_idle_ns).max(1)),
+                deadline if now >= deadline => idle.push(Rc::clone(node)),
+                _ => {}
+            }
+        }
+        if idle.is_empty() {
+            return false;
+        }
+        {
+            let mut handlers = self.handlers.borrow_mut();
+            for node in &idle {
+                node.poll_idle_deadline.set(0);
+                handlers.set_polled(node, false);
+            }
+        }
+        let mut progress = false;
+        for node in &idle {
+            if !self.poll_started.get() || node.deleted.get() {
+                continue;
+            }
+            if let Some(poll_end) = &node.poll_end {
+                poll_end();
+            }
+            // Work that raced with poll_end (e.g. a request queued before notifications came back on).
+            if let Some((poll, _)) = &node.poll {
+                if !node.deleted.get() && !node.in_poll_ready.get() && poll() {
+                    push_poll_ready(ready, node);
+                    progress = true;
+                }
+            }
+        }
+        progress
+    }
+
+    /// A handler off the poll list whose fd fired goes back on it (joining poll mode if it is on).
+    fn restore_polled(&self, node: &HandlerNode) {
+        if node.poll.is_none() || node.polled.get() || node.deleted.get() {
+            return;
+        }
+        self.handlers.borrow_mut().set_polled(node, true);
+        if self.poll_started.get() {
+            if let Some(poll_begin) = &node.poll_begin {
+                poll_begin();
+            }
+        }
     }
 
     /// QEMU's `poll_set_started`: enters or leaves poll mode, calling `poll_begin`/`poll_end`. On leaving,
@@ -353,6 +426,9 @@ impl Inner {
         } in ready.drain(..)
         {
             let mut dispatched = false;
+            if revents != 0 {
+                self.restore_polled(&node);
+            }
             if poll_ready && !node.deleted.get() && !node.in_poll_ready.get() {
                 if let Some((_, on_ready)) = &node.poll {
                     node.in_poll_ready.set(true);
@@ -430,6 +506,8 @@ fn run_poll_handlers_once(
                 push_poll_ready(ready, node);
                 *timeout = 0;
                 progress |= !node.is_ctx_notifier;
+                // Busy: the idle clock starts again at the next check.
+                node.poll_idle_deadline.set(0);
             }
         }
     }

@@ -79,7 +79,11 @@ pub struct Builder {
     pub(crate) simulate_uring_errno: Option<i32>,
     pub(crate) start_paused: bool,
     pub(crate) pool_size: (usize, usize),
+    pub(crate) poll_idle_timeout: std::time::Duration,
 }
+
+/// QEMU's `POLL_IDLE_INTERVAL_NS`.
+const DEFAULT_POLL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7);
 
 impl Default for Builder {
     fn default() -> Self {
@@ -91,6 +95,7 @@ impl Default for Builder {
             simulate_uring_errno: None,
             start_paused: false,
             pool_size: (0, crate::pool::DEFAULT_MAX_THREADS),
+            poll_idle_timeout: DEFAULT_POLL_IDLE_TIMEOUT,
         }
     }
 }
@@ -161,6 +166,24 @@ impl Builder {
     /// `build` (`InvalidInput` if `max` is 0 or `min > max`).
     pub fn thread_pool(mut self, min: usize, max: usize) -> Self {
         self.pool_size = (min, max);
+        self
+    }
+
+    /// How long a handler's poll function may find nothing before the loop stops calling it while it
+    /// busy-polls (QEMU's 7 s, the default). The handler goes back on the poll list as soon as its fd
+    /// fires. Only the io_uring monitor does this: it notices such an fd during polling by peeking its
+    /// completion queue, which epoll and poll cannot do without a syscall.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::builder()
+    ///     .poll_max_ns(32_768)
+    ///     .poll_idle_timeout(std::time::Duration::from_secs(1))
+    ///     .build()?;
+    /// # drop(ctx);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn poll_idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.poll_idle_timeout = timeout;
         self
     }
 

@@ -139,6 +139,12 @@ pub(crate) struct HandlerNode {
     pub(crate) in_poll_ready: Cell<bool>,
     /// Which of IN/OUT are wanted right now (readiness futures switch them without replacing the node).
     pub(crate) enabled: Cell<u32>,
+    /// Whether the polling phase calls this handler's poll function: it leaves the list after finding
+    /// nothing for the context's idle timeout, and comes back when its fd fires.
+    pub(crate) polled: Cell<bool>,
+    /// When this handler leaves the poll list if its poll function keeps finding nothing (0: not
+    /// set yet; set at the next idle check).
+    pub(crate) poll_idle_deadline: Cell<i64>,
 }
 
 impl HandlerNode {
@@ -160,6 +166,8 @@ impl HandlerNode {
             window_ns: Cell::new(0),
             in_poll_ready: Cell::new(false),
             enabled: Cell::new(bits::IN | bits::OUT),
+            polled: Cell::new(true),
+            poll_idle_deadline: Cell::new(0),
         }
     }
 
@@ -213,11 +221,20 @@ impl Registry {
         self.poll_disable_cnt > 0
     }
 
+    /// Takes `node` off the poll list or puts it back; returns whether that changed anything.
+    pub(crate) fn set_polled(&mut self, node: &HandlerNode, polled: bool) -> bool {
+        if node.polled.replace(polled) == polled {
+            return false;
+        }
+        self.rebuild_poll_list();
+        true
+    }
+
     fn rebuild_poll_list(&mut self) {
         self.poll_list = Rc::new(
             self.slots
                 .iter()
-                .filter(|(_, s)| s.node.poll.is_some())
+                .filter(|(_, s)| s.node.poll.is_some() && s.node.polled.get())
                 .map(|(_, s)| Rc::clone(&s.node))
                 .collect(),
         );

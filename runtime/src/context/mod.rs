@@ -138,6 +138,8 @@ pub(crate) struct Inner {
     pub(crate) busy_iterations: Cell<u32>,
     /// Measured wake-up latency of timed waits, spun away when polling is on.
     pub(crate) wake_lead: wake_lead::WakeLead,
+    /// How long a poll function may find nothing before it leaves the poll list (io_uring only).
+    pub(crate) poll_idle_ns: i64,
     /// Wakers of live tasks, for teardown.
     pub(crate) tasks: RefCell<TaskRegistry>,
     /// The clock `aioctx::time` futures use on this context: Realtime, or Virtual once time is paused.
@@ -265,6 +267,7 @@ impl AioContext {
             completions_tmp: RefCell::default(),
             busy_iterations: Cell::new(0),
             wake_lead: wake_lead::WakeLead::default(),
+            poll_idle_ns: i64::try_from(b.poll_idle_timeout.as_nanos()).unwrap_or(i64::MAX),
             tasks: RefCell::default(),
             time_clock: Cell::new(if b.start_paused {
                 Clock::Virtual
