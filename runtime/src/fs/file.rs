@@ -479,14 +479,8 @@ impl File {
         count: usize,
         offset: u64,
     ) -> io::Result<usize> {
-        // SAFETY: the caller guarantees `count` valid iovecs at `iov` for this call.
-        let iovecs = unsafe { copy_iovecs(iov, count) };
-        let req = Req::Readv {
-            iov: iovecs.0.as_ptr() as usize,
-            count,
-            off: offset,
-        };
-        self.run(req, iovecs).await.0
+        // SAFETY: forwarded from the caller.
+        unsafe { self.run_vectored_raw(iov, count, offset, true) }.await
     }
 
     /// `pwritev` from caller-owned iovecs. There is no FUA variant for vectors: follow it with
@@ -501,12 +495,31 @@ impl File {
         count: usize,
         offset: u64,
     ) -> io::Result<usize> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.run_vectored_raw(iov, count, offset, false) }.await
+    }
+}
+
+impl File {
+    /// `preadv` (`read`) or `pwritev` over a copy of the caller's iovec array.
+    ///
+    /// # Safety
+    ///
+    /// As for [`readv_at_raw`](Self::readv_at_raw).
+    async unsafe fn run_vectored_raw(
+        &self,
+        iov: *const libc::iovec,
+        count: usize,
+        off: u64,
+        read: bool,
+    ) -> io::Result<usize> {
         // SAFETY: the caller guarantees `count` valid iovecs at `iov` for this call.
         let iovecs = unsafe { copy_iovecs(iov, count) };
-        let req = Req::Writev {
-            iov: iovecs.0.as_ptr() as usize,
-            count,
-            off: offset,
+        let iov = iovecs.0.as_ptr() as usize;
+        let req = if read {
+            Req::Readv { iov, count, off }
+        } else {
+            Req::Writev { iov, count, off }
         };
         self.run(req, iovecs).await.0
     }

@@ -35,6 +35,38 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// One body for both runtimes, so that they run the same code: `$stream` is the runtime's
+/// `UnixStream`, `$spawn` its spawn function, `$register` turns an idle std datagram socket into one
+/// registered with the runtime. Tasks wait on every idle socket while `ping` and `pong` bounce a byte.
+macro_rules! idle_round_trips {
+    ($stream:ty, $spawn:path, $register:path, $idle:ident, $ping:ident, $pong:ident, $trips:ident) => {
+        async move {
+            // The tasks end with the runtime, after the measurement.
+            let mut waiting = Vec::with_capacity($idle.len());
+            for socket in $idle {
+                let socket = $register(socket)?;
+                waiting.push($spawn(async move { socket.readable().await }));
+            }
+            let mut pong = <$stream>::from_std($pong)?;
+            let _echo = $spawn(async move {
+                let mut byte = [0u8; 1];
+                while pong.read(&mut byte).await? == 1 {
+                    pong.write_all(&byte).await?;
+                }
+                io::Result::Ok(())
+            });
+            let mut ping = <$stream>::from_std($ping)?;
+            let mut byte = [0u8; 1];
+            let start = Instant::now();
+            for _ in 0..$trips {
+                ping.write_all(&byte).await?;
+                ping.read_exact(&mut byte).await?;
+            }
+            Ok(ns_per(start.elapsed(), $trips))
+        }
+    };
+}
+
 fn idle_fds(side: Side, config: &Config) -> io::Result<Vec<f64>> {
     let trips = config.pick(20_000, 300);
     IDLE_COUNTS
@@ -58,54 +90,24 @@ fn idle_fds_round_trip(side: Side, idle: usize, trips: u64) -> io::Result<f64> {
     ping.set_nonblocking(true)?;
     pong.set_nonblocking(true)?;
     match side {
-        Side::Aioctx => aioctx_context()?.block_on(async move {
-            // The tasks end with the runtime, after the measurement.
-            let mut waiting = Vec::with_capacity(idle_sockets.len());
-            for socket in idle_sockets {
-                let socket = aioctx::io::Async::new(socket)?;
-                waiting.push(aioctx::spawn_local(async move { socket.readable().await }));
-            }
-            let mut pong = aioctx::net::UnixStream::from_std(pong)?;
-            let _echo = aioctx::spawn_local(async move {
-                let mut byte = [0u8; 1];
-                while pong.read(&mut byte).await? == 1 {
-                    pong.write_all(&byte).await?;
-                }
-                io::Result::Ok(())
-            });
-            let mut ping = aioctx::net::UnixStream::from_std(ping)?;
-            let mut byte = [0u8; 1];
-            let start = Instant::now();
-            for _ in 0..trips {
-                ping.write_all(&byte).await?;
-                ping.read_exact(&mut byte).await?;
-            }
-            Ok(ns_per(start.elapsed(), trips))
-        }),
-        Side::Tokio => tokio_current_thread()?.block_on(async move {
-            // The tasks end with the runtime, after the measurement.
-            let mut waiting = Vec::with_capacity(idle_sockets.len());
-            for socket in idle_sockets {
-                let socket = tokio::net::UnixDatagram::from_std(socket)?;
-                waiting.push(tokio::spawn(async move { socket.readable().await }));
-            }
-            let mut pong = tokio::net::UnixStream::from_std(pong)?;
-            let _echo = tokio::spawn(async move {
-                let mut byte = [0u8; 1];
-                while pong.read(&mut byte).await? == 1 {
-                    pong.write_all(&byte).await?;
-                }
-                io::Result::Ok(())
-            });
-            let mut ping = tokio::net::UnixStream::from_std(ping)?;
-            let mut byte = [0u8; 1];
-            let start = Instant::now();
-            for _ in 0..trips {
-                ping.write_all(&byte).await?;
-                ping.read_exact(&mut byte).await?;
-            }
-            Ok(ns_per(start.elapsed(), trips))
-        }),
+        Side::Aioctx => aioctx_context()?.block_on(idle_round_trips!(
+            aioctx::net::UnixStream,
+            aioctx::spawn_local,
+            aioctx::io::Async::new,
+            idle_sockets,
+            ping,
+            pong,
+            trips
+        )),
+        Side::Tokio => tokio_current_thread()?.block_on(idle_round_trips!(
+            tokio::net::UnixStream,
+            tokio::spawn,
+            tokio::net::UnixDatagram::from_std,
+            idle_sockets,
+            ping,
+            pong,
+            trips
+        )),
     }
 }
 
