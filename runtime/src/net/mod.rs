@@ -30,6 +30,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod recv;
 mod tcp;
 mod unix;
 
@@ -60,18 +61,28 @@ async fn connect(socket: Socket, addr: &SockAddr) -> io::Result<Async<Socket>> {
     Ok(socket)
 }
 
-/// What both stream types share: shutdown, readiness, the fd, and the futures-io traits.
+/// What both stream types share: shutdown, readiness, the fd, and the futures-io traits (reads
+/// through [`recv::Recv`], completion-based on io_uring).
 macro_rules! stream_io_impls {
-    ($ty:ty) => {
+    ($ty:ty, $io:ty) => {
         impl $ty {
+            /// Wraps a registered socket, with RECVs if the current context runs io_uring.
+            fn wrap(inner: $crate::io::Async<$io>) -> $ty {
+                Self {
+                    inner,
+                    recv: $crate::net::recv::Recv::for_current_context(),
+                }
+            }
+
             /// Shuts down reading, writing or both.
             pub fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
                 self.inner.get_ref().shutdown(how)
             }
 
-            /// Waits until readable.
+            /// Waits until readable: data is buffered or the socket is readable (or hung up, or in
+            /// error).
             pub async fn readable(&self) -> std::io::Result<()> {
-                self.inner.readable().await
+                std::future::poll_fn(|cx| self.recv.poll_readable(cx, &self.inner)).await
             }
 
             /// Waits until writable.
@@ -92,7 +103,9 @@ macro_rules! stream_io_impls {
                 cx: &mut std::task::Context<'_>,
                 buf: &mut [u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+                let this = &mut *self;
+                let mut bufs = [std::io::IoSliceMut::new(buf)];
+                this.recv.poll_read(cx, &mut this.inner, &mut bufs)
             }
 
             fn poll_read_vectored(
@@ -100,7 +113,8 @@ macro_rules! stream_io_impls {
                 cx: &mut std::task::Context<'_>,
                 bufs: &mut [std::io::IoSliceMut<'_>],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_read_vectored(cx, bufs)
+                let this = &mut *self;
+                this.recv.poll_read(cx, &mut this.inner, bufs)
             }
         }
 
