@@ -130,15 +130,19 @@ impl Recv {
                 }
                 continue;
             }
-            let Some(ring) = state.ring.as_ref().and_then(Weak::upgrade) else {
-                // The context is gone (or RECVs were turned off): plain readiness I/O.
+            let ring = state.ring.as_ref().and_then(Weak::upgrade);
+            if ring.is_some() && state.fd.is_none() {
+                // Out of fds (EMFILE) for the duplicate: this stream stays on readiness reads,
+                // which need none, rather than failing the read.
+                state.fd = io.as_fd().try_clone_to_owned().ok().map(Arc::new);
+            }
+            let (Some(ring), Some(fd)) = (ring, state.fd.clone()) else {
+                // The context is gone, or no fd for RECVs: plain readiness I/O from now on.
                 state.ring = None;
                 drop(state);
                 return futures::io::AsyncRead::poll_read_vectored(Pin::new(io), cx, bufs);
             };
-            if let Err(err) = state.start(&ring, io, wanted) {
-                return Poll::Ready(Err(err));
-            }
+            state.start(&ring, fd, wanted);
         }
     }
 
@@ -197,21 +201,9 @@ impl State {
         Poll::Ready(())
     }
 
-    /// Queues a RECV into the (lazily allocated, grown only up to `MAX_BUF`) buffer.
-    fn start<T: AsRawFd + AsFd>(
-        &mut self,
-        ring: &Rc<Inner>,
-        io: &Async<T>,
-        wanted: usize,
-    ) -> io::Result<()> {
-        let fd = match &self.fd {
-            Some(fd) => Arc::clone(fd),
-            None => {
-                let fd = Arc::new(io.as_fd().try_clone_to_owned()?);
-                self.fd = Some(Arc::clone(&fd));
-                fd
-            }
-        };
+    /// Queues a RECV on `fd` (the stream's duplicate) into the (lazily allocated, grown only up
+    /// to `MAX_BUF`) buffer.
+    fn start(&mut self, ring: &Rc<Inner>, fd: Arc<OwnedFd>, wanted: usize) {
         let size = wanted.clamp(MIN_BUF, MAX_BUF);
         let mut buf = std::mem::take(&mut self.buf);
         if buf.len() < size {
@@ -232,7 +224,6 @@ impl State {
             })
         };
         self.op = Some(op);
-        Ok(())
     }
 }
 
