@@ -54,6 +54,26 @@ async fn tcp_pair() -> (TcpStream, std::net::TcpStream) {
     (server, client)
 }
 
+/// Polls a read on `stream` once (it must wait) and drops it: on io_uring this leaves a RECV in flight.
+async fn abandon_a_read(stream: &mut (impl futures::AsyncRead + Unpin)) {
+    let mut buf = [0u8; 16];
+    let read = std::pin::pin!(stream.read(&mut buf));
+    assert!(futures::poll!(read).is_pending());
+}
+
+/// A stream on `ctx` with an abandoned read, whose peer then wrote 40 bytes; and a probe of its fd.
+fn reader_after_an_abandoned_read(
+    ctx: &aioctx::AioContext,
+) -> (UnixStream, std::os::unix::net::UnixStream) {
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let probe = ours.try_clone().unwrap();
+    let _enter = ctx.enter();
+    let mut reader = UnixStream::from_std(ours).unwrap();
+    ctx.block_on(abandon_a_read(&mut reader));
+    theirs.write_all(&[7u8; 40]).unwrap();
+    (reader, probe)
+}
+
 per_backend! {
     // Reads smaller and larger than what arrived, and than the receive buffer, return every byte in
     // order; then end of stream, twice.
@@ -122,13 +142,8 @@ per_backend! {
     fn a_dropped_read_future_loses_no_data(backend) {
         let ctx = context(backend);
         ctx.block_on(async {
-            let (mut a, b) = UnixStream::pair().unwrap();
-            let mut b = b;
-            let mut buf = [0u8; 16];
-            {
-                let read = std::pin::pin!(a.read(&mut buf));
-                assert!(futures::poll!(read).is_pending());
-            }
+            let (mut a, mut b) = UnixStream::pair().unwrap();
+            abandon_a_read(&mut a).await;
             b.write_all(b"hello").await.unwrap();
             // Let the loop run (and any receive complete) with nobody reading.
             for _ in 0..3 {
@@ -150,11 +165,7 @@ per_backend! {
         for loop_ran in [false, true] {
             ctx.block_on(async {
                 let (mut server, mut client) = tcp_pair().await;
-                let mut buf = [0u8; 8];
-                {
-                    let read = std::pin::pin!(server.read(&mut buf));
-                    assert!(futures::poll!(read).is_pending());
-                }
+                abandon_a_read(&mut server).await;
                 if loop_ran {
                     for _ in 0..3 {
                         aioctx::yield_now().await;
@@ -194,13 +205,9 @@ per_backend! {
     fn readable_sees_data_that_arrived(backend) {
         let ctx = context(backend);
         ctx.block_on(async {
-            let (mut a, b) = UnixStream::pair().unwrap();
-            let mut b = b;
+            let (mut a, mut b) = UnixStream::pair().unwrap();
+            abandon_a_read(&mut a).await;
             let mut buf = [0u8; 4];
-            {
-                let read = std::pin::pin!(a.read(&mut buf));
-                assert!(futures::poll!(read).is_pending());
-            }
             b.write_all(b"data").await.unwrap();
             a.readable().await.unwrap();
             a.read_exact(&mut buf).await.unwrap();
@@ -216,16 +223,8 @@ per_backend! {
 fn io_uring_receives_complete_without_a_read_syscall() {
     let ctx = context(Backend::IoUring);
     let guard = Guard::new(&ctx);
-    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let probe = ours.try_clone().unwrap();
-    let _enter = ctx.enter();
-    let mut reader = UnixStream::from_std(ours).unwrap();
+    let (mut reader, probe) = reader_after_an_abandoned_read(&ctx);
     let mut buf = [0u8; 64];
-    ctx.block_on(async {
-        let read = std::pin::pin!(reader.read(&mut buf));
-        assert!(futures::poll!(read).is_pending());
-    });
-    theirs.write_all(&[7u8; 40]).unwrap();
     guard.poll_until(&ctx, "the kernel to take the bytes off the socket", || {
         queued_bytes(&probe) == 0
     });
@@ -245,16 +244,7 @@ fn io_uring_receives_complete_without_a_read_syscall() {
 fn readiness_backends_leave_data_in_the_socket() {
     for backend in [Backend::Epoll, Backend::Poll] {
         let ctx = context(backend);
-        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let probe = ours.try_clone().unwrap();
-        let _enter = ctx.enter();
-        let mut reader = UnixStream::from_std(ours).unwrap();
-        let mut buf = [0u8; 64];
-        ctx.block_on(async {
-            let read = std::pin::pin!(reader.read(&mut buf));
-            assert!(futures::poll!(read).is_pending());
-        });
-        theirs.write_all(&[7u8; 40]).unwrap();
+        let (_reader, probe) = reader_after_an_abandoned_read(&ctx);
         for _ in 0..10 {
             ctx.poll(false);
         }
