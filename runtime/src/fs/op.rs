@@ -1,4 +1,5 @@
-//! One block-I/O operation on the context's ring, as a future that owns its resources.
+//! One operation on the context's ring, as a future that owns its resources: block I/O here, and the
+//! sockets' receives (`net::recv`), which also cancel it early with [`Op::cancel_on`].
 
 use std::future::Future;
 use std::io;

@@ -1,6 +1,15 @@
 //! TCP and Unix-domain sockets on the current context: [`TcpListener`], [`TcpStream`],
 //! [`UnixListener`], [`UnixStream`]. Streams implement `futures::io::AsyncRead` and `AsyncWrite`.
 //!
+//! On a context whose backend is io_uring, stream reads are completion-based: a read that has to
+//! wait leaves an `IORING_OP_RECV` in flight into a buffer the stream owns (4 to 64 KiB), which the
+//! loop submits in its one `io_uring_enter` per iteration together with everyone else's; the data
+//! comes with the completion and later reads copy it out, so a waiting reader costs no read syscall.
+//! The stream, not the read future, owns that receive: dropping a read future loses no data, and
+//! dropping the stream cancels the receive and closes the socket. Writes stay readiness-based, and
+//! so do reads on the epoll and poll backends. Reading the fd directly (through `AsRawFd`) bypasses
+//! the stream's buffer: mixing such reads with `AsyncRead` on io_uring may reorder data.
+//!
 //! They are `!Send` (see [`Async`](crate::io::Async)); on an IOThread, create them inside a task spawned
 //! with [`Remote::spawn_local`](crate::Remote::spawn_local).
 //!
