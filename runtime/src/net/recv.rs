@@ -196,6 +196,9 @@ impl State {
         match result.and_then(cqe_result) {
             Ok(0) => self.ended = Some(Ok(())),
             Ok(n) => self.filled = n,
+            // A kernel that returned EAGAIN instead of waiting would do so again: this stream
+            // goes back to readiness reads (the caller's next read takes that path).
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.ring = None,
             Err(err) => self.ended = Some(Err(err)),
         }
         Poll::Ready(())
