@@ -44,6 +44,9 @@ use crate::Backend;
 
 const MIN_BUF: usize = 4 * 1024;
 const MAX_BUF: usize = 64 * 1024;
+/// `IORING_RECVSEND_POLL_FIRST` (Linux 5.19, in the SQE's `ioprio`): wait for readiness before the
+/// first receive attempt, saving the kernel a doomed attempt when the socket was just drained.
+const RECVSEND_POLL_FIRST: u16 = 1;
 
 /// What a RECV in flight owns: the buffer the kernel writes and the fd the SQE names.
 struct RecvResources {
@@ -64,6 +67,13 @@ struct State {
     /// An end of stream (`Ok`) or error a RECV reported, for the next read.
     ended: Option<io::Result<()>>,
     op: Option<Op<RecvResources>>,
+    /// The last RECV left the socket empty (it returned less than its buffer), so the next one
+    /// will most likely wait: it asks for `RECVSEND_POLL_FIRST`.
+    drained: bool,
+    /// Whether the RECV in flight asked for `RECVSEND_POLL_FIRST`.
+    in_flight_polls_first: bool,
+    /// The kernel refused `RECVSEND_POLL_FIRST` (EINVAL, older than 5.19): not asked again.
+    poll_first_refused: bool,
 }
 
 /// A stream's receive side on an io_uring context (inert on the other backends).
@@ -189,13 +199,21 @@ impl State {
             return Poll::Pending;
         };
         self.op = None;
+        let capacity = resources.buf.len();
         self.buf = resources.buf;
         self.fd = Some(resources.fd);
         self.pos = 0;
         self.filled = 0;
         match result.and_then(cqe_result) {
             Ok(0) => self.ended = Some(Ok(())),
-            Ok(n) => self.filled = n,
+            Ok(n) => {
+                self.filled = n;
+                self.drained = n < capacity;
+            }
+            // An older kernel refused the flag: the caller's loop queues the RECV again without.
+            Err(err) if self.in_flight_polls_first && err.raw_os_error() == Some(libc::EINVAL) => {
+                self.poll_first_refused = true;
+            }
             // A kernel that returned EAGAIN instead of waiting would do so again: this stream
             // goes back to readiness reads (the caller's next read takes that path).
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.ring = None,
@@ -213,6 +231,12 @@ impl State {
             buf.resize(size, 0);
         }
         let len = buf.len().min(MAX_BUF) as u32;
+        self.in_flight_polls_first = self.drained && !self.poll_first_refused;
+        let ioprio = if self.in_flight_polls_first {
+            RECVSEND_POLL_FIRST
+        } else {
+            0
+        };
         let ptr = buf.as_mut_ptr();
         let raw_fd = fd.as_raw_fd();
         let resources = RecvResources { fd, buf };
@@ -223,7 +247,9 @@ impl State {
         // produces exactly one CQE.
         let op = unsafe {
             Op::submit_on(ring, resources, |_| {
-                opcode::Recv::new(types::Fd(raw_fd), ptr, len).build()
+                opcode::Recv::new(types::Fd(raw_fd), ptr, len)
+                    .ioprio(ioprio)
+                    .build()
             })
         };
         self.op = Some(op);
