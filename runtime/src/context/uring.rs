@@ -85,7 +85,7 @@ impl AioContext {
         sqe: squeue::Entry,
         on_complete: impl FnOnce(SqeCompletion) + 'static,
     ) -> io::Result<()> {
-        self.inner.add_sqe(sqe, Box::new(on_complete))
+        self.inner.add_sqe(sqe, Box::new(on_complete)).map(|_| ())
     }
 }
 
@@ -99,16 +99,18 @@ pub(crate) struct SideRing {
 }
 
 impl Inner {
+    /// Queues `sqe` (see [`AioContext::add_sqe`]); returns the `user_data` it was given.
     pub(crate) fn add_sqe(
         self: &Rc<Self>,
         sqe: squeue::Entry,
         on_complete: Box<dyn FnOnce(SqeCompletion)>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         let key = self
             .sqe_callbacks
             .borrow_mut()
             .insert(SqeCallback(on_complete));
-        let sqe = sqe.user_data(user_sqe_data(key));
+        let user_data = user_sqe_data(key);
+        let sqe = sqe.user_data(user_data);
         let on_main_ring = self.monitor.borrow().backend() == crate::Backend::IoUring;
         let pushed = if on_main_ring {
             self.monitor.borrow_mut().push_sqe(sqe)
@@ -120,7 +122,7 @@ impl Inner {
             drop(callback);
             return Err(err);
         }
-        Ok(())
+        Ok(user_data)
     }
 
     /// Whether user SQEs can run here: on the context's own ring, or on a side ring (created now if

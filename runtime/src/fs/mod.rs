@@ -38,7 +38,7 @@
 
 mod buf;
 mod file;
-mod op;
+pub(crate) mod op;
 mod open;
 mod req;
 

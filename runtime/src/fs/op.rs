@@ -1,14 +1,16 @@
-//! One block-I/O operation on the context's ring, as a future that owns its resources.
+//! One operation on the context's ring, as a future that owns its resources: block I/O here, and the
+//! sockets' receives (`net::recv`), which also cancel it early with [`Op::cancel_on`].
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use io_uring::squeue;
+use io_uring::{opcode, squeue};
 
-use crate::context::current;
+use crate::context::{current, Inner};
 use crate::task::queue::{thread_token, HomeCell};
 
 struct OpCell<T> {
@@ -28,6 +30,8 @@ pub(crate) struct Op<T: Send + 'static> {
     state: Result<SharedCell<T>, Option<(io::Error, T)>>,
     home: u64,
     orphan: fn(i32),
+    /// The `user_data` the context gave the SQE (what `ASYNC_CANCEL` names); 0 if it was not queued.
+    user_data: u64,
 }
 
 impl<T: Send + 'static> Op<T> {
@@ -54,6 +58,50 @@ impl<T: Send + 'static> Op<T> {
         make_sqe: impl FnOnce(&T) -> squeue::Entry,
         orphan: fn(i32),
     ) -> Op<T> {
+        let mut unqueued = Some((resources, make_sqe));
+        let op = current::with_current(|inner| {
+            let (resources, make_sqe) = unqueued.take().expect("taken once");
+            // SAFETY: forwarded; the caller upholds this function's contract.
+            unsafe { Self::queue_on(inner, resources, make_sqe, orphan) }
+        });
+        op.unwrap_or_else(|| {
+            let (resources, _) = unqueued.take().expect("not taken without a context");
+            let err = io::Error::new(
+                io::ErrorKind::NotConnected,
+                "aioctx::fs used outside an aioctx context",
+            );
+            Op {
+                state: Err(Some((err, resources))),
+                home: thread_token(),
+                orphan,
+                user_data: 0,
+            }
+        })
+    }
+
+    /// [`submit`](Self::submit) on a given context's ring (which must run on this thread).
+    ///
+    /// # Safety
+    ///
+    /// As for [`submit`](Self::submit).
+    pub(crate) unsafe fn submit_on(
+        inner: &Rc<Inner>,
+        resources: T,
+        make_sqe: impl FnOnce(&T) -> squeue::Entry,
+    ) -> Op<T> {
+        // SAFETY: forwarded; the caller upholds `submit`'s contract.
+        unsafe { Self::queue_on(inner, resources, make_sqe, |_| {}) }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`submit`](Self::submit).
+    unsafe fn queue_on(
+        inner: &Rc<Inner>,
+        resources: T,
+        make_sqe: impl FnOnce(&T) -> squeue::Entry,
+        orphan: fn(i32),
+    ) -> Op<T> {
         let sqe = make_sqe(&resources);
         let home = thread_token();
         let cell = Arc::new(HomeCell::new(
@@ -66,36 +114,29 @@ impl<T: Send + 'static> Op<T> {
             },
         ));
         let for_callback = Arc::clone(&cell);
-        let queued = current::with_current(|inner| {
-            inner.add_sqe(
-                sqe,
-                Box::new(move |c| {
-                    let mut cell = for_callback.borrow_mut();
-                    if cell.abandoned {
-                        drop(cell);
-                        orphan(c.result);
-                        return;
-                    }
-                    cell.result = Some(c.result);
-                    let waker = cell.waker.take();
+        let queued = inner.add_sqe(
+            sqe,
+            Box::new(move |c| {
+                let mut cell = for_callback.borrow_mut();
+                if cell.abandoned {
                     drop(cell);
-                    if let Some(waker) = waker {
-                        waker.wake();
-                    }
-                }),
-            )
-        })
-        .unwrap_or_else(|| {
-            Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "aioctx::fs used outside an aioctx context",
-            ))
-        });
+                    orphan(c.result);
+                    return;
+                }
+                cell.result = Some(c.result);
+                let waker = cell.waker.take();
+                drop(cell);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }),
+        );
         match queued {
-            Ok(()) => Op {
+            Ok(user_data) => Op {
                 state: Ok(cell),
                 home,
                 orphan,
+                user_data,
             },
             Err(err) => {
                 // The SQE never reached the kernel: the resources are ours again.
@@ -104,9 +145,32 @@ impl<T: Send + 'static> Op<T> {
                     state: Err(Some((err, resources))),
                     home,
                     orphan,
+                    user_data: 0,
                 }
             }
         }
+    }
+
+    /// Asks the kernel to stop the operation early (`IORING_OP_ASYNC_CANCEL` naming its `user_data`,
+    /// queued on `inner`, the context it was submitted to). The operation still completes through
+    /// its own CQE (`-ECANCELED`, or its result if it finished first), and its resources stay in the
+    /// cell until then; a cancel that finds nothing to cancel is harmless.
+    pub(crate) fn cancel_on(&self, inner: &Rc<Inner>) {
+        let Ok(cell) = &self.state else {
+            return;
+        };
+        // The completion callback holds the other reference until it has run: with it gone, the
+        // `user_data` may already name someone else's operation.
+        if thread_token() != self.home || Arc::strong_count(cell) < 2 {
+            return;
+        }
+        if cell.borrow_mut().result.is_some() {
+            return;
+        }
+        let cancel = opcode::AsyncCancel::new(self.user_data).build();
+        // Nothing to release when the cancel completes. If it cannot be queued, the operation
+        // still ends on its own or at the context's teardown.
+        let _ = inner.add_sqe(cancel, Box::new(|_| {}));
     }
 }
 

@@ -1,6 +1,15 @@
 //! TCP and Unix-domain sockets on the current context: [`TcpListener`], [`TcpStream`],
 //! [`UnixListener`], [`UnixStream`]. Streams implement `futures::io::AsyncRead` and `AsyncWrite`.
 //!
+//! On a context whose backend is io_uring, stream reads are completion-based: a read that has to
+//! wait leaves an `IORING_OP_RECV` in flight into a buffer the stream owns (4 to 64 KiB), which the
+//! loop submits in its one `io_uring_enter` per iteration together with everyone else's; the data
+//! comes with the completion and later reads copy it out, so a waiting reader costs no read syscall.
+//! The stream, not the read future, owns that receive: dropping a read future loses no data, and
+//! dropping the stream cancels the receive and closes the socket. Writes stay readiness-based, and
+//! so do reads on the epoll and poll backends. Reading the fd directly (through `AsRawFd`) bypasses
+//! the stream's buffer: mixing such reads with `AsyncRead` on io_uring may reorder data.
+//!
 //! They are `!Send` (see [`Async`](crate::io::Async)); on an IOThread, create them inside a task spawned
 //! with [`Remote::spawn_local`](crate::Remote::spawn_local).
 //!
@@ -30,6 +39,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod recv;
 mod tcp;
 mod unix;
 
@@ -60,18 +70,28 @@ async fn connect(socket: Socket, addr: &SockAddr) -> io::Result<Async<Socket>> {
     Ok(socket)
 }
 
-/// What both stream types share: shutdown, readiness, the fd, and the futures-io traits.
+/// What both stream types share: shutdown, readiness, the fd, and the futures-io traits (reads
+/// through [`recv::Recv`], completion-based on io_uring).
 macro_rules! stream_io_impls {
-    ($ty:ty) => {
+    ($ty:ty, $io:ty) => {
         impl $ty {
+            /// Wraps a registered socket, with RECVs if the current context runs io_uring.
+            fn wrap(inner: $crate::io::Async<$io>) -> $ty {
+                Self {
+                    inner,
+                    recv: $crate::net::recv::Recv::for_current_context(),
+                }
+            }
+
             /// Shuts down reading, writing or both.
             pub fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
                 self.inner.get_ref().shutdown(how)
             }
 
-            /// Waits until readable.
+            /// Waits until readable: data is buffered or the socket is readable (or hung up, or in
+            /// error).
             pub async fn readable(&self) -> std::io::Result<()> {
-                self.inner.readable().await
+                std::future::poll_fn(|cx| self.recv.poll_readable(cx, &self.inner)).await
             }
 
             /// Waits until writable.
@@ -92,7 +112,9 @@ macro_rules! stream_io_impls {
                 cx: &mut std::task::Context<'_>,
                 buf: &mut [u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+                let this = &mut *self;
+                let mut bufs = [std::io::IoSliceMut::new(buf)];
+                this.recv.poll_read(cx, &mut this.inner, &mut bufs)
             }
 
             fn poll_read_vectored(
@@ -100,7 +122,8 @@ macro_rules! stream_io_impls {
                 cx: &mut std::task::Context<'_>,
                 bufs: &mut [std::io::IoSliceMut<'_>],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_read_vectored(cx, bufs)
+                let this = &mut *self;
+                this.recv.poll_read(cx, &mut this.inner, bufs)
             }
         }
 

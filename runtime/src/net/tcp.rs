@@ -62,12 +62,7 @@ impl TcpListener {
     /// Accepts a connection.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (stream, peer) = self.inner.read_with(|l| l.accept()).await?;
-        Ok((
-            TcpStream {
-                inner: Async::new(stream)?,
-            },
-            peer,
-        ))
+        Ok((TcpStream::wrap(Async::new(stream)?), peer))
     }
 
     /// The bound address.
@@ -86,6 +81,7 @@ impl AsRawFd for TcpListener {
 #[derive(Debug)]
 pub struct TcpStream {
     inner: Async<std::net::TcpStream>,
+    recv: super::recv::Recv,
 }
 
 impl TcpStream {
@@ -101,9 +97,7 @@ impl TcpStream {
             match connect(socket, &SockAddr::from(addr)).await {
                 Ok(s) => {
                     let stream = std::net::TcpStream::from(s.into_inner());
-                    return Ok(TcpStream {
-                        inner: Async::new(stream)?,
-                    });
+                    return Ok(TcpStream::wrap(Async::new(stream)?));
                 }
                 Err(e) => last = Some(e),
             }
@@ -115,9 +109,7 @@ impl TcpStream {
 
     /// Wraps a connected std stream (made non-blocking).
     pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
-        Ok(TcpStream {
-            inner: Async::new(stream)?,
-        })
+        Ok(TcpStream::wrap(Async::new(stream)?))
     }
 
     /// The peer's address.
@@ -141,4 +133,4 @@ impl TcpStream {
     }
 }
 
-stream_io_impls!(TcpStream);
+stream_io_impls!(TcpStream, std::net::TcpStream);

@@ -46,12 +46,7 @@ impl UnixListener {
     /// Accepts a connection.
     pub async fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
         let (stream, peer) = self.inner.read_with(|l| l.accept()).await?;
-        Ok((
-            UnixStream {
-                inner: Async::new(stream)?,
-            },
-            peer,
-        ))
+        Ok((UnixStream::wrap(Async::new(stream)?), peer))
     }
 
     /// The bound address.
@@ -70,6 +65,7 @@ impl AsRawFd for UnixListener {
 #[derive(Debug)]
 pub struct UnixStream {
     inner: Async<std::os::unix::net::UnixStream>,
+    recv: super::recv::Recv,
 }
 
 impl UnixStream {
@@ -79,29 +75,21 @@ impl UnixStream {
         let s = connect(socket, &SockAddr::unix(path)?).await?;
         let stream =
             std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(s.into_inner()));
-        Ok(UnixStream {
-            inner: Async::new(stream)?,
-        })
+        Ok(UnixStream::wrap(Async::new(stream)?))
     }
 
     /// A connected pair.
     pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
         let (a, b) = std::os::unix::net::UnixStream::pair()?;
         Ok((
-            UnixStream {
-                inner: Async::new(a)?,
-            },
-            UnixStream {
-                inner: Async::new(b)?,
-            },
+            UnixStream::wrap(Async::new(a)?),
+            UnixStream::wrap(Async::new(b)?),
         ))
     }
 
     /// Wraps a connected std stream (made non-blocking).
     pub fn from_std(stream: std::os::unix::net::UnixStream) -> io::Result<UnixStream> {
-        Ok(UnixStream {
-            inner: Async::new(stream)?,
-        })
+        Ok(UnixStream::wrap(Async::new(stream)?))
     }
 
     /// The peer's address.
@@ -110,4 +98,4 @@ impl UnixStream {
     }
 }
 
-stream_io_impls!(UnixStream);
+stream_io_impls!(UnixStream, std::os::unix::net::UnixStream);

@@ -1,0 +1,270 @@
+//! Completion-based receives for streams on an io_uring context.
+//!
+//! On a readiness backend a read is `read -> EAGAIN -> wait -> read`. On the io_uring backend a
+//! stream instead keeps one `IORING_OP_RECV` in flight into a buffer it owns: `poll_read` copies out
+//! what an earlier RECV brought, or queues a RECV and returns `Pending`. The SQE goes to the kernel
+//! in the loop's one `io_uring_enter` per iteration, together with every other stream's, and its CQE
+//! brings the data, so waiting for and receiving a message cost no syscall of their own.
+//!
+//! # Buffer ownership
+//!
+//! The kernel writes into the receive buffer until the RECV's CQE arrives, whatever happens to the
+//! future or the stream in the meantime. So the buffer (a `Vec<u8>` whose heap block does not move
+//! when the `Vec` does) and a duplicate of the socket's fd travel inside the operation's resources
+//! ([`Op`]), in the cell shared with the completion callback: the stream, not the read future, owns
+//! the RECV, so a read future dropped mid-flight loses nothing (the next read gets the bytes). When
+//! the stream is dropped with a RECV in flight it queues `IORING_OP_ASYNC_CANCEL` for it and lets
+//! go; the buffer and the fd duplicate are released by the completion callback when the RECV's own
+//! CQE (`-ECANCELED`, or data nobody will read) arrives, and only then does the socket close. The
+//! duplicate makes the fd number in the SQE valid until then even though the stream's own fd closes
+//! at once (an SQE still queued resolves its fd at submission; a reused number would be another
+//! file). At context teardown the context cancels and waits for every RECV like any user SQE.
+//!
+//! Bytes move from the socket into the buffer only while a read is pending, at most one buffer's
+//! worth (4 KiB to 64 KiB, sized by the reads, never growing past that), and reads take them in
+//! order before the next RECV is queued. Raw reads on the fd (through `AsRawFd`) bypass the buffer:
+//! mixing them with `AsyncRead` on the io_uring backend may reorder data; that is the caller's
+//! problem.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use io_uring::{opcode, types};
+
+use crate::context::{current, Inner};
+use crate::fs::op::{cqe_result, Op};
+use crate::io::Async;
+use crate::Backend;
+
+const MIN_BUF: usize = 4 * 1024;
+const MAX_BUF: usize = 64 * 1024;
+/// `IORING_RECVSEND_POLL_FIRST` (Linux 5.19, in the SQE's `ioprio`): wait for readiness before the
+/// first receive attempt, saving the kernel a doomed attempt when the socket was just drained.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
+/// What a RECV in flight owns: the buffer the kernel writes and the fd the SQE names.
+struct RecvResources {
+    fd: Arc<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The context that runs this stream, when its backend is io_uring and RECVs are in use.
+    ring: Option<Weak<Inner>>,
+    /// The duplicate of the socket's fd that RECVs name (made at the first RECV).
+    fd: Option<Arc<OwnedFd>>,
+    /// The receive buffer, when no RECV is in flight; `buf[pos..filled]` is still to be read.
+    buf: Vec<u8>,
+    pos: usize,
+    filled: usize,
+    /// An end of stream (`Ok`) or error a RECV reported, for the next read.
+    ended: Option<io::Result<()>>,
+    op: Option<Op<RecvResources>>,
+    /// The last RECV left the socket empty (it returned less than its buffer), so the next one
+    /// will most likely wait: it asks for `RECVSEND_POLL_FIRST`.
+    drained: bool,
+    /// Whether the RECV in flight asked for `RECVSEND_POLL_FIRST`.
+    in_flight_polls_first: bool,
+    /// The kernel refused `RECVSEND_POLL_FIRST` (EINVAL, older than 5.19): not asked again.
+    poll_first_refused: bool,
+}
+
+/// A stream's receive side on an io_uring context (inert on the other backends).
+#[derive(Default)]
+pub(crate) struct Recv {
+    state: RefCell<State>,
+}
+
+impl std::fmt::Debug for Recv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.borrow();
+        f.debug_struct("Recv")
+            .field("completion_based", &state.ring.is_some())
+            .field("buffered", &(state.filled - state.pos))
+            .field("in_flight", &state.op.is_some())
+            .finish()
+    }
+}
+
+impl Recv {
+    /// Uses RECVs when the current context's backend is io_uring.
+    pub(crate) fn for_current_context() -> Recv {
+        let ring = current::with_current(|inner| {
+            (inner.monitor.borrow().backend() == Backend::IoUring).then(|| Rc::downgrade(inner))
+        })
+        .flatten();
+        Recv {
+            state: RefCell::new(State {
+                ring,
+                ..State::default()
+            }),
+        }
+    }
+
+    /// `AsyncRead::poll_read_vectored` for the stream that owns `io`.
+    pub(crate) fn poll_read<T>(
+        &self,
+        cx: &mut Context<'_>,
+        io: &mut Async<T>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>>
+    where
+        T: AsRawFd + AsFd + io::Read + Unpin,
+    {
+        let mut state = self.state.borrow_mut();
+        if state.ring.is_none() && state.filled == state.pos {
+            drop(state);
+            return futures::io::AsyncRead::poll_read_vectored(Pin::new(io), cx, bufs);
+        }
+        let wanted: usize = bufs.iter().map(|b| b.len()).sum();
+        if wanted == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            if state.pos < state.filled {
+                return Poll::Ready(Ok(state.copy_out(bufs)));
+            }
+            if let Some(ended) = state.ended.take() {
+                return Poll::Ready(ended.map(|()| 0));
+            }
+            if state.op.is_some() {
+                if state.poll_op(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                continue;
+            }
+            let ring = state.ring.as_ref().and_then(Weak::upgrade);
+            if ring.is_some() && state.fd.is_none() {
+                // Out of fds (EMFILE) for the duplicate: this stream stays on readiness reads,
+                // which need none, rather than failing the read.
+                state.fd = io.as_fd().try_clone_to_owned().ok().map(Arc::new);
+            }
+            let (Some(ring), Some(fd)) = (ring, state.fd.clone()) else {
+                // The context is gone, or no fd for RECVs: plain readiness I/O from now on.
+                state.ring = None;
+                drop(state);
+                return futures::io::AsyncRead::poll_read_vectored(Pin::new(io), cx, bufs);
+            };
+            state.start(&ring, fd, wanted);
+        }
+    }
+
+    /// Readiness for `readable()`: buffered data or a reported end count as readable; with a RECV in
+    /// flight, its completion is the readiness.
+    pub(crate) fn poll_readable<T: AsRawFd>(
+        &self,
+        cx: &mut Context<'_>,
+        io: &Async<T>,
+    ) -> Poll<io::Result<()>> {
+        let mut state = self.state.borrow_mut();
+        if state.pos < state.filled || state.ended.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        if state.op.is_some() {
+            return state.poll_op(cx).map(Ok);
+        }
+        drop(state);
+        io.poll_readable(cx)
+    }
+}
+
+impl State {
+    fn copy_out(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> usize {
+        let mut copied = 0;
+        for buf in bufs {
+            let available = &self.buf[self.pos..self.filled];
+            let n = available.len().min(buf.len());
+            buf[..n].copy_from_slice(&available[..n]);
+            self.pos += n;
+            copied += n;
+            if self.pos == self.filled {
+                break;
+            }
+        }
+        copied
+    }
+
+    /// Polls the RECV in flight; when it completed, takes back its buffer and records what it
+    /// brought (data, end of stream or error).
+    fn poll_op(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let op = self.op.as_mut().expect("a RECV is in flight");
+        let Poll::Ready((result, resources)) = Pin::new(op).poll(cx) else {
+            return Poll::Pending;
+        };
+        self.op = None;
+        let capacity = resources.buf.len();
+        self.buf = resources.buf;
+        self.fd = Some(resources.fd);
+        self.pos = 0;
+        self.filled = 0;
+        match result.and_then(cqe_result) {
+            Ok(0) => self.ended = Some(Ok(())),
+            Ok(n) => {
+                self.filled = n;
+                self.drained = n < capacity;
+            }
+            // An older kernel refused the flag: the caller's loop queues the RECV again without.
+            Err(err) if self.in_flight_polls_first && err.raw_os_error() == Some(libc::EINVAL) => {
+                self.poll_first_refused = true;
+            }
+            // A kernel that returned EAGAIN instead of waiting would do so again: this stream
+            // goes back to readiness reads (the caller's next read takes that path).
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.ring = None,
+            Err(err) => self.ended = Some(Err(err)),
+        }
+        Poll::Ready(())
+    }
+
+    /// Queues a RECV on `fd` (the stream's duplicate) into the (lazily allocated, grown only up
+    /// to `MAX_BUF`) buffer.
+    fn start(&mut self, ring: &Rc<Inner>, fd: Arc<OwnedFd>, wanted: usize) {
+        let size = wanted.clamp(MIN_BUF, MAX_BUF);
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.len() < size {
+            buf.resize(size, 0);
+        }
+        let len = buf.len().min(MAX_BUF) as u32;
+        self.in_flight_polls_first = self.drained && !self.poll_first_refused;
+        let ioprio = if self.in_flight_polls_first {
+            RECVSEND_POLL_FIRST
+        } else {
+            0
+        };
+        let ptr = buf.as_mut_ptr();
+        let raw_fd = fd.as_raw_fd();
+        let resources = RecvResources { fd, buf };
+        // SAFETY: `ptr` points at `len` initialised bytes of the heap block `resources.buf` owns
+        // (moving the Vec does not move its heap block), and `raw_fd` is `resources.fd`'s; the op
+        // keeps both alive until the RECV's CQE arrives, also if the stream is dropped first, and
+        // nothing else touches the buffer meanwhile (it is only reachable through the op). A RECV
+        // produces exactly one CQE.
+        let op = unsafe {
+            Op::submit_on(ring, resources, |_| {
+                opcode::Recv::new(types::Fd(raw_fd), ptr, len)
+                    .ioprio(ioprio)
+                    .build()
+            })
+        };
+        self.op = Some(op);
+    }
+}
+
+impl Drop for Recv {
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        if let Some(op) = state.op.take() {
+            // Cancel first so the socket closes (and the peer sees it) promptly; the buffer and fd
+            // stay with the op until its CQE.
+            if let Some(ring) = state.ring.as_ref().and_then(Weak::upgrade) {
+                op.cancel_on(&ring);
+            }
+        }
+    }
+}
