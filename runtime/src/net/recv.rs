@@ -121,7 +121,7 @@ impl Recv {
         let mut state = self.state.borrow_mut();
         if state.ring.is_none() && state.filled == state.pos {
             drop(state);
-            return futures::io::AsyncRead::poll_read_vectored(Pin::new(io), cx, bufs);
+            return readiness_read(io, cx, bufs);
         }
         let wanted: usize = bufs.iter().map(|b| b.len()).sum();
         if wanted == 0 {
@@ -150,7 +150,7 @@ impl Recv {
                 // The context is gone, or no fd for RECVs: plain readiness I/O from now on.
                 state.ring = None;
                 drop(state);
-                return futures::io::AsyncRead::poll_read_vectored(Pin::new(io), cx, bufs);
+                return readiness_read(io, cx, bufs);
             };
             state.start(&ring, fd, wanted);
         }
@@ -266,5 +266,21 @@ impl Drop for Recv {
                 op.cancel_on(&ring);
             }
         }
+    }
+}
+
+/// A readiness-based read: `read(2)`-style for one buffer (cheaper in the kernel than `readv`),
+/// vectored otherwise.
+fn readiness_read<T>(
+    io: &mut Async<T>,
+    cx: &mut Context<'_>,
+    bufs: &mut [io::IoSliceMut<'_>],
+) -> Poll<io::Result<usize>>
+where
+    T: AsRawFd + io::Read + Unpin,
+{
+    match bufs {
+        [buf] => futures::io::AsyncRead::poll_read(Pin::new(io), cx, buf),
+        _ => futures::io::AsyncRead::poll_read_vectored(Pin::new(io), cx, bufs),
     }
 }
