@@ -141,7 +141,7 @@ impl IoThreadBuilder {
     }
 }
 
-/// A thread that runs one [`AioContext`] until stopped: QEMU's IOThread.
+/// A thread that runs one [`AioContext`](crate::AioContext) until stopped: QEMU's IOThread.
 ///
 /// Work reaches it through [`remote`](IoThread::remote): spawn tasks, schedule closures, [`Remote::call`]
 /// and wait. Polling parameters can change while it runs. Dropping the `IoThread` stops and joins it;

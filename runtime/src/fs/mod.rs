@@ -3,7 +3,7 @@
 //!
 //! ## Engines
 //!
-//! Operations are SQEs on the ring of the context that runs the task ([`AioContext::add_sqe`]): the
+//! Operations are SQEs on the ring of the context that runs the task ([`AioContext::add_sqe`](crate::AioContext::add_sqe)): the
 //! context's own ring on the io_uring backend (batched with its fd polls into one `io_uring_enter` per
 //! iteration, completions found by the polling phase without a syscall), or a side ring of the context on
 //! the epoll and poll backends. Where the kernel refuses io_uring, they run on the context's blocking

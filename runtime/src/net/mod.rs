@@ -10,7 +10,7 @@
 //! so do reads on the epoll and poll backends. Reading the fd directly (through `AsRawFd`) bypasses
 //! the stream's buffer: mixing such reads with `AsyncRead` on io_uring may reorder data.
 //!
-//! They are `!Send` (see [`Async`](crate::io::Async)); on an IOThread, create them inside a task spawned
+//! They are `!Send` (see [`Async`]); on an IOThread, create them inside a task spawned
 //! with [`Remote::spawn_local`](crate::Remote::spawn_local).
 //!
 //! ```
