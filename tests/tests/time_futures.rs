@@ -35,11 +35,12 @@ per_backend! {
         let ctx = context(backend);
         let _g = ctx.enter();
         let start = Instant::now();
-        let mut s = task::spawn(sleep(Duration::from_millis(2)));
+        // Real time: 200 ms leave a slow machine (valgrind) ample room before the first poll.
+        let mut s = task::spawn(sleep(Duration::from_millis(200)));
         assert_pending!(s.poll());
         assert!(!s.is_woken());
         poll_until_woken(&ctx, &s);
-        assert!(Instant::now() - start >= Duration::from_millis(2));
+        assert!(Instant::now() - start >= Duration::from_millis(200));
         assert_ready!(s.poll());
     }
 
@@ -77,14 +78,17 @@ per_backend! {
         });
     }
 
+    // On paused time, so that a slow machine (valgrind) cannot let the deadline pass before the
+    // first poll.
     fn timeout_ok_and_elapsed(backend) {
-        let ctx = context(backend);
+        let ctx = paused(backend);
         let _g = ctx.enter();
         let mut quick = task::spawn(timeout(Duration::from_secs(1), async { 3 }));
         assert_ready_eq!(quick.poll(), Ok(3));
 
         let mut slow = task::spawn(timeout(Duration::from_millis(1), std::future::pending::<()>()));
         assert_pending!(slow.poll());
+        time::advance(Duration::from_millis(1));
         poll_until_woken(&ctx, &slow);
         let err = assert_ready!(slow.poll()).unwrap_err();
         assert_eq!(err.to_string(), "deadline has elapsed");
