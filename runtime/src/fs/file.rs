@@ -154,6 +154,7 @@ impl File {
             IoEngine::ThreadPool => run_blocking(req, keep).await,
             _ => {
                 let mut keep = keep;
+                let mut kernel_cancels = 0;
                 loop {
                     let fd = keep.0.as_raw_fd();
                     // SAFETY: every address in `req` points into `keep` (its heap buffers) or into memory
@@ -164,6 +165,15 @@ impl File {
                     keep = back;
                     match res {
                         Ok(r) if r == -libc::EINTR || r == -libc::EAGAIN => continue,
+                        // Nothing cancels an op whose future is alive, but the kernel may: an op
+                        // punted to io-wq fails with ECANCELED when no worker thread could be
+                        // created, e.g. while signals keep arriving. Submit it again.
+                        Ok(r)
+                            if r == -libc::ECANCELED && kernel_cancels < KERNEL_CANCEL_RETRIES =>
+                        {
+                            kernel_cancels += 1;
+                            continue;
+                        }
                         Ok(r) => break (cqe_result(r), keep),
                         Err(e) => break (Err(e), keep),
                     }
@@ -524,6 +534,10 @@ impl File {
         self.run(req, iovecs).await.0
     }
 }
+
+/// How often an operation the kernel cancelled on its own (see `File::run`) is submitted again
+/// before its ECANCELED reaches the caller.
+pub(super) const KERNEL_CANCEL_RETRIES: u32 = 16;
 
 /// Copies a caller's iovec array into the operation's own resources: the kernel reads the array when
 /// it issues the operation, which may be after the future that started it was dropped.
