@@ -146,38 +146,21 @@ impl File {
         Ok(())
     }
 
-    /// Runs one operation on the file's engine, resubmitting `EINTR`/`EAGAIN`. `keep` holds whatever
+    /// Runs one operation on the file's engine (on the ring, resubmitted as
+    /// [`Op::submit_until_done`] says). `keep` holds whatever
     /// memory the operation points to; it comes back with the result.
     async fn run<K: Send + 'static>(&self, req: Req, keep: K) -> (io::Result<usize>, K) {
         let keep = (Arc::clone(&self.fd), keep);
         let (res, (_, keep)) = match self.engine() {
             IoEngine::ThreadPool => run_blocking(req, keep).await,
             _ => {
-                let mut keep = keep;
-                let mut kernel_cancels = 0;
-                loop {
-                    let fd = keep.0.as_raw_fd();
-                    // SAFETY: every address in `req` points into `keep` (its heap buffers) or into memory
-                    // the caller of a `_raw` method promised to keep alive; the fd is kept open by the
-                    // Arc inside `keep`.
-                    let op = unsafe { Op::submit(keep, move |_| req.sqe(fd)) };
-                    let (res, back) = op.await;
-                    keep = back;
-                    match res {
-                        Ok(r) if r == -libc::EINTR || r == -libc::EAGAIN => continue,
-                        // Nothing cancels an op whose future is alive, but the kernel may: an op
-                        // punted to io-wq fails with ECANCELED when no worker thread could be
-                        // created, e.g. while signals keep arriving. Submit it again.
-                        Ok(r)
-                            if r == -libc::ECANCELED && kernel_cancels < KERNEL_CANCEL_RETRIES =>
-                        {
-                            kernel_cancels += 1;
-                            continue;
-                        }
-                        Ok(r) => break (cqe_result(r), keep),
-                        Err(e) => break (Err(e), keep),
-                    }
-                }
+                let fd = keep.0.as_raw_fd();
+                // SAFETY: every address in `req` points into `keep` (its heap buffers) or into memory
+                // the caller of a `_raw` method promised to keep alive; the fd is kept open by the
+                // Arc inside `keep`.
+                let (res, keep) =
+                    unsafe { Op::submit_until_done(keep, move |_| req.sqe(fd), |_| {}) }.await;
+                (res.and_then(cqe_result), keep)
             }
         };
         (res, keep)
@@ -534,10 +517,6 @@ impl File {
         self.run(req, iovecs).await.0
     }
 }
-
-/// How often an operation the kernel cancelled on its own (see `File::run`) is submitted again
-/// before its ECANCELED reaches the caller.
-pub(super) const KERNEL_CANCEL_RETRIES: u32 = 16;
 
 /// Copies a caller's iovec array into the operation's own resources: the kernel reads the array when
 /// it issues the operation, which may be after the future that started it was dropped.

@@ -36,23 +36,13 @@ pub(crate) struct Op<T: Send + 'static> {
 
 impl<T: Send + 'static> Op<T> {
     /// Builds an SQE that may point into `resources` (into heap memory they own, which does not move
-    /// when they do) and queues it on the current context's ring.
+    /// when they do) and queues it on the current context's ring. If the future is dropped before it
+    /// consumed the result, `orphan` gets the result to release what it owns (an open's fd).
     ///
     /// # Safety
     ///
     /// Every pointer in the SQE must point into memory owned by `resources` (or kept alive by the
     /// caller until the operation completes).
-    pub(crate) unsafe fn submit(resources: T, make_sqe: impl FnOnce(&T) -> squeue::Entry) -> Op<T> {
-        // SAFETY: forwarded; the caller upholds `submit_owning_result`'s contract.
-        unsafe { Self::submit_owning_result(resources, make_sqe, |_| {}) }
-    }
-
-    /// [`submit`](Self::submit) for an operation whose result owns something (an open's fd): if the
-    /// future is dropped before it consumed the result, `orphan` gets the result to release it.
-    ///
-    /// # Safety
-    ///
-    /// As for [`submit`](Self::submit).
     pub(crate) unsafe fn submit_owning_result(
         resources: T,
         make_sqe: impl FnOnce(&T) -> squeue::Entry,
@@ -79,23 +69,55 @@ impl<T: Send + 'static> Op<T> {
         })
     }
 
-    /// [`submit`](Self::submit) on a given context's ring (which must run on this thread).
+    /// Submits the operation until it has a result worth reporting, and returns that result (a raw
+    /// CQE value: bytes, an fd, or a negative errno) with the resources.
+    ///
+    /// It submits again after `EINTR` and `EAGAIN`, and after an `ECANCELED` nobody asked for: no
+    /// block I/O op is cancelled while its future lives, but the kernel cancels an op punted to
+    /// io-wq when it cannot create a worker thread (signals arriving meanwhile). That retry is
+    /// bounded, so a kernel that keeps cancelling reports `ECANCELED` in the end.
     ///
     /// # Safety
     ///
-    /// As for [`submit`](Self::submit).
+    /// As for [`submit_owning_result`](Self::submit_owning_result), for every SQE `make_sqe` builds.
+    pub(crate) async unsafe fn submit_until_done(
+        mut resources: T,
+        make_sqe: impl Fn(&T) -> squeue::Entry,
+        orphan: fn(i32),
+    ) -> (io::Result<i32>, T) {
+        let mut kernel_cancels = 0;
+        loop {
+            // SAFETY: forwarded; the caller upholds `submit_owning_result`'s contract.
+            let op = unsafe { Self::submit_owning_result(resources, &make_sqe, orphan) };
+            let (res, back) = op.await;
+            resources = back;
+            match res {
+                Ok(r) if r == -libc::EINTR || r == -libc::EAGAIN => {}
+                Ok(r) if r == -libc::ECANCELED && kernel_cancels < KERNEL_CANCEL_RETRIES => {
+                    kernel_cancels += 1;
+                }
+                other => return (other, resources),
+            }
+        }
+    }
+
+    /// [`submit_owning_result`](Self::submit_owning_result) on a given context's ring (which must run on this thread).
+    ///
+    /// # Safety
+    ///
+    /// As for [`submit_owning_result`](Self::submit_owning_result).
     pub(crate) unsafe fn submit_on(
         inner: &Rc<Inner>,
         resources: T,
         make_sqe: impl FnOnce(&T) -> squeue::Entry,
     ) -> Op<T> {
-        // SAFETY: forwarded; the caller upholds `submit`'s contract.
+        // SAFETY: forwarded; the caller upholds `submit_owning_result`'s contract.
         unsafe { Self::queue_on(inner, resources, make_sqe, |_| {}) }
     }
 
     /// # Safety
     ///
-    /// As for [`submit`](Self::submit).
+    /// As for [`submit_owning_result`](Self::submit_owning_result).
     unsafe fn queue_on(
         inner: &Rc<Inner>,
         resources: T,
@@ -229,6 +251,10 @@ impl<T: Send + 'static> Drop for Op<T> {
         }
     }
 }
+
+/// How often [`Op::submit_until_done`] submits an operation the kernel cancelled on its own before
+/// the `ECANCELED` reaches the caller.
+const KERNEL_CANCEL_RETRIES: u32 = 16;
 
 /// Turns a CQE result into bytes or an OS error.
 pub(crate) fn cqe_result(res: i32) -> io::Result<usize> {

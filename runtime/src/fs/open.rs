@@ -145,39 +145,22 @@ impl OpenOptions {
         let flags = self.flags()?;
         let path = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
-        let mut path = path;
-        let mut kernel_cancels = 0;
-        let res = loop {
-            // SAFETY: the SQE points at the path's heap bytes, owned by the operation's resources
-            // until the CQE. An fd the kernel opens after the future was dropped is closed by the
-            // orphan hook.
-            let op = unsafe {
-                Op::submit_owning_result(
-                    path,
-                    |path| {
-                        opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
-                            .flags(flags)
-                            .mode(0o666)
-                            .build()
-                    },
-                    close_orphan,
-                )
-            };
-            let (res, back) = op.await;
-            path = back;
-            match res? {
-                // An OPENAT punted to io-wq is cancelled by the kernel when no worker thread could
-                // be created (signals arriving meanwhile): nobody else cancels it, so open again.
-                r if r == -libc::ECANCELED
-                    && kernel_cancels < super::file::KERNEL_CANCEL_RETRIES =>
-                {
-                    kernel_cancels += 1;
-                }
-                r if r == -libc::EINTR || r == -libc::EAGAIN => {}
-                r => break r,
-            }
-        };
-        let fd = cqe_result(res)? as RawFd;
+        // SAFETY: the SQE points at the path's heap bytes, owned by the operation's resources until
+        // the CQE. An fd the kernel opens after the future was dropped is closed by the orphan hook.
+        let (res, _path) = unsafe {
+            Op::submit_until_done(
+                path,
+                |path| {
+                    opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+                        .flags(flags)
+                        .mode(0o666)
+                        .build()
+                },
+                close_orphan,
+            )
+        }
+        .await;
+        let fd = cqe_result(res?)? as RawFd;
         // SAFETY: the kernel just opened `fd` for us; nobody else owns it.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
