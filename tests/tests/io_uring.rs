@@ -378,35 +378,6 @@ fn level_triggered_readiness_is_reported_again_until_consumed() {
 }
 
 #[test]
-fn probe_failure_falls_back_to_epoll_or_errors_when_forced() {
-    for errno in [libc::ENOSYS, libc::EPERM, libc::ENOMEM] {
-        let ctx = AioContext::builder()
-            .simulate_io_uring_unavailable(errno)
-            .build()
-            .unwrap();
-        assert_eq!(
-            ctx.backend(),
-            Backend::Epoll,
-            "Auto falls back for errno {errno}"
-        );
-        let bh_ran = Rc::new(Cell::new(false));
-        let b = ctx.bh({
-            let r = bh_ran.clone();
-            move || r.set(true)
-        });
-        b.schedule();
-        assert!(ctx.poll(true) && bh_ran.get(), "the fallback context works");
-
-        let err = AioContext::builder()
-            .backend(Backend::IoUring)
-            .simulate_io_uring_unavailable(errno)
-            .build()
-            .unwrap_err();
-        assert!(err.to_string().contains("io_uring unavailable"), "{err}");
-    }
-}
-
-#[test]
 fn polling_submits_queued_sqes_and_peeks_the_cq_without_sleeping() {
     let ctx = Rc::new(
         AioContext::builder()
