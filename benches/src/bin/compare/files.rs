@@ -107,24 +107,17 @@ fn aioctx_run(
         let file = Rc::new(file);
         let start = Instant::now();
         let workers: Vec<_> = (0..depth)
-            .map(|worker| {
+            .map(|seed| {
                 let file = file.clone();
-                aioctx::spawn_local(async move {
-                    let mut rng = fastrand::Rng::with_seed(worker as u64);
-                    let mut buf = AlignedBuf::new(BLOCK, BLOCK);
-                    let mut ops = 0u64;
-                    while start.elapsed() < window {
-                        let at = offset(&mut rng, blocks);
-                        let (res, back) = match job {
+                aioctx::spawn_local(worker(seed, blocks, start, window, move |buf, at| {
+                    let file = file.clone();
+                    async move {
+                        Ok(match job {
                             Job::Read => file.read_at(buf, at).await,
                             Job::Write => file.write_at(buf, at).await,
-                        };
-                        buf = back;
-                        expect_full_block(res)?;
-                        ops += 1;
+                        })
                     }
-                    io::Result::Ok(ops)
-                })
+                }))
             })
             .collect();
         let mut ops = 0;
@@ -155,29 +148,21 @@ fn tokio_run(
         let file = Arc::new(file);
         let start = Instant::now();
         let workers: Vec<_> = (0..depth)
-            .map(|worker| {
+            .map(|seed| {
                 let file = file.clone();
-                tokio::spawn(async move {
-                    let mut rng = fastrand::Rng::with_seed(worker as u64);
-                    let mut buf = AlignedBuf::new(BLOCK, BLOCK);
-                    let mut ops = 0u64;
-                    while start.elapsed() < window {
-                        let at = offset(&mut rng, blocks);
-                        let file = file.clone();
-                        let (res, back) = tokio::task::spawn_blocking(move || {
+                tokio::spawn(worker(seed, blocks, start, window, move |mut buf, at| {
+                    let file = file.clone();
+                    async move {
+                        Ok(tokio::task::spawn_blocking(move || {
                             let res = match job {
                                 Job::Read => file.read_at(&mut buf, at),
                                 Job::Write => file.write_at(&buf, at),
                             };
                             (res, buf)
                         })
-                        .await?;
-                        buf = back;
-                        expect_full_block(res)?;
-                        ops += 1;
+                        .await?)
                     }
-                    io::Result::Ok(ops)
-                })
+                }))
             })
             .collect();
         let mut ops = 0;
@@ -206,6 +191,32 @@ fn probe_direct(path: &Path) -> io::Result<()> {
         )),
         Err(e) => Err(e),
     }
+}
+
+/// One of `depth` workers, each keeping one request in flight until `window` has passed since
+/// `start`: the same offsets (seeded by `seed`) and checks on both runtimes; only `transfer`, which
+/// moves one block at an offset and hands the buffer back, is the runtime's own.
+async fn worker<F, Fut>(
+    seed: usize,
+    blocks: u64,
+    start: Instant,
+    window: Duration,
+    mut transfer: F,
+) -> io::Result<u64>
+where
+    F: FnMut(AlignedBuf, u64) -> Fut,
+    Fut: std::future::Future<Output = io::Result<(io::Result<usize>, AlignedBuf)>>,
+{
+    let mut rng = fastrand::Rng::with_seed(seed as u64);
+    let mut buf = AlignedBuf::new(BLOCK, BLOCK);
+    let mut ops = 0u64;
+    while start.elapsed() < window {
+        let (res, back) = transfer(buf, offset(&mut rng, blocks)).await?;
+        buf = back;
+        expect_full_block(res)?;
+        ops += 1;
+    }
+    Ok(ops)
 }
 
 fn expect_full_block(res: io::Result<usize>) -> io::Result<()> {

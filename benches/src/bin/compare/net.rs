@@ -119,57 +119,51 @@ fn idle_fds_round_trip(side: Side, idle: usize, trips: u64) -> io::Result<f64> {
 const CONNECTIONS: usize = 64;
 const MESSAGE: usize = 64;
 
+/// The echo server, one body for both runtimes: `$listener` is the runtime's `TcpListener`, `$spawn`
+/// its spawn function. It serves `CONNECTIONS` connections on `std_listener` until each closes.
+macro_rules! echo_server {
+    ($listener:ty, $spawn:path, $std_listener:ident) => {
+        async move {
+            let listener = <$listener>::from_std($std_listener)?;
+            let mut conns = Vec::with_capacity(CONNECTIONS);
+            for _ in 0..CONNECTIONS {
+                let (mut stream, _) = listener.accept().await?;
+                conns.push($spawn(async move {
+                    let mut buf = [0u8; MESSAGE];
+                    loop {
+                        let n = stream.read(&mut buf).await?;
+                        if n == 0 {
+                            return io::Result::Ok(());
+                        }
+                        stream.write_all(&buf[..n]).await?;
+                    }
+                }));
+            }
+            for conn in conns {
+                conn.await??;
+            }
+            io::Result::Ok(())
+        }
+    };
+}
+
 fn tcp_echo(side: Side, config: &Config) -> io::Result<Vec<f64>> {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    // The same listening socket for both servers; the client may connect before the server runs.
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
     let server = std::thread::spawn(move || match side {
-        Side::Aioctx => aioctx_context()?.block_on(async move {
-            let listener = aioctx::net::TcpListener::bind("127.0.0.1:0")?;
-            addr_tx.send(listener.local_addr()?).ok();
-            let mut conns = Vec::with_capacity(CONNECTIONS);
-            for _ in 0..CONNECTIONS {
-                let (mut stream, _) = listener.accept().await?;
-                conns.push(aioctx::spawn_local(async move {
-                    let mut buf = [0u8; MESSAGE];
-                    loop {
-                        let n = stream.read(&mut buf).await?;
-                        if n == 0 {
-                            return io::Result::Ok(());
-                        }
-                        stream.write_all(&buf[..n]).await?;
-                    }
-                }));
-            }
-            for conn in conns {
-                conn.await??;
-            }
-            io::Result::Ok(())
-        }),
-        Side::Tokio => tokio_current_thread()?.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            addr_tx.send(listener.local_addr()?).ok();
-            let mut conns = Vec::with_capacity(CONNECTIONS);
-            for _ in 0..CONNECTIONS {
-                let (mut stream, _) = listener.accept().await?;
-                conns.push(tokio::spawn(async move {
-                    let mut buf = [0u8; MESSAGE];
-                    loop {
-                        let n = stream.read(&mut buf).await?;
-                        if n == 0 {
-                            return io::Result::Ok(());
-                        }
-                        stream.write_all(&buf[..n]).await?;
-                    }
-                }));
-            }
-            for conn in conns {
-                conn.await??;
-            }
-            io::Result::Ok(())
-        }),
+        Side::Aioctx => aioctx_context()?.block_on(echo_server!(
+            aioctx::net::TcpListener,
+            aioctx::spawn_local,
+            std_listener
+        )),
+        Side::Tokio => tokio_current_thread()?.block_on(echo_server!(
+            tokio::net::TcpListener,
+            tokio::spawn,
+            std_listener
+        )),
     });
-    let addr = addr_rx
-        .recv()
-        .map_err(|_| io::Error::other("echo server failed to start"))?;
     let requests = echo_client(addr, config.window())?;
     server
         .join()
