@@ -108,7 +108,10 @@ impl Guard {
             );
             ctx.poll(true);
         }
-        panic!("{what}: not done after 100000 iterations");
+        panic!(
+            "{what}: not done after 100000 iterations: {:?}",
+            ctx.stats()
+        );
     }
 }
 

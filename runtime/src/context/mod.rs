@@ -15,6 +15,8 @@ mod handlers;
 pub(crate) mod notify;
 mod polling;
 mod remote;
+#[cfg(test)]
+mod stale_taskrun_tests;
 mod stats;
 mod uring;
 mod wake_lead;

@@ -304,7 +304,9 @@ impl MonitorOps for UringMonitor {
         completions: &mut Vec<Completion>,
     ) -> io::Result<()> {
         let drained = self.drain_backlog();
-        // Never sleep with completions already waiting to be reaped.
+        // Never sleep with completions already waiting to be reaped. Completions still held as task
+        // work (the TASKRUN flag) need no special case: the waiting enter runs that work first and
+        // returns at once if it posted a CQE, and the flag may be stale (see `completions_ready`).
         let timeout_ns = if self.completions_ready() {
             0
         } else {
@@ -358,17 +360,27 @@ impl MonitorOps for UringMonitor {
         if !self.backlog.is_empty() || !self.ring.submission().is_empty() {
             return true;
         }
-        let ready = self.completions_ready();
+        // With deferred task running, finished operations wait as task work (flagged in the SQ ring)
+        // until an io_uring_enter posts their CQEs. A stale flag (see `completions_ready`) costs one
+        // sleep instead of a spin: the next task work the kernel runs clears it.
+        let ready = self.completions_ready() || self.ring.submission().taskrun();
         if ready {
             self.stats.cq_peek_hits.bump();
         }
         ready
     }
 
+    /// CQEs wait in the ring. The TASKRUN flag is deliberately not consulted: the kernel sets it after
+    /// publishing the task work, so when our enter runs (and empties) the list in between, the flag is
+    /// left set with nothing behind it, and it stays set until more task work arrives. Taking it as
+    /// "do not sleep" made an idle loop spin at 100% CPU on a zero-timeout enter that never clears it.
     fn completions_ready(&mut self) -> bool {
-        // With deferred task running, finished operations wait as task work (flagged in the SQ ring)
-        // until an io_uring_enter posts their CQEs.
-        !self.ring.completion().is_empty() || self.ring.submission().taskrun()
+        !self.ring.completion().is_empty()
+    }
+
+    #[cfg(test)]
+    fn uring_fd(&self) -> Option<RawFd> {
+        Some(self.ring_fd())
     }
 
     fn submit_pending(&mut self) {

@@ -100,6 +100,11 @@ pub(crate) trait MonitorOps {
     }
     /// Hands queued submissions to the kernel without waiting (before the loop busy-polls).
     fn submit_pending(&mut self) {}
+    /// The io_uring monitor's ring fd, for tests that put the ring in a state the kernel can reach.
+    #[cfg(test)]
+    fn uring_fd(&self) -> Option<RawFd> {
+        None
+    }
     /// Queues a user SQE whose `user_data` the caller already set.
     fn push_sqe(&mut self, _sqe: squeue::Entry) -> io::Result<()> {
         Err(io::Error::new(
@@ -172,6 +177,11 @@ impl FdMonitor {
 
     pub(crate) fn submit_pending(&mut self) {
         self.ops.submit_pending();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn uring_fd(&self) -> Option<RawFd> {
+        self.ops.uring_fd()
     }
 
     pub(crate) fn push_sqe(&mut self, sqe: squeue::Entry) -> io::Result<()> {
