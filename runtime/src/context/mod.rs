@@ -15,7 +15,7 @@ mod handlers;
 pub(crate) mod notify;
 mod polling;
 mod remote;
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod stale_taskrun_tests;
 mod stats;
 mod uring;

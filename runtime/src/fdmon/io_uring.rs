@@ -378,7 +378,7 @@ impl MonitorOps for UringMonitor {
         !self.ring.completion().is_empty()
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn uring_fd(&self) -> Option<RawFd> {
         Some(self.ring_fd())
     }

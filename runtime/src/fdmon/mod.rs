@@ -101,7 +101,7 @@ pub(crate) trait MonitorOps {
     /// Hands queued submissions to the kernel without waiting (before the loop busy-polls).
     fn submit_pending(&mut self) {}
     /// The io_uring monitor's ring fd, for tests that put the ring in a state the kernel can reach.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn uring_fd(&self) -> Option<RawFd> {
         None
     }
@@ -179,7 +179,7 @@ impl FdMonitor {
         self.ops.submit_pending();
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn uring_fd(&self) -> Option<RawFd> {
         self.ops.uring_fd()
     }

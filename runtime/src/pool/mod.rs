@@ -128,7 +128,7 @@ impl Pool {
     }
 
     /// `(threads, idle, queued)`, for tests and statistics.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn counts(&self) -> (usize, usize, usize) {
         let s = self.lock();
         (s.threads, s.idle, s.queue.len())
