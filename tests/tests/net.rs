@@ -256,8 +256,9 @@ per_backend! {
     }
 
     fn notifier_wait_polling_sees_memory_without_the_fd(backend) {
-        // Windows that grow x100 up to 0.5 s: after a few quick wakeups the loop polls long enough to
-        // see work published from another thread without a kick.
+        // Windows grow x100 (up to 0.5 s) whenever the loop blocked longer than the window: wakeups
+        // a few ms apart take it from 0 to 4 us, 400 us and 40 ms, long enough to see work that
+        // another thread publishes only in memory.
         let ctx = AioContext::builder()
             .backend(backend)
             .poll_max_ns(500_000_000)
@@ -266,30 +267,63 @@ per_backend! {
             .unwrap();
         let n = EventNotifier::new().unwrap();
         let work = Arc::new(AtomicBool::new(false));
+        // How many times the poll function (not the fd) found work.
+        let found = Arc::new(AtomicUsize::new(0));
         ctx.block_on(async {
-            let w = work.clone();
-            let waiter = n.waiter_polling(move || w.swap(false, Ordering::AcqRel)).unwrap();
+            let (w, f) = (work.clone(), found.clone());
+            let waiter = n
+                .waiter_polling(move || {
+                    let got = w.swap(false, Ordering::AcqRel);
+                    if got {
+                        f.fetch_add(1, Ordering::Relaxed);
+                    }
+                    got
+                })
+                .unwrap();
             for _ in 0..4 {
-                n.set().unwrap();
-                waiter.wait().await;
-            }
-            let before = ctx.stats().poll_hits;
-            let (w, kick) = (work.clone(), n.clone());
-            let t = std::thread::spawn(move || {
-                w.store(true, Ordering::Release);
-                // Only if polling missed it (the test then fails below, rather than hanging): kick.
-                let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-                while w.load(Ordering::Acquire) && std::time::Instant::now() < until {
-                    std::thread::yield_now();
-                }
-                if w.load(Ordering::Acquire) {
+                let kick = n.clone();
+                let t = std::thread::spawn(move || {
+                    // Workload, not synchronisation: the loop must block a while for the window to grow.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                     kick.set().unwrap();
+                });
+                waiter.wait().await;
+                t.join().unwrap();
+            }
+            assert!(!n.test_and_clear().unwrap(), "the waiter cleared every kick");
+            // Work only in memory. A round where the polling loop missed it (the publishing thread was
+            // descheduled past the window) ends with a kick after 200 ms, and is tried again.
+            let mut polled_rounds = 0;
+            for _ in 0..5 {
+                let found_before = found.load(Ordering::Relaxed);
+                let kicked = Arc::new(AtomicBool::new(false));
+                let (w, kick, k) = (work.clone(), n.clone(), kicked.clone());
+                let t = std::thread::spawn(move || {
+                    w.store(true, Ordering::Release);
+                    let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+                    while w.load(Ordering::Acquire) && std::time::Instant::now() < until {
+                        std::thread::yield_now();
+                    }
+                    if w.load(Ordering::Acquire) {
+                        k.store(true, Ordering::Release);
+                        kick.set().unwrap();
+                    }
+                });
+                waiter.wait().await;
+                t.join().unwrap();
+                if !kicked.load(Ordering::Acquire) {
+                    assert_eq!(
+                        found.load(Ordering::Relaxed),
+                        found_before + 1,
+                        "no kick, so the poll function found the work"
+                    );
+                    polled_rounds += 1;
+                    break;
                 }
-            });
-            waiter.wait().await;
-            t.join().unwrap();
-            assert!(ctx.stats().poll_hits > before, "the poll function, not the fd, found the work");
-            assert!(!n.test_and_clear().unwrap(), "no kick was needed");
+                n.test_and_clear().unwrap();
+                work.store(false, Ordering::Release);
+            }
+            assert_eq!(polled_rounds, 1, "polling never saw work published in memory");
         });
     }
 }

@@ -532,6 +532,25 @@ per_backend! {
     }
 }
 
+/// Polling phases the loop has run so far.
+fn polling_phases(ctx: &AioContext) -> u64 {
+    let stats = ctx.stats();
+    stats.poll_hits + stats.poll_misses
+}
+
+/// Ticks until the loop has run `phases` more polling phases. A tick whose timer was already due
+/// when its iteration began (a stall on a loaded machine) skips polling, so count phases, not ticks.
+fn tick_polling(ctx: &AioContext, phases: u64) {
+    let target = polling_phases(ctx) + phases;
+    for _ in 0..1_000 {
+        if polling_phases(ctx) >= target {
+            return;
+        }
+        tick(ctx);
+    }
+    panic!("the loop did not poll {phases} times in 1000 ticks");
+}
+
 /// Runs blocking iterations until a 1 ms timer fires: one or more polling phases, then a wait.
 fn tick(ctx: &AioContext) {
     let fired = Rc::new(Cell::new(false));
@@ -582,12 +601,11 @@ per_backend! {
         while reads.get() == 0 {
             ctx.poll(true);
         }
-        tick(&ctx);
-        tick(&ctx);
+        // Two polling phases: the first starts the idle clock, the second finds it run out.
+        tick_polling(&ctx, 2);
         let polled = polls.get();
         assert!(polled > 0, "the loop never polled");
-        tick(&ctx);
-        tick(&ctx);
+        tick_polling(&ctx, 2);
         if backend == Backend::IoUring {
             assert_eq!(polls.get(), polled, "an idle handler stays off the poll list");
         } else {
@@ -599,7 +617,7 @@ per_backend! {
             ctx.poll(true);
         }
         let back = polls.get();
-        tick(&ctx);
+        tick_polling(&ctx, 1);
         assert!(polls.get() > back, "{backend:?}: a handler whose fd fired is polled again");
     }
 }

@@ -546,8 +546,13 @@ mod tests {
         bh.schedule_idle();
         assert_eq!(inner.compute_timeout(), IDLE_BH_TIMEOUT_NS);
         let timer = ctx.timer(Clock::Realtime, || {});
-        timer.arm_after(Duration::from_millis(3));
-        let t = inner.compute_timeout();
+        // A stall of 3 ms between arming and computing (a loaded machine) makes the timer due: retry.
+        let t = (0..5)
+            .find_map(|_| {
+                timer.arm_after(Duration::from_millis(3));
+                Some(inner.compute_timeout()).filter(|&t| t != 0)
+            })
+            .expect("the timer was due at every try");
         assert!(t > 0 && t <= 3_000_000, "the nearer timer wins: {t}");
         bh.schedule();
         assert_eq!(inner.compute_timeout(), 0, "a non-idle BH means no wait");
