@@ -17,7 +17,9 @@
 //! - **Deferred task running**: the ring is set up with `SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG`
 //!   (Linux 6.1; older kernels get a plain ring). Completions are then posted only when the home thread
 //!   enters the kernel, which it does anyway, and the kernel flags pending ones in the SQ ring, so the
-//!   polling phase still sees them without a syscall. Measured with the loop-tour example (polling off,
+//!   polling phase still sees them without a syscall. The flag is only a hint: the kernel raises it
+//!   after publishing the work, so it can outlive the work it announced. It therefore stops busy-polling
+//!   but never stops the loop from sleeping; the sleeping enter runs pending work first anyway. Measured with the loop-tour example (polling off,
 //!   eventfd kick to completion across threads): p50 13.7 us with a plain ring, 2.1 us with deferred
 //!   task running (epoll: 1.1 us).
 //! - **User SQEs** (QEMU's `aio_add_sqe`): code running in the context queues its own SQE with a completion
