@@ -72,8 +72,11 @@ async fn connect(socket: Socket, addr: &SockAddr) -> io::Result<Async<Socket>> {
 
 /// What both stream types share: shutdown, readiness, the fd, and the futures-io traits (reads
 /// through [`recv::Recv`], completion-based on io_uring).
+///
+/// `$connected_pair` is hidden doctest code that makes two connected streams `a` and `b` of `$ty`
+/// inside an async block, so that each type's docs show its own type.
 macro_rules! stream_io_impls {
-    ($ty:ty, $io:ty) => {
+    ($ty:ty, $io:ty, $connected_pair:literal) => {
         impl $ty {
             /// Wraps a registered socket, with RECVs if the current context runs io_uring.
             fn wrap(inner: $crate::io::Async<$io>) -> $ty {
@@ -84,17 +87,59 @@ macro_rules! stream_io_impls {
             }
 
             /// Shuts down reading, writing or both.
+            ///
+            /// Shutting down writing sends end-of-stream while the stream can still read:
+            ///
+            /// ```
+            /// use futures::AsyncReadExt;
+            /// # let ctx = aioctx::AioContext::new()?;
+            /// # ctx.block_on(async {
+            #[doc = $connected_pair]
+            /// a.shutdown(std::net::Shutdown::Write)?;
+            /// let mut rest = Vec::new();
+            /// b.read_to_end(&mut rest).await?; // ends: `a` will write no more
+            /// assert!(rest.is_empty());
+            /// # Ok::<_, std::io::Error>(())
+            /// # })?;
+            /// # Ok::<(), std::io::Error>(())
+            /// ```
             pub fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
                 self.inner.get_ref().shutdown(how)
             }
 
             /// Waits until readable: data is buffered or the socket is readable (or hung up, or in
             /// error).
+            ///
+            /// ```
+            /// use futures::{AsyncReadExt, AsyncWriteExt};
+            /// # let ctx = aioctx::AioContext::new()?;
+            /// # ctx.block_on(async {
+            #[doc = $connected_pair]
+            /// a.write_all(b"x").await?;
+            /// b.readable().await?; // a read now returns at once
+            /// let mut buf = [0; 1];
+            /// assert_eq!(b.read(&mut buf).await?, 1);
+            /// # Ok::<_, std::io::Error>(())
+            /// # })?;
+            /// # Ok::<(), std::io::Error>(())
+            /// ```
             pub async fn readable(&self) -> std::io::Result<()> {
                 std::future::poll_fn(|cx| self.recv.poll_readable(cx, &self.inner)).await
             }
 
             /// Waits until writable.
+            ///
+            /// ```
+            /// use futures::AsyncWriteExt;
+            /// # let ctx = aioctx::AioContext::new()?;
+            /// # ctx.block_on(async {
+            #[doc = $connected_pair]
+            /// a.writable().await?; // a fresh stream has room in its send buffer
+            /// assert_eq!(a.write(b"x").await?, 1);
+            /// # Ok::<_, std::io::Error>(())
+            /// # })?;
+            /// # Ok::<(), std::io::Error>(())
+            /// ```
             pub async fn writable(&self) -> std::io::Result<()> {
                 self.inner.writable().await
             }

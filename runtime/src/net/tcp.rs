@@ -10,6 +10,24 @@ use super::{connect, stream_io_impls};
 use crate::io::Async;
 
 /// A TCP listener on the current context.
+///
+/// ```
+/// use futures::{AsyncReadExt, AsyncWriteExt};
+/// use aioctx::net::{TcpListener, TcpStream};
+///
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let listener = TcpListener::bind("127.0.0.1:0")?;
+///     let mut client = TcpStream::connect(listener.local_addr()?).await?;
+///     let (mut server_side, _peer) = listener.accept().await?;
+///     client.write_all(b"ping").await?;
+///     let mut buf = [0; 4];
+///     server_side.read_exact(&mut buf).await?;
+///     assert_eq!(&buf, b"ping");
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct TcpListener {
     inner: Async<std::net::TcpListener>,
@@ -17,6 +35,16 @@ pub struct TcpListener {
 
 impl TcpListener {
     /// Binds to `addr` (the first address it resolves to that binds) with `SO_REUSEADDR`.
+    ///
+    /// Port 0 lets the kernel pick a free port:
+    ///
+    /// ```
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # let _guard = ctx.enter();
+    /// let listener = aioctx::net::TcpListener::bind("127.0.0.1:0")?;
+    /// assert_ne!(listener.local_addr()?.port(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
         let mut last = None;
         for addr in addr.to_socket_addrs()? {
@@ -60,12 +88,37 @@ impl TcpListener {
     }
 
     /// Accepts a connection.
+    ///
+    /// The address that comes with the connection is the client's:
+    ///
+    /// ```
+    /// use aioctx::net::{TcpListener, TcpStream};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # ctx.block_on(async {
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let client = TcpStream::connect(listener.local_addr()?).await?;
+    /// let (conn, peer) = listener.accept().await?;
+    /// assert_eq!(peer, client.local_addr()?);
+    /// assert_eq!(conn.peer_addr()?, peer);
+    /// # Ok::<_, std::io::Error>(())
+    /// # })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (stream, peer) = self.inner.read_with(|l| l.accept()).await?;
         Ok((TcpStream::wrap(Async::new(stream)?), peer))
     }
 
     /// The bound address.
+    ///
+    /// ```
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # let _guard = ctx.enter();
+    /// let listener = aioctx::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
+    /// assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.get_ref().local_addr()
     }
@@ -78,6 +131,25 @@ impl AsRawFd for TcpListener {
 }
 
 /// A TCP connection on the current context.
+///
+/// ```
+/// use futures::{AsyncReadExt, AsyncWriteExt};
+/// use aioctx::net::{TcpListener, TcpStream};
+///
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let listener = TcpListener::bind("127.0.0.1:0")?;
+///     let mut client = TcpStream::connect(listener.local_addr()?).await?;
+///     let (mut server_side, _) = listener.accept().await?;
+///     server_side.write_all(b"hello").await?;
+///     server_side.close().await?; // shuts down writing: the client reads to the end
+///     let mut got = Vec::new();
+///     client.read_to_end(&mut got).await?;
+///     assert_eq!(got, b"hello");
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct TcpStream {
     inner: Async<std::net::TcpStream>,
@@ -86,6 +158,18 @@ pub struct TcpStream {
 
 impl TcpStream {
     /// Connects to `addr` (trying each resolved address in turn) without blocking the loop.
+    ///
+    /// ```
+    /// use aioctx::net::{TcpListener, TcpStream};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # ctx.block_on(async {
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let stream = TcpStream::connect(listener.local_addr()?).await?;
+    /// assert_eq!(stream.peer_addr()?, listener.local_addr()?);
+    /// # Ok::<_, std::io::Error>(())
+    /// # })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         let mut last = None;
         for addr in addr.to_socket_addrs()? {
@@ -108,29 +192,103 @@ impl TcpStream {
     }
 
     /// Wraps a connected std stream (made non-blocking).
+    ///
+    /// ```
+    /// let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let std_stream = std::net::TcpStream::connect(std_listener.local_addr()?)?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let _guard = ctx.enter();
+    /// let stream = aioctx::net::TcpStream::from_std(std_stream)?;
+    /// assert_eq!(stream.peer_addr()?, std_listener.local_addr()?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
         Ok(TcpStream::wrap(Async::new(stream)?))
     }
 
     /// The peer's address.
+    ///
+    /// ```
+    /// use aioctx::net::{TcpListener, TcpStream};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # ctx.block_on(async {
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let client = TcpStream::connect(listener.local_addr()?).await?;
+    /// let (server_side, _) = listener.accept().await?;
+    /// assert_eq!(client.peer_addr()?, listener.local_addr()?);
+    /// assert_eq!(server_side.peer_addr()?, client.local_addr()?);
+    /// # Ok::<_, std::io::Error>(())
+    /// # })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.inner.get_ref().peer_addr()
     }
 
     /// The local address.
+    ///
+    /// ```
+    /// use aioctx::net::{TcpListener, TcpStream};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # ctx.block_on(async {
+    /// let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let client = TcpStream::connect(listener.local_addr()?).await?;
+    /// let (server_side, _) = listener.accept().await?;
+    /// assert_eq!(server_side.local_addr()?, listener.local_addr()?);
+    /// assert_eq!(client.local_addr()?, server_side.peer_addr()?);
+    /// # Ok::<_, std::io::Error>(())
+    /// # })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.get_ref().local_addr()
     }
 
     /// `TCP_NODELAY`.
+    ///
+    /// Small writes of a request/response protocol go out at once instead of waiting for Nagle's
+    /// algorithm:
+    ///
+    /// ```
+    /// use aioctx::net::{TcpListener, TcpStream};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # ctx.block_on(async {
+    /// # let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let stream = TcpStream::connect(listener.local_addr()?).await?;
+    /// stream.set_nodelay(true)?;
+    /// assert!(stream.nodelay()?);
+    /// # Ok::<_, std::io::Error>(())
+    /// # })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         self.inner.get_ref().set_nodelay(on)
     }
 
     /// Whether `TCP_NODELAY` is set.
+    ///
+    /// ```
+    /// use aioctx::net::{TcpListener, TcpStream};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # ctx.block_on(async {
+    /// # let listener = TcpListener::bind("127.0.0.1:0")?;
+    /// let stream = TcpStream::connect(listener.local_addr()?).await?;
+    /// assert!(!stream.nodelay()?); // off by default, as for any TCP socket
+    /// stream.set_nodelay(true)?;
+    /// assert!(stream.nodelay()?);
+    /// # Ok::<_, std::io::Error>(())
+    /// # })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn nodelay(&self) -> io::Result<bool> {
         self.inner.get_ref().nodelay()
     }
 }
 
-stream_io_impls!(TcpStream, std::net::TcpStream);
+stream_io_impls!(
+    TcpStream,
+    std::net::TcpStream,
+    "# let listener = aioctx::net::TcpListener::bind(\"127.0.0.1:0\")?;
+# let mut a = aioctx::net::TcpStream::connect(listener.local_addr()?).await?;
+# let (mut b, _) = listener.accept().await?;"
+);
