@@ -68,6 +68,11 @@ unsafe impl<T: ?Sized + Send> Sync for Mutex<T> {}
 
 impl<T> Mutex<T> {
     /// A new, unlocked mutex.
+    ///
+    /// ```
+    /// let m = aioctx::sync::Mutex::new(vec![1, 2]);
+    /// assert_eq!(*m.try_lock().unwrap(), [1, 2]);
+    /// ```
     pub fn new(value: T) -> Self {
         Self {
             state: StdMutex::new(State::default()),
@@ -76,6 +81,12 @@ impl<T> Mutex<T> {
     }
 
     /// The value, when nobody can hold the lock any more.
+    ///
+    /// ```
+    /// let m = aioctx::sync::Mutex::new(String::from("a"));
+    /// m.try_lock().unwrap().push('b');
+    /// assert_eq!(m.into_inner(), "ab");
+    /// ```
     pub fn into_inner(self) -> T {
         self.value.into_inner()
     }
@@ -88,6 +99,17 @@ impl<T: ?Sized> Mutex<T> {
     }
 
     /// Waits for the lock. Waiters get it in the order they started waiting.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let m = aioctx::sync::Mutex::new(0);
+    /// ctx.block_on(async {
+    ///     *m.lock().await += 1;
+    ///     *m.lock().await += 1;
+    /// });
+    /// assert_eq!(m.into_inner(), 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn lock(&self) -> Lock<'_, T> {
         Lock {
             mutex: self,
@@ -96,6 +118,14 @@ impl<T: ?Sized> Mutex<T> {
     }
 
     /// Takes the lock if it is free and nobody is waiting for it.
+    ///
+    /// ```
+    /// let m = aioctx::sync::Mutex::new(0);
+    /// let guard = m.try_lock().unwrap();
+    /// assert!(m.try_lock().is_none()); // held
+    /// drop(guard);
+    /// assert!(m.try_lock().is_some());
+    /// ```
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
         let mut state = self.state();
         if state.locked {
@@ -106,6 +136,12 @@ impl<T: ?Sized> Mutex<T> {
     }
 
     /// Direct access through a unique reference (no locking needed).
+    ///
+    /// ```
+    /// let mut m = aioctx::sync::Mutex::new(1);
+    /// *m.get_mut() += 1;
+    /// assert_eq!(*m.try_lock().unwrap(), 2);
+    /// ```
     pub fn get_mut(&mut self) -> &mut T {
         self.value.get_mut()
     }
@@ -149,6 +185,16 @@ impl<T: Default> Default for Mutex<T> {
 
 /// The future of [`Mutex::lock`]. Dropping it while waiting gives up its place (or, if the lock was
 /// already handed to it, passes the lock on).
+///
+/// ```
+/// use futures::FutureExt;
+/// let m = aioctx::sync::Mutex::new(());
+/// let guard = m.try_lock().unwrap();
+/// // `now_or_never` polls the lock future once and drops it: it queued, then gave up its place.
+/// assert!(m.lock().now_or_never().is_none());
+/// drop(guard);
+/// assert!(m.try_lock().is_some()); // nobody is left waiting for it
+/// ```
 #[must_use = "futures do nothing unless awaited"]
 pub struct Lock<'a, T: ?Sized> {
     mutex: &'a Mutex<T>,
@@ -219,6 +265,16 @@ impl<T: ?Sized> Drop for Lock<'_, T> {
 }
 
 /// Exclusive access to a [`Mutex`]'s value; unlocking (handing over) happens on drop.
+///
+/// ```
+/// let m = aioctx::sync::Mutex::new(Vec::new());
+/// {
+///     let mut guard = m.try_lock().unwrap();
+///     guard.push(1); // DerefMut to the value
+///     assert_eq!(guard.len(), 1);
+/// } // unlocked here
+/// assert!(m.try_lock().is_some());
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct MutexGuard<'a, T: ?Sized> {
     mutex: &'a Mutex<T>,

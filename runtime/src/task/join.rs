@@ -32,6 +32,15 @@ pub enum JoinError {
 }
 
 /// What a task panicked with, and its message when the payload is a string.
+///
+/// ```
+/// use aioctx::JoinError;
+/// let ctx = aioctx::AioContext::new()?;
+/// let err = ctx.block_on(ctx.spawn_local(async { panic!("disk on fire") })).unwrap_err();
+/// let JoinError::Panic(payload) = err else { unreachable!("the task panicked") };
+/// assert_eq!(payload.message(), "disk on fire");
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct PanicPayload {
     message: String,
     // A Mutex makes the `Send`-only payload `Sync`; it is only ever taken whole, never shared.
@@ -47,11 +56,35 @@ impl PanicPayload {
     }
 
     /// The panic message (`"<non-string panic payload>"` when the payload is not a string).
+    ///
+    /// ```
+    /// use aioctx::JoinError;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let code = 7;
+    /// let err = ctx.block_on(ctx.spawn_local(async move { panic!("exit code {code}") })).unwrap_err();
+    /// if let JoinError::Panic(payload) = err {
+    ///     assert_eq!(payload.message(), "exit code 7");
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn message(&self) -> &str {
         &self.message
     }
 
     /// The payload, to resume the panic with [`std::panic::resume_unwind`].
+    ///
+    /// The payload of `panic!` with a plain string literal is a `&'static str`:
+    ///
+    /// ```
+    /// use aioctx::JoinError;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let err = ctx.block_on(ctx.spawn_local(async { panic!("boom") })).unwrap_err();
+    /// if let JoinError::Panic(payload) = err {
+    ///     let inner = payload.into_inner();
+    ///     assert_eq!(inner.downcast_ref::<&str>(), Some(&"boom"));
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn into_inner(self) -> Box<dyn Any + Send + 'static> {
         self.payload
             .into_inner()
@@ -67,11 +100,29 @@ impl fmt::Debug for PanicPayload {
 
 impl JoinError {
     /// Whether the task was cancelled.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let task = ctx.spawn_local(futures::future::pending::<()>());
+    /// task.abort();
+    /// let err = ctx.block_on(task).unwrap_err();
+    /// assert!(err.is_cancelled());
+    /// assert!(!err.is_panic());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_cancelled(&self) -> bool {
         matches!(self, JoinError::Cancelled)
     }
 
     /// Whether the task panicked.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let err = ctx.block_on(ctx.spawn_local(async { panic!("boom") })).unwrap_err();
+    /// assert!(err.is_panic());
+    /// assert!(!err.is_cancelled());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_panic(&self) -> bool {
         matches!(self, JoinError::Panic(_))
     }
@@ -82,12 +133,34 @@ impl JoinError {
     ///
     /// If the task was cancelled rather than panicking (check [`is_panic`](Self::is_panic) first, or use
     /// [`try_into_panic`](Self::try_into_panic)).
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let err = ctx.block_on(ctx.spawn_local(async { panic!("boom") })).unwrap_err();
+    /// assert!(err.is_panic());
+    /// let payload = err.into_panic();
+    /// assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom"));
+    /// // or, to propagate it: std::panic::resume_unwind(payload)
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn into_panic(self) -> Box<dyn Any + Send + 'static> {
         self.try_into_panic()
             .unwrap_or_else(|_| panic!("JoinError::into_panic on a cancelled task"))
     }
 
     /// The panic payload, or the error itself if the task was cancelled.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let task = ctx.spawn_local(futures::future::pending::<()>());
+    /// task.abort();
+    /// let err = ctx.block_on(task).unwrap_err();
+    /// match err.try_into_panic() {
+    ///     Ok(payload) => std::panic::resume_unwind(payload),
+    ///     Err(err) => assert!(err.is_cancelled()),
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, JoinError> {
         match self {
             JoinError::Panic(p) => Ok(p.into_inner()),
@@ -185,6 +258,18 @@ impl<T> JoinHandle<T> {
     /// Cancels the task. Its future is dropped the next time its context runs it (on its home thread);
     /// awaiting the handle then gives [`JoinError::Cancelled`]. A task that already finished keeps its
     /// result. Works from any thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let task = ctx.spawn_local(async {
+    ///     aioctx::time::sleep(Duration::from_secs(3600)).await;
+    ///     "never"
+    /// });
+    /// task.abort();
+    /// assert!(ctx.block_on(task).unwrap_err().is_cancelled());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn abort(&self) {
         // SAFETY: `waker` references the task allocation that holds the metadata, so it is alive.
         let meta = unsafe { self.meta.as_ref() };
@@ -209,6 +294,16 @@ impl<T> JoinHandle<T> {
     }
 
     /// Whether the task has finished (completed, panicked or been cancelled).
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let task = ctx.spawn_local(async { 42 });
+    /// assert!(!task.is_finished()); // spawning only queues it
+    /// ctx.poll(false);
+    /// assert!(task.is_finished());
+    /// assert_eq!(ctx.block_on(task).unwrap(), 42);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.task.as_ref().is_none_or(|t| t.is_finished())
     }

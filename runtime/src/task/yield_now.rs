@@ -21,6 +21,22 @@ pub fn yield_now() -> YieldNow {
 }
 
 /// The future of [`yield_now`].
+///
+/// Yielding lets a task that is ready run before the yielding one continues:
+///
+/// ```
+/// use std::{cell::Cell, rc::Rc};
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let ran = Rc::new(Cell::new(false));
+///     let other = aioctx::spawn_local({ let ran = ran.clone(); async move { ran.set(true) } });
+///     assert!(!ran.get());
+///     aioctx::yield_now().await;
+///     assert!(ran.get());
+///     other.await.unwrap();
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct YieldNow {
