@@ -88,7 +88,8 @@ macro_rules! stream_io_impls {
 
             /// Shuts down reading, writing or both.
             ///
-            /// Shutting down writing sends end-of-stream while the stream can still read:
+            /// Shutting down writing sends end-of-stream while the stream can still read (`a` and `b` are
+            /// the two ends of a connection):
             ///
             /// ```
             /// use futures::AsyncReadExt;
@@ -110,6 +111,8 @@ macro_rules! stream_io_impls {
             /// Waits until readable: data is buffered or the socket is readable (or hung up, or in
             /// error).
             ///
+            /// With `a` and `b` the two ends of a connection:
+            ///
             /// ```
             /// use futures::{AsyncReadExt, AsyncWriteExt};
             /// # let ctx = aioctx::AioContext::new()?;
@@ -128,6 +131,8 @@ macro_rules! stream_io_impls {
             }
 
             /// Waits until writable.
+            ///
+            /// With `a` and `b` the two ends of a connection:
             ///
             /// ```
             /// use futures::AsyncWriteExt;

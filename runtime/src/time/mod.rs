@@ -36,6 +36,17 @@ pub(crate) use timer::{Fired, TimerCallback, TimerLists};
 pub use timer::{Timer, TimerHandle};
 
 /// The clock a timer's deadline is measured on.
+///
+/// ```
+/// use aioctx::time::Clock;
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.virtual_clock().pause();
+/// let frozen = ctx.now_ns(Clock::Virtual);
+/// // The virtual clock started equal to the monotonic one and has stood still since the pause.
+/// assert!(ctx.now_ns(Clock::Realtime) >= frozen);
+/// assert_eq!(ctx.now_ns(Clock::Virtual), frozen);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Clock {
     /// Monotonic time (`CLOCK_MONOTONIC`), QEMU's QEMU_CLOCK_REALTIME.
@@ -115,6 +126,18 @@ impl VirtualClock {
     }
 
     /// The current virtual time in ns.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+    /// let clock = ctx.virtual_clock();
+    /// let t0 = clock.now_ns();
+    /// clock.advance(Duration::from_nanos(250));
+    /// assert_eq!(clock.now_ns(), t0 + 250);
+    /// assert_eq!(ctx.now_ns(Clock::Virtual), clock.now_ns());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn now_ns(&self) -> i64 {
         self.with_state(|s| {
             if s.paused {
@@ -126,11 +149,31 @@ impl VirtualClock {
     }
 
     /// Whether the clock is paused.
+    ///
+    /// ```
+    /// let running = aioctx::AioContext::new()?;
+    /// assert!(!running.virtual_clock().is_paused());
+    /// let paused = aioctx::AioContext::builder().start_paused(true).build()?;
+    /// assert!(paused.virtual_clock().is_paused());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_paused(&self) -> bool {
         self.with_state(|s| s.paused)
     }
 
     /// Freezes virtual time. Idempotent.
+    ///
+    /// From another thread, e.g. a VMM's control thread stopping the guest:
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let clock = ctx.virtual_clock();
+    /// std::thread::spawn({ let clock = clock.clone(); move || clock.pause() }).join().unwrap();
+    /// assert!(clock.is_paused());
+    /// let frozen = clock.now_ns();
+    /// assert_eq!(clock.now_ns(), frozen);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn pause(&self) {
         self.with_state(|s| {
             if !s.paused {
@@ -142,6 +185,21 @@ impl VirtualClock {
     }
 
     /// Lets virtual time run again from where it was frozen. Idempotent.
+    ///
+    /// Time advanced while paused is kept:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let clock = ctx.virtual_clock();
+    /// clock.pause();
+    /// let frozen = clock.now_ns();
+    /// clock.advance(Duration::from_secs(3600));
+    /// clock.resume();
+    /// assert!(!clock.is_paused());
+    /// assert!(clock.now_ns() >= frozen + 3_600_000_000_000);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn resume(&self) {
         self.with_state(|s| {
             if s.paused {
@@ -153,6 +211,21 @@ impl VirtualClock {
     }
 
     /// Moves virtual time forward by `by`; timers whose deadline it passes fire at the next iteration.
+    ///
+    /// It works on a running clock too:
+    ///
+    /// ```
+    /// use std::{cell::Cell, rc::Rc, time::Duration};
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let fired = Rc::new(Cell::new(false));
+    /// let timer = ctx.timer(Clock::Virtual, { let f = fired.clone(); move || f.set(true) });
+    /// timer.arm_after(Duration::from_secs(3600));
+    /// ctx.virtual_clock().advance(Duration::from_secs(3600));
+    /// ctx.poll(false);
+    /// assert!(fired.get());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn advance(&self, by: Duration) {
         let by = duration_ns(by);
         self.with_state(|s| {

@@ -20,6 +20,18 @@ struct Registration {
 ///
 /// It is `Send` and `Unpin`, takes no allocation of its own, and registers a timer on the context that
 /// polls it; the timer is removed when the sleep completes or is dropped.
+///
+/// ```
+/// use std::time::Duration;
+/// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+/// ctx.block_on(async {
+///     let mut nap = aioctx::time::sleep(Duration::from_secs(60));
+///     assert!(!nap.is_elapsed());
+///     (&mut nap).await; // `Unpin`: await it by reference to keep it
+///     assert!(nap.is_elapsed());
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct Sleep {
@@ -47,6 +59,18 @@ pub fn sleep(duration: Duration) -> Sleep {
 }
 
 /// Waits until `deadline` on the current context's time clock.
+///
+/// ```
+/// use std::time::Duration;
+/// use aioctx::time::{sleep_until, Instant};
+/// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+/// ctx.block_on(async {
+///     let deadline = Instant::now() + Duration::from_secs(3600);
+///     sleep_until(deadline).await;
+///     assert_eq!(Instant::now(), deadline);
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep {
         deadline: deadline.as_ns(),
@@ -82,21 +106,67 @@ pub fn sleep_on(clock: Clock, duration: Duration) -> Sleep {
 
 impl Sleep {
     /// The deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use aioctx::time::{sleep, Instant};
+    /// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+    /// let _guard = ctx.enter();
+    /// let start = Instant::now();
+    /// let nap = sleep(Duration::from_millis(5));
+    /// assert_eq!(nap.deadline(), start + Duration::from_millis(5));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn deadline(&self) -> Instant {
         Instant::from_ns(self.deadline)
     }
 
     /// The clock the deadline is on.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use aioctx::time::{sleep, sleep_on, Clock};
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let _guard = ctx.enter();
+    /// assert_eq!(sleep(Duration::from_millis(1)).clock(), Clock::Realtime); // time is not paused
+    /// assert_eq!(sleep_on(Clock::Virtual, Duration::from_millis(1)).clock(), Clock::Virtual);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn clock(&self) -> Clock {
         self.clock
     }
 
     /// Moves the deadline (earlier or later); the sleep can be awaited again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use aioctx::time::{sleep, Instant};
+    /// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+    /// ctx.block_on(async {
+    ///     let start = Instant::now();
+    ///     let mut nap = sleep(Duration::from_secs(1));
+    ///     nap.reset(start + Duration::from_secs(5));
+    ///     (&mut nap).await;
+    ///     assert_eq!(Instant::now(), start + Duration::from_secs(5));
+    /// });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn reset(&mut self, deadline: Instant) {
         self.deadline = deadline.as_ns();
     }
 
     /// Whether the deadline has passed, on the current context's view of the clock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+    /// let _guard = ctx.enter();
+    /// let nap = aioctx::time::sleep(Duration::from_millis(5));
+    /// assert!(!nap.is_elapsed());
+    /// aioctx::time::advance(Duration::from_millis(5));
+    /// assert!(nap.is_elapsed());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_elapsed(&self) -> bool {
         current::with_current(|inner| clock_now(self.clock, &inner.virtual_clock) >= self.deadline)
             .unwrap_or(false)
@@ -199,6 +269,18 @@ pub fn pause() {
 /// # Panics
 ///
 /// Outside a context.
+///
+/// ```
+/// use aioctx::time;
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     time::pause();
+///     assert!(ctx.virtual_clock().is_paused());
+///     time::resume();
+///     assert!(!ctx.virtual_clock().is_paused());
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[track_caller]
 pub fn resume() {
     with_current_or_panic("resume", |inner| {
@@ -213,6 +295,20 @@ pub fn resume() {
 /// # Panics
 ///
 /// Outside a context.
+///
+/// ```
+/// use std::time::Duration;
+/// use aioctx::time::{self, sleep, Instant};
+/// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+/// ctx.block_on(async {
+///     let start = Instant::now();
+///     let nap = sleep(Duration::from_secs(10));
+///     time::advance(Duration::from_secs(10));
+///     assert!(nap.is_elapsed());
+///     assert_eq!(start.elapsed(), Duration::from_secs(10));
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[track_caller]
 pub fn advance(by: Duration) {
     with_current_or_panic("advance", |inner| inner.virtual_clock.advance(by));

@@ -9,6 +9,17 @@ use std::time::Duration;
 use super::{sleep, sleep_until, Instant, Sleep};
 
 /// The error of a [`timeout`] whose deadline passed first.
+///
+/// ```
+/// use std::time::Duration;
+/// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+/// ctx.block_on(async {
+///     let never = std::future::pending::<()>();
+///     let err = aioctx::time::timeout(Duration::from_secs(1), never).await.unwrap_err();
+///     assert_eq!(err.to_string(), "deadline has elapsed");
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Elapsed(());
 
@@ -28,6 +39,19 @@ impl From<Elapsed> for std::io::Error {
 
 pin_project_lite::pin_project! {
     /// The future of [`timeout`] and [`timeout_at`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use aioctx::time::{sleep, timeout, Instant};
+    /// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+    /// ctx.block_on(async {
+    ///     let start = Instant::now();
+    ///     let slow = sleep(Duration::from_secs(7200));
+    ///     assert!(timeout(Duration::from_secs(3600), slow).await.is_err());
+    ///     assert_eq!(start.elapsed(), Duration::from_secs(3600)); // gave up at the deadline
+    /// });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[derive(Debug)]
     #[must_use = "futures do nothing unless awaited"]
     pub struct Timeout<F> {
@@ -62,6 +86,21 @@ pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
 }
 
 /// Like [`timeout`] with an absolute deadline.
+///
+/// One deadline for several steps:
+///
+/// ```
+/// use std::time::Duration;
+/// use aioctx::time::{sleep, timeout_at, Instant};
+/// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+/// ctx.block_on(async {
+///     let deadline = Instant::now() + Duration::from_secs(30);
+///     assert_eq!(timeout_at(deadline, sleep(Duration::from_secs(10))).await, Ok(()));
+///     assert!(timeout_at(deadline, std::future::pending::<()>()).await.is_err());
+///     assert_eq!(Instant::now(), deadline);
+/// });
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> {
     Timeout {
         future,

@@ -205,12 +205,39 @@ impl TimerHandle {
     }
 
     /// The clock this timer's deadlines are measured on.
+    ///
+    /// ```
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let timer = ctx.timer(Clock::Virtual, || {});
+    /// assert_eq!(timer.clock(), Clock::Virtual);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn clock(&self) -> Clock {
         self.clock
     }
 
     /// Arms the timer to fire when its clock reaches `deadline_ns` (QEMU's `timer_mod_ns`). A deadline in
     /// the past fires at the next iteration. Re-arming replaces the previous deadline.
+    ///
+    /// With the guest clock paused, the timer fires exactly when the clock is moved to its deadline:
+    ///
+    /// ```
+    /// use std::{cell::Cell, rc::Rc, time::Duration};
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let clock = ctx.virtual_clock();
+    /// clock.pause();
+    /// let fired = Rc::new(Cell::new(false));
+    /// let timer = ctx.timer(Clock::Virtual, { let f = fired.clone(); move || f.set(true) });
+    /// timer.arm_ns(clock.now_ns() + 1_000);
+    /// ctx.poll(false);
+    /// assert!(!fired.get());
+    /// clock.advance(Duration::from_nanos(1_000));
+    /// ctx.poll(false);
+    /// assert!(fired.get());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn arm_ns(&self, deadline_ns: i64) {
         let became_head = self
             .with(|_, t| t.arm(self.key, self.id, deadline_ns))
@@ -223,6 +250,19 @@ impl TimerHandle {
     }
 
     /// Arms the timer only if that makes it fire earlier (QEMU's `timer_mod_anticipate_ns`).
+    ///
+    /// ```
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let timer = ctx.timer(Clock::Realtime, || {});
+    /// let now = ctx.now_ns(Clock::Realtime);
+    /// timer.arm_ns(now + 2_000_000_000);
+    /// timer.arm_ns_anticipate(now + 3_000_000_000); // later: ignored
+    /// assert_eq!(timer.expire_time_ns(), Some(now + 2_000_000_000));
+    /// timer.arm_ns_anticipate(now + 1_000_000_000); // earlier: taken
+    /// assert_eq!(timer.expire_time_ns(), Some(now + 1_000_000_000));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn arm_ns_anticipate(&self, deadline_ns: i64) {
         match self.expire_time_ns() {
             Some(current) if current <= deadline_ns => {}
@@ -231,6 +271,18 @@ impl TimerHandle {
     }
 
     /// Arms the timer `after` from now on its clock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let clock = ctx.virtual_clock();
+    /// clock.pause(); // so that "now" stays put while we check
+    /// let timer = ctx.timer(Clock::Virtual, || {});
+    /// timer.arm_after(Duration::from_millis(5));
+    /// assert_eq!(timer.expire_time_ns(), Some(clock.now_ns() + 5_000_000));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn arm_after(&self, after: Duration) {
         let Some(inner) = self.ctx.upgrade() else {
             return;
@@ -240,11 +292,39 @@ impl TimerHandle {
     }
 
     /// Disarms the timer (QEMU's `timer_del`). Idempotent.
+    ///
+    /// ```
+    /// use std::{cell::Cell, rc::Rc, time::Duration};
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let clock = ctx.virtual_clock();
+    /// clock.pause();
+    /// let fired = Rc::new(Cell::new(false));
+    /// let timer = ctx.timer(Clock::Virtual, { let f = fired.clone(); move || f.set(true) });
+    /// timer.arm_after(Duration::from_millis(1));
+    /// timer.cancel();
+    /// assert!(!timer.is_pending());
+    /// clock.advance(Duration::from_millis(1));
+    /// ctx.poll(false);
+    /// assert!(!fired.get());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn cancel(&self) {
         self.with(|_, t| t.cancel(self.key, self.id));
     }
 
     /// The deadline the timer is armed for, or `None` if it is not armed.
+    ///
+    /// ```
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let timer = ctx.timer(Clock::Realtime, || {});
+    /// assert_eq!(timer.expire_time_ns(), None);
+    /// let deadline = ctx.now_ns(Clock::Realtime) + 1_000_000_000;
+    /// timer.arm_ns(deadline);
+    /// assert_eq!(timer.expire_time_ns(), Some(deadline));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn expire_time_ns(&self) -> Option<i64> {
         self.with(|_, t| {
             t.entries
@@ -256,6 +336,23 @@ impl TimerHandle {
     }
 
     /// Whether the timer is armed.
+    ///
+    /// A timer is disarmed once it has fired:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let clock = ctx.virtual_clock();
+    /// clock.pause();
+    /// let timer = ctx.timer(Clock::Virtual, || {});
+    /// timer.arm_after(Duration::from_micros(1));
+    /// assert!(timer.is_pending());
+    /// clock.advance(Duration::from_micros(1));
+    /// ctx.poll(false);
+    /// assert!(!timer.is_pending());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_pending(&self) -> bool {
         self.expire_time_ns().is_some()
     }
@@ -301,6 +398,22 @@ impl Timer {
     }
 
     /// A weak handle that can arm and cancel this timer, e.g. from its own callback.
+    ///
+    /// The handle does not keep the timer alive:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let timer = ctx.timer(Clock::Realtime, || {});
+    /// let handle = timer.handle();
+    /// handle.arm_after(Duration::from_secs(1));
+    /// assert!(timer.is_pending()); // the same timer
+    /// drop(timer);
+    /// handle.arm_after(Duration::from_secs(1)); // does nothing: the timer is gone
+    /// assert!(!handle.is_pending());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn handle(&self) -> TimerHandle {
         self.handle.clone()
     }
