@@ -18,6 +18,21 @@ const DIRECT_ALIGN: u64 = 512;
 const MAX_RW: usize = 1 << 30;
 
 /// Which machinery runs a [`File`]'s operations.
+///
+/// ```
+/// use aioctx::fs::{File, IoEngine};
+/// # let path = std::env::temp_dir().join(format!("aioctx-doc-engine-{}", std::process::id()));
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     // Auto is resolved when the file is opened.
+///     assert_ne!(File::create(&path).await?.engine(), IoEngine::Auto);
+///     let pooled = File::options().read(true).engine(IoEngine::ThreadPool).open(&path).await?;
+///     assert_eq!(pooled.engine(), IoEngine::ThreadPool);
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum IoEngine {
     /// io_uring if the kernel allows it (the context's own ring, or its side ring on epoll/poll), else
@@ -51,6 +66,26 @@ impl IoEngine {
 /// A file for block I/O on the current context's ring. See the [module docs](super) for the engines and
 /// the buffer-lifetime rules. `Send + Sync`: a block driver may share it between tasks and IOThreads;
 /// each operation runs on the context of the task that awaits it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use aioctx::fs::File;
+/// # let path = std::env::temp_dir().join(format!("aioctx-doc-file-{}", std::process::id()));
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let file = Arc::new(File::create(&path).await?);
+///     let shared = Arc::clone(&file);
+///     let tail = aioctx::spawn(async move { shared.write_all_at(b"world".to_vec(), 6).await.0 });
+///     file.write_all_at(b"hello ".to_vec(), 0).await.0?;
+///     tail.await.expect("the writer task ran")?;
+///     let (res, buf) = file.read_at(Vec::with_capacity(16), 0).await;
+///     assert_eq!(res?, 11);
+///     assert_eq!(buf, b"hello world");
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct File {
     pub(super) fd: Arc<OwnedFd>,
     pub(super) direct: bool,
@@ -69,16 +104,60 @@ impl fmt::Debug for File {
 
 impl File {
     /// Options to open a file with.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::options().write(true).create(true).open(&path).await?;
+    ///     assert!(f.is_empty()?);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn options() -> OpenOptions {
         OpenOptions::new()
     }
 
     /// Opens an existing file read-only.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-open-{}", std::process::id()));
+    /// # std::fs::write(&path, b"boot sector")?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::open(&path).await?;
+    ///     let (res, buf) = f.read_at(Vec::with_capacity(4), 0).await;
+    ///     assert_eq!(res?, 4);
+    ///     assert_eq!(buf, b"boot");
+    ///     let (res, _buf) = f.write_at(b"x".to_vec(), 0).await;
+    ///     assert!(res.is_err(), "opened read-only");
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn open(path: impl AsRef<Path>) -> io::Result<File> {
         OpenOptions::new().read(true).open(path).await
     }
 
     /// Creates (or truncates) a file for reading and writing.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-create-{}", std::process::id()));
+    /// # std::fs::write(&path, b"old contents")?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     assert_eq!(f.len()?, 0);
+    ///     f.write_all_at(b"new".to_vec(), 0).await.0?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!(std::fs::read(&path)?, b"new");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn create(path: impl AsRef<Path>) -> io::Result<File> {
         OpenOptions::new()
             .read(true)
@@ -90,6 +169,24 @@ impl File {
     }
 
     /// Wraps an open `std::fs::File` (for the `Auto` engine, resolved on the current context).
+    ///
+    /// ```
+    /// use aioctx::fs::File;
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-from-std-{}", std::process::id()));
+    /// let std_file = std::fs::File::create(&path)?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = File::from_std(std_file)?;
+    ///     let (res, _buf) = f.write_at(b"adopted".to_vec(), 0).await;
+    ///     assert_eq!(res?, 7);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// // The engine is resolved on a context, so there must be one.
+    /// let err = File::from_std(std::fs::File::open(&path)?).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn from_std(file: std::fs::File) -> io::Result<File> {
         // SAFETY: F_GETFL only reads the descriptor's flags.
         let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
@@ -102,11 +199,42 @@ impl File {
     }
 
     /// The engine running this file's operations (never `Auto` once opened).
+    ///
+    /// ```
+    /// use aioctx::fs::{File, IoEngine};
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-file-engine-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = File::options()
+    ///         .write(true)
+    ///         .create(true)
+    ///         .engine(IoEngine::ThreadPool)
+    ///         .open(&path)
+    ///         .await?;
+    ///     assert_eq!(f.engine(), IoEngine::ThreadPool);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn engine(&self) -> IoEngine {
         IoEngine::from_u8(self.engine.load(Ordering::Relaxed))
     }
 
     /// The file size in bytes.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-len-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     f.write_all_at(vec![1; 4096], 512).await.0?;
+    ///     assert_eq!(f.len()?, 512 + 4096);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn len(&self) -> io::Result<u64> {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat writes into a live, zeroed stat struct.
@@ -116,11 +244,44 @@ impl File {
     }
 
     /// Whether the file is empty.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-is-empty-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     assert!(f.is_empty()?);
+    ///     f.set_len(512).await?;
+    ///     assert!(!f.is_empty()?);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
 
     /// Truncates or extends the file to `size` bytes.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-set-len-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     f.set_len(1 << 20).await?;
+    ///     assert_eq!(f.len()?, 1 << 20);
+    ///     // Extending leaves a hole that reads as zeroes.
+    ///     let (res, buf) = f.read_exact_at(vec![0xff; 4096], 4096).await;
+    ///     res?;
+    ///     assert!(buf.iter().all(|&b| b == 0));
+    ///     f.set_len(10).await?;
+    ///     assert_eq!(f.len()?, 10);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn set_len(&self, size: u64) -> io::Result<()> {
         let size = i64::try_from(size)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size beyond i64::MAX"))?;
@@ -168,6 +329,26 @@ impl File {
 
     /// Reads into `buf` (up to its capacity) from `offset`. Returns how many bytes were read (fewer at end
     /// of file, 0 at or past it) and the buffer, whose initialised length is set accordingly.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-read-at-{}", std::process::id()));
+    /// # std::fs::write(&path, b"0123456789")?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::open(&path).await?;
+    ///     let (res, buf) = f.read_at(Vec::with_capacity(4), 3).await;
+    ///     assert_eq!(res?, 4);
+    ///     assert_eq!(buf, b"3456");
+    ///     let (res, buf) = f.read_at(Vec::with_capacity(4), 8).await;
+    ///     assert_eq!(res?, 2);
+    ///     assert_eq!(buf, b"89");
+    ///     let (res, _buf) = f.read_at(Vec::with_capacity(4), 10).await;
+    ///     assert_eq!(res?, 0);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn read_at<B: IoBufMut>(&self, mut buf: B, offset: u64) -> (io::Result<usize>, B) {
         let addr = buf.stable_mut_ptr() as usize;
         let len = buf.bytes_total().min(MAX_RW);
@@ -219,6 +400,24 @@ impl File {
 
     /// Reads exactly `buf.bytes_total()` bytes from `offset`, continuing short reads. At end of file it
     /// fails with `UnexpectedEof` (the buffer holds what was read).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-read-exact-at-{}", std::process::id()));
+    /// # std::fs::write(&path, b"0123456789")?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::open(&path).await?;
+    ///     let (res, buf) = f.read_exact_at(Vec::with_capacity(4), 6).await;
+    ///     res?;
+    ///     assert_eq!(buf, b"6789");
+    ///     let (res, buf) = f.read_exact_at(Vec::with_capacity(8), 6).await;
+    ///     assert_eq!(res.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+    ///     assert_eq!(buf, b"6789");
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn read_exact_at<B: IoBufMut>(&self, mut buf: B, offset: u64) -> (io::Result<()>, B) {
         let base = buf.stable_mut_ptr() as usize;
         let total = buf.bytes_total();
@@ -263,17 +462,62 @@ impl File {
     }
 
     /// Writes `buf`'s initialised bytes at `offset`; returns how many were written (possibly fewer).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-write-at-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     let (res, buf) = f.write_at(b"hello".to_vec(), 0).await;
+    ///     assert_eq!(res?, 5);
+    ///     // The buffer comes back for the next request.
+    ///     assert_eq!(buf, b"hello");
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!(std::fs::read(&path)?, b"hello");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn write_at<B: IoBuf>(&self, buf: B, offset: u64) -> (io::Result<usize>, B) {
         self.write_impl(buf, offset, false).await
     }
 
     /// A FUA write (`RWF_DSYNC`): done only once the data is on stable storage.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-write-at-fua-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     // Durable when it returns: no sync_data needed for this block.
+    ///     let (res, _buf) = f.write_at_fua(b"commit".to_vec(), 0).await;
+    ///     assert_eq!(res?, 6);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!(std::fs::read(&path)?, b"commit");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn write_at_fua<B: IoBuf>(&self, buf: B, offset: u64) -> (io::Result<usize>, B) {
         self.write_impl(buf, offset, true).await
     }
 
     /// Writes all of `buf` at `offset`, continuing short writes; a write that makes no progress fails
     /// with `ENOSPC` (QEMU's rule).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-write-all-at-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     let (res, buf) = f.write_all_at(vec![7; 64 * 1024], 4096).await;
+    ///     res?;
+    ///     assert_eq!(f.len()?, 4096 + buf.len() as u64);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn write_all_at<B: IoBuf>(&self, buf: B, offset: u64) -> (io::Result<()>, B) {
         let base = buf.stable_ptr() as usize;
         let total = buf.bytes_init();
@@ -294,6 +538,23 @@ impl File {
     }
 
     /// Reads into several buffers (up to each one's capacity) from `offset` with one `preadv`.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-readv-at-{}", std::process::id()));
+    /// # std::fs::write(&path, b"headerpayload")?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::open(&path).await?;
+    ///     let bufs = vec![Vec::with_capacity(6), Vec::with_capacity(16)];
+    ///     let (res, bufs) = f.readv_at(bufs, 0).await;
+    ///     assert_eq!(res?, 13);
+    ///     assert_eq!(bufs[0], b"header");
+    ///     assert_eq!(bufs[1], b"payload");
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn readv_at<B: IoBufMut>(
         &self,
         mut bufs: Vec<B>,
@@ -329,6 +590,21 @@ impl File {
     }
 
     /// Writes several buffers' initialised bytes at `offset` with one `pwritev`.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-writev-at-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     let bufs = vec![b"header".to_vec(), b"payload".to_vec()];
+    ///     let (res, _bufs) = f.writev_at(bufs, 0).await;
+    ///     assert_eq!(res?, 13);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!(std::fs::read(&path)?, b"headerpayload");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn writev_at<B: IoBuf>(
         &self,
         bufs: Vec<B>,
@@ -356,6 +632,20 @@ impl File {
     }
 
     /// Flushes data and metadata to stable storage (`fsync`).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-sync-all-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     f.set_len(4096).await?;
+    ///     // Unlike sync_data, this also makes metadata such as timestamps durable.
+    ///     f.sync_all().await?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn sync_all(&self) -> io::Result<()> {
         self.run(Req::Fsync { data_only: false }, ())
             .await
@@ -364,6 +654,20 @@ impl File {
     }
 
     /// Flushes data (and the metadata needed to read it) to stable storage (`fdatasync`, QEMU's flush).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-sync-data-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     f.write_all_at(b"journal entry".to_vec(), 0).await.0?;
+    ///     // A guest's flush request completes only after this.
+    ///     f.sync_data().await?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn sync_data(&self) -> io::Result<()> {
         self.run(Req::Fsync { data_only: true }, ())
             .await
@@ -373,6 +677,24 @@ impl File {
 
     /// Makes `len` bytes at `offset` read as zeroes, extending the file if needed
     /// (`FALLOC_FL_ZERO_RANGE`).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-write-zeroes-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     f.write_all_at(vec![0xaa; 8192], 0).await.0?;
+    ///     f.write_zeroes(4096, 8192).await?;
+    ///     assert_eq!(f.len()?, 4096 + 8192);
+    ///     let (res, buf) = f.read_exact_at(Vec::with_capacity(12288), 0).await;
+    ///     res?;
+    ///     assert!(buf[..4096].iter().all(|&b| b == 0xaa));
+    ///     assert!(buf[4096..].iter().all(|&b| b == 0));
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         self.run(
             Req::Fallocate {
@@ -389,6 +711,24 @@ impl File {
 
     /// Deallocates `len` bytes at `offset` (they read as zeroes afterwards) without changing the size
     /// (`FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-discard-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     f.write_all_at(vec![0xaa; 8192], 0).await.0?;
+    ///     f.discard(0, 4096).await?;
+    ///     assert_eq!(f.len()?, 8192);
+    ///     let (res, buf) = f.read_exact_at(Vec::with_capacity(8192), 0).await;
+    ///     res?;
+    ///     assert!(buf[..4096].iter().all(|&b| b == 0));
+    ///     assert!(buf[4096..].iter().all(|&b| b == 0xaa));
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         self.run(
@@ -411,6 +751,23 @@ impl File {
     /// `ptr` must be valid for writes of `len` bytes, and not be read or written by anything else, until
     /// the operation completes: until this future returns, or, if it is dropped first, until the
     /// operation's completion arrives (the context waits for it at the latest when it is dropped).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-read-at-raw-{}", std::process::id()));
+    /// # std::fs::write(&path, b"guest data")?;
+    /// let mut ram = vec![0u8; 8]; // stands in for mapped guest memory
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::open(&path).await?;
+    ///     // SAFETY: `ram` outlives the read, which is awaited to completion, and nothing else uses it.
+    ///     let n = unsafe { f.read_at_raw(ram.as_mut_ptr(), ram.len(), 6) }.await?;
+    ///     assert_eq!(n, 4);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!(&ram[..4], b"data");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async unsafe fn read_at_raw(
         &self,
         ptr: *mut u8,
@@ -437,6 +794,22 @@ impl File {
     ///
     /// `ptr` must be valid for reads of `len` bytes until the operation completes (see
     /// [`read_at_raw`](Self::read_at_raw)).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-write-at-raw-{}", std::process::id()));
+    /// let ram = b"guest data".to_vec(); // stands in for mapped guest memory
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     // SAFETY: `ram` outlives the write, which is awaited to completion.
+    ///     let n = unsafe { f.write_at_raw(ram.as_ptr(), ram.len(), 0) }.await?;
+    ///     assert_eq!(n, ram.len());
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!(std::fs::read(&path)?, b"guest data");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async unsafe fn write_at_raw(
         &self,
         ptr: *const u8,
@@ -466,6 +839,28 @@ impl File {
     /// The `count` iovecs at `iov` must be valid for this call (they are copied into the operation, so
     /// the array may go away with the caller's frame); the memory they describe must stay valid and
     /// unaliased until the operation completes (see [`read_at_raw`](Self::read_at_raw)).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-readv-at-raw-{}", std::process::id()));
+    /// # std::fs::write(&path, b"headerpayload")?;
+    /// let (mut header, mut payload) = ([0u8; 6], [0u8; 7]); // two guest pages of one request
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::open(&path).await?;
+    ///     let iov = [
+    ///         libc::iovec { iov_base: header.as_mut_ptr().cast(), iov_len: header.len() },
+    ///         libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() },
+    ///     ];
+    ///     // SAFETY: both arrays outlive the read, which is awaited to completion, and nothing else
+    ///     // uses them meanwhile.
+    ///     let n = unsafe { f.readv_at_raw(iov.as_ptr(), iov.len(), 0) }.await?;
+    ///     assert_eq!(n, 13);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!((&header, &payload), (b"header", b"payload"));
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async unsafe fn readv_at_raw(
         &self,
         iov: *const libc::iovec,
@@ -482,6 +877,26 @@ impl File {
     /// # Safety
     ///
     /// As for [`readv_at_raw`](Self::readv_at_raw), for reads of the memory.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-writev-at-raw-{}", std::process::id()));
+    /// let (header, payload) = (*b"header", *b"payload"); // two guest pages of one request
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::create(&path).await?;
+    ///     let iov = [
+    ///         libc::iovec { iov_base: header.as_ptr() as *mut _, iov_len: header.len() },
+    ///         libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() },
+    ///     ];
+    ///     // SAFETY: both arrays outlive the write, which is awaited to completion.
+    ///     let n = unsafe { f.writev_at_raw(iov.as_ptr(), iov.len(), 0) }.await?;
+    ///     assert_eq!(n, 13);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!(std::fs::read(&path)?, b"headerpayload");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async unsafe fn writev_at_raw(
         &self,
         iov: *const libc::iovec,
