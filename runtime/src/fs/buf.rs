@@ -12,6 +12,36 @@ use std::ptr::NonNull;
 ///
 /// `stable_ptr` must point at `bytes_init` initialised bytes that stay at the same address while the
 /// value is moved around (heap memory), until the value is dropped.
+///
+/// ```
+/// use std::sync::Arc;
+/// use aioctx::fs::{File, IoBuf};
+///
+/// /// A block many writes share, such as a cached header.
+/// struct SharedBlock(Arc<[u8]>);
+///
+/// // SAFETY: the Arc's allocation never moves, all of it is initialised and it is never written.
+/// unsafe impl IoBuf for SharedBlock {
+///     fn stable_ptr(&self) -> *const u8 {
+///         self.0.as_ptr()
+///     }
+///     fn bytes_init(&self) -> usize {
+///         self.0.len()
+///     }
+/// }
+///
+/// # let path = std::env::temp_dir().join(format!("aioctx-doc-iobuf-{}", std::process::id()));
+/// let header: Arc<[u8]> = Arc::from(&b"QFI\xfb"[..]);
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let f = File::create(&path).await?;
+///     f.write_all_at(SharedBlock(Arc::clone(&header)), 0).await.0?;
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// assert_eq!(std::fs::read(&path)?, &header[..]);
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub unsafe trait IoBuf: Send + 'static {
     /// Where the bytes start.
     fn stable_ptr(&self) -> *const u8;
@@ -24,6 +54,30 @@ pub unsafe trait IoBuf: Send + 'static {
 /// # Safety
 ///
 /// As for [`IoBuf`], and `stable_mut_ptr` must be valid for writes of `bytes_total` bytes.
+///
+/// ```
+/// use aioctx::fs::{AlignedBuf, File, IoBufMut};
+///
+/// /// Any buffer type will do; a `Vec` reads up to its capacity and its length follows.
+/// async fn first_sector<B: IoBufMut>(f: &File, buf: B) -> std::io::Result<B> {
+///     let (res, buf) = f.read_exact_at(buf, 0).await;
+///     res.map(|()| buf)
+/// }
+///
+/// # let path = std::env::temp_dir().join(format!("aioctx-doc-iobufmut-{}", std::process::id()));
+/// # std::fs::write(&path, vec![0x55; 1024])?;
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let f = File::open(&path).await?;
+///     let vec = first_sector(&f, Vec::with_capacity(512)).await?;
+///     let aligned = first_sector(&f, AlignedBuf::new(512, 512)).await?;
+///     assert_eq!(vec.len(), 512);
+///     assert_eq!(vec[..], aligned[..]);
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub unsafe trait IoBufMut: IoBuf {
     /// Where the kernel writes.
     fn stable_mut_ptr(&mut self) -> *mut u8;
@@ -111,6 +165,14 @@ impl AlignedBuf {
     /// # Panics
     ///
     /// If `align` is not a power of two, or the size overflows.
+    ///
+    /// ```
+    /// use aioctx::fs::AlignedBuf;
+    /// let buf = AlignedBuf::new(4096, 512);
+    /// assert_eq!(buf.len(), 4096);
+    /// assert_eq!(buf.as_ptr() as usize % 512, 0);
+    /// assert!(buf.iter().all(|&b| b == 0));
+    /// ```
     pub fn new(len: usize, align: usize) -> Self {
         let layout =
             Layout::from_size_align(len.max(1), align).expect("AlignedBuf: bad size or alignment");
@@ -121,6 +183,12 @@ impl AlignedBuf {
     }
 
     /// The alignment.
+    ///
+    /// ```
+    /// let buf = aioctx::fs::AlignedBuf::new(512, 4096);
+    /// assert_eq!(buf.align(), 4096);
+    /// assert_eq!(buf.as_ptr() as usize % buf.align(), 0);
+    /// ```
     pub fn align(&self) -> usize {
         self.align
     }

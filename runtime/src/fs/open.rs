@@ -51,29 +51,103 @@ pub struct OpenOptions {
 
 impl OpenOptions {
     /// All options off.
+    ///
+    /// ```
+    /// use aioctx::fs::OpenOptions;
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-new-{}", std::process::id()));
+    /// # std::fs::write(&path, b"")?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let err = OpenOptions::new().open(&path).await.unwrap_err();
+    ///     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "no access mode chosen");
+    ///     OpenOptions::new().read(true).open(&path).await?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Open for reading.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-read-{}", std::process::id()));
+    /// # std::fs::write(&path, b"0123456789")?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::options().read(true).open(&path).await?;
+    ///     let (res, buf) = f.read_at(Vec::with_capacity(3), 2).await;
+    ///     assert_eq!(res?, 3);
+    ///     assert_eq!(buf, b"234");
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn read(mut self, on: bool) -> Self {
         self.read = on;
         self
     }
 
     /// Open for writing.
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-write-{}", std::process::id()));
+    /// # std::fs::write(&path, b"hello")?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     // Without truncate the rest of the file stays.
+    ///     let f = aioctx::fs::File::options().write(true).open(&path).await?;
+    ///     f.write_all_at(b"J".to_vec(), 0).await.0?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!(std::fs::read(&path)?, b"Jello");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn write(mut self, on: bool) -> Self {
         self.write = on;
         self
     }
 
     /// Create the file if it does not exist (needs `write`).
+    ///
+    /// ```
+    /// use aioctx::fs::File;
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-create-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let err = File::options().read(true).create(true).open(&path).await.unwrap_err();
+    ///     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "create needs write");
+    ///     assert!(!path.exists());
+    ///     File::options().write(true).create(true).open(&path).await?;
+    ///     assert!(path.exists());
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn create(mut self, on: bool) -> Self {
         self.create = on;
         self
     }
 
     /// Truncate the file to 0 bytes (needs `write`).
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-truncate-{}", std::process::id()));
+    /// # std::fs::write(&path, b"old contents")?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = aioctx::fs::File::options().write(true).truncate(true).open(&path).await?;
+    ///     assert!(f.is_empty()?);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn truncate(mut self, on: bool) -> Self {
         self.truncate = on;
         self
@@ -82,12 +156,51 @@ impl OpenOptions {
     /// Bypass the page cache (`O_DIRECT`). Buffers, lengths and offsets must then be 512-byte aligned
     /// (use [`AlignedBuf`](super::AlignedBuf)); file systems that refuse `O_DIRECT` fail the open with
     /// `EINVAL`.
+    ///
+    /// ```
+    /// use aioctx::fs::{AlignedBuf, File};
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-direct-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = File::options().read(true).write(true).create(true).direct(true).open(&path).await?;
+    ///     let mut block = AlignedBuf::new(4096, 4096);
+    ///     block[..5].copy_from_slice(b"hello");
+    ///     f.write_all_at(block, 0).await.0?;
+    ///     // An unaligned buffer is refused before anything reaches the kernel.
+    ///     let (res, _buf) = f.read_at(Vec::with_capacity(100), 0).await;
+    ///     assert_eq!(res.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!(&std::fs::read(&path)?[..5], b"hello");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn direct(mut self, on: bool) -> Self {
         self.direct = on;
         self
     }
 
     /// Chooses the engine (default `Auto`).
+    ///
+    /// ```
+    /// use aioctx::fs::{File, IoEngine};
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-engine-{}", std::process::id()));
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let f = File::options()
+    ///         .write(true)
+    ///         .create(true)
+    ///         .engine(IoEngine::ThreadPool)
+    ///         .open(&path)
+    ///         .await?;
+    ///     assert_eq!(f.engine(), IoEngine::ThreadPool);
+    ///     f.write_all_at(b"via the pool".to_vec(), 0).await.0?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// assert_eq!(std::fs::read(&path)?, b"via the pool");
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn engine(mut self, engine: IoEngine) -> Self {
         self.engine = engine;
         self
@@ -101,6 +214,25 @@ impl OpenOptions {
     /// nor write; create or truncate without write) or a path with a NUL byte, `Unsupported` if
     /// `IoEngine::IoUring` was forced where io_uring is unavailable, `NotConnected` outside an aioctx
     /// context.
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use aioctx::fs::OpenOptions;
+    /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-open-{}", std::process::id()));
+    /// let opts = OpenOptions::new().read(true).write(true);
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     assert_eq!(opts.open(&path).await.unwrap_err().kind(), ErrorKind::NotFound);
+    ///     let f = opts.clone().create(true).open(&path).await?;
+    ///     assert!(f.is_empty()?);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// // Opening needs a context to run on.
+    /// let outside = futures::executor::block_on(opts.open(&path));
+    /// assert_eq!(outside.unwrap_err().kind(), ErrorKind::NotConnected);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
         let engine = resolve_engine(self.engine)?;
         let path = path.as_ref();
