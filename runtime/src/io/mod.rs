@@ -133,6 +133,21 @@ impl<T: AsRawFd> Async<T> {
     ///
     /// Errors: no current context (`NotConnected`), a closed fd (`EBADF`), an fd already registered in
     /// this context (`AlreadyExists`), or one the forced epoll backend cannot watch (`EPERM`).
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use aioctx::io::Async;
+    /// let (a, b) = UnixStream::pair()?;
+    /// // The registration belongs to a context, so there must be one.
+    /// assert_eq!(Async::new(a).unwrap_err().kind(), std::io::ErrorKind::NotConnected);
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let b = Async::new(b)?;
+    ///     b.writable().await?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn new(io: T) -> io::Result<Async<T>> {
         let fd = io.as_raw_fd();
         set_nonblocking(fd)?;
@@ -175,42 +190,175 @@ impl<T: AsRawFd> Async<T> {
     }
 
     /// The inner object.
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use std::os::unix::net::UnixStream;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let (a, _b) = UnixStream::pair()?;
+    ///     let a = Async::new(a)?;
+    ///     // `new` made the socket non-blocking: a read with nothing to read fails instead of hanging.
+    ///     let err = a.get_ref().read(&mut [0; 8]).unwrap_err();
+    ///     assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn get_ref(&self) -> &T {
         self.io.as_ref().expect("present until into_inner")
     }
 
     /// The inner object, mutably. Do not replace its fd.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let (a, b) = UnixStream::pair()?;
+    ///     let (mut a, b) = (Async::new(a)?, Async::new(b)?);
+    ///     a.get_mut().write_all(b"hi")?; // room in an empty socket buffer: no wait needed
+    ///     let mut buf = [0; 2];
+    ///     assert_eq!(b.read_with(|mut s| s.read(&mut buf)).await?, 2);
+    ///     assert_eq!(&buf, b"hi");
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn get_mut(&mut self) -> &mut T {
         self.io.as_mut().expect("present until into_inner")
     }
 
     /// Unregisters and returns the inner object (still non-blocking).
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let (a, _b) = UnixStream::pair()?;
+    ///     let a: UnixStream = Async::new(a)?.into_inner();
+    ///     // Unregistered, so the fd may be registered again.
+    ///     let a = Async::new(a)?;
+    ///     a.writable().await?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn into_inner(mut self) -> T {
         self.source.registration.borrow_mut().take();
         self.io.take().expect("present until into_inner")
     }
 
     /// Waits until the fd is readable (or hung up, or in error).
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let (a, b) = UnixStream::pair()?;
+    ///     let (a, b) = (Async::new(a)?, Async::new(b)?);
+    ///     a.get_ref().write_all(b"x")?;
+    ///     b.readable().await?;
+    ///     let mut buf = [0; 1];
+    ///     assert_eq!(b.get_ref().read(&mut buf)?, 1);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn readable(&self) -> io::Result<()> {
         poll_fn(|cx| self.source.poll_ready(cx, true)).await
     }
 
     /// Waits until the fd is writable.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::unix::net::UnixStream;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let (a, _b) = UnixStream::pair()?;
+    ///     let a = Async::new(a)?;
+    ///     a.writable().await?;
+    ///     assert_eq!(a.get_ref().write(b"x")?, 1);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn writable(&self) -> io::Result<()> {
         poll_fn(|cx| self.source.poll_ready(cx, false)).await
     }
 
     /// Polls for readability.
+    ///
+    /// ```
+    /// use std::future::poll_fn;
+    /// use std::io::Write;
+    /// use std::os::unix::net::UnixStream;
+    /// use std::task::Poll;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let (a, b) = UnixStream::pair()?;
+    ///     let (a, b) = (Async::new(a)?, Async::new(b)?);
+    ///     // Nothing sent yet: pending, with this task's waker kept for the loop to wake.
+    ///     let before = poll_fn(|cx| Poll::Ready(b.poll_readable(cx))).await;
+    ///     assert!(before.is_pending());
+    ///     a.get_ref().write_all(b"x")?;
+    ///     poll_fn(|cx| b.poll_readable(cx)).await?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.source.poll_ready(cx, true)
     }
 
     /// Polls for writability.
+    ///
+    /// ```
+    /// use std::future::poll_fn;
+    /// use std::io::Write;
+    /// use std::os::unix::net::UnixStream;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let (a, _b) = UnixStream::pair()?;
+    ///     let a = Async::new(a)?;
+    ///     poll_fn(|cx| a.poll_writable(cx)).await?;
+    ///     assert_eq!(a.get_ref().write(b"x")?, 1);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.source.poll_ready(cx, false)
     }
 
     /// Runs `op` until it does not fail with `WouldBlock`, waiting for readability in between.
+    ///
+    /// ```
+    /// use std::net::UdpSocket;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let rx = Async::new(UdpSocket::bind("127.0.0.1:0")?)?;
+    ///     let tx = UdpSocket::bind("127.0.0.1:0")?;
+    ///     tx.send_to(b"ping", rx.get_ref().local_addr()?)?;
+    ///     let mut buf = [0; 16];
+    ///     let (n, from) = rx.read_with(|s| s.recv_from(&mut buf)).await?;
+    ///     assert_eq!(&buf[..n], b"ping");
+    ///     assert_eq!(from, tx.local_addr()?);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn read_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
         loop {
             match op(self.get_ref()) {
@@ -221,6 +369,24 @@ impl<T: AsRawFd> Async<T> {
     }
 
     /// Like [`read_with`](Self::read_with) with mutable access.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let (a, b) = UnixStream::pair()?;
+    ///     let mut b = Async::new(b)?;
+    ///     let writer = std::thread::spawn(move || (&a).write_all(b"late"));
+    ///     let mut buf = [0; 4];
+    ///     let n = b.read_with_mut(|s| s.read(&mut buf)).await?;
+    ///     assert_eq!(&buf[..n], b"late");
+    ///     writer.join().expect("the writer thread ran")?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn read_with_mut<R>(
         &mut self,
         mut op: impl FnMut(&mut T) -> io::Result<R>,
@@ -234,6 +400,23 @@ impl<T: AsRawFd> Async<T> {
     }
 
     /// Runs `op` until it does not fail with `WouldBlock`, waiting for writability in between.
+    ///
+    /// ```
+    /// use std::net::UdpSocket;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let tx = Async::new(UdpSocket::bind("127.0.0.1:0")?)?;
+    ///     let rx = Async::new(UdpSocket::bind("127.0.0.1:0")?)?;
+    ///     let to = rx.get_ref().local_addr()?;
+    ///     assert_eq!(tx.write_with(|s| s.send_to(b"pong", to)).await?, 4);
+    ///     let mut buf = [0; 16];
+    ///     let n = rx.read_with(|s| s.recv(&mut buf)).await?;
+    ///     assert_eq!(&buf[..n], b"pong");
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn write_with<R>(&self, mut op: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
         loop {
             match op(self.get_ref()) {
@@ -244,6 +427,23 @@ impl<T: AsRawFd> Async<T> {
     }
 
     /// Like [`write_with`](Self::write_with) with mutable access.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::os::unix::net::UnixStream;
+    /// use aioctx::io::Async;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let (a, b) = UnixStream::pair()?;
+    ///     let mut a = Async::new(a)?;
+    ///     assert_eq!(a.write_with_mut(|s| s.write(b"hi")).await?, 2);
+    ///     let mut buf = [0; 2];
+    ///     (&b).read_exact(&mut buf)?;
+    ///     assert_eq!(&buf, b"hi");
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn write_with_mut<R>(
         &mut self,
         mut op: impl FnMut(&mut T) -> io::Result<R>,
