@@ -32,6 +32,15 @@ impl EventNotifier {
     /// Creates a cleared notifier.
     ///
     /// Fails when the process or system is out of file descriptors (`EMFILE`, `ENFILE`).
+    ///
+    /// ```
+    /// let n = aioctx::EventNotifier::new()?;
+    /// assert!(!n.test_and_clear()?, "created cleared");
+    /// let clone = n.clone();
+    /// clone.set()?;
+    /// assert!(n.test_and_clear()?, "clones share one eventfd");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn new() -> io::Result<Self> {
         // SAFETY: eventfd takes no pointers; it returns a new descriptor or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -42,6 +51,14 @@ impl EventNotifier {
     }
 
     /// Sets the notifier, waking whoever watches it. Setting an already-set notifier is a no-op.
+    ///
+    /// ```
+    /// let n = aioctx::EventNotifier::new()?;
+    /// let vcpu = n.clone();
+    /// std::thread::spawn(move || vcpu.set()).join().expect("the setter thread ran")?;
+    /// assert!(n.test_and_clear()?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set(&self) -> io::Result<()> {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
@@ -58,6 +75,15 @@ impl EventNotifier {
     }
 
     /// Clears the notifier and tells whether it was set.
+    ///
+    /// ```
+    /// let n = aioctx::EventNotifier::new()?;
+    /// assert!(!n.test_and_clear()?);
+    /// n.set()?;
+    /// assert!(n.test_and_clear()?);
+    /// assert!(!n.test_and_clear()?, "the first call cleared it");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn test_and_clear(&self) -> io::Result<bool> {
         let mut value: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64 from our own eventfd.

@@ -116,6 +116,24 @@ impl NotifierWaiter {
 
     /// Waits until the notifier was set (it is cleared for you) or, for a polling waiter, until the poll
     /// function found work. Several sets before a wait count as one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use aioctx::time::timeout;
+    /// // Paused time: the timeout below fires on the virtual clock, without waiting.
+    /// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+    /// let kick = aioctx::EventNotifier::new()?;
+    /// ctx.block_on(async {
+    ///     let waiter = kick.waiter()?;
+    ///     kick.set()?;
+    ///     kick.set()?;
+    ///     waiter.wait().await;
+    ///     // Both sets were used up by that one wait.
+    ///     assert!(timeout(Duration::from_millis(10), waiter.wait()).await.is_err());
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn wait(&self) {
         poll_fn(|cx| {
             if self.state.fired.replace(false) {
@@ -137,6 +155,21 @@ impl EventNotifier {
     /// Like any handler without a poll function, it keeps the context from busy-polling while it
     /// exists (the loop could not see the eventfd otherwise); use [`waiter_polling`](Self::waiter_polling)
     /// where the work can be detected in memory.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let kick = aioctx::EventNotifier::new()?;
+    /// ctx.block_on(async {
+    ///     let waiter = kick.waiter()?; // registered once, for every round
+    ///     for _ in 0..3 {
+    ///         kick.set()?;
+    ///         waiter.wait().await;
+    ///         assert!(!kick.test_and_clear()?, "the wait cleared it");
+    ///     }
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn waiter(&self) -> io::Result<NotifierWaiter> {
         NotifierWaiter::register(self, None, None)
     }
@@ -208,6 +241,22 @@ impl EventNotifier {
 
     /// Waits once until the notifier is set, then clears it. Returns at once if it is set already. For
     /// repeated waits keep a [`waiter`](Self::waiter): this registers and unregisters each time.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let kick = aioctx::EventNotifier::new()?;
+    /// ctx.block_on(async {
+    ///     kick.set()?;
+    ///     kick.wait().await?; // set already: returns at once
+    ///     assert!(!kick.test_and_clear()?, "the wait cleared it");
+    ///     let vcpu = kick.clone();
+    ///     let setter = std::thread::spawn(move || vcpu.set());
+    ///     kick.wait().await?;
+    ///     setter.join().expect("the setter thread ran")?;
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn wait(&self) -> io::Result<()> {
         if self.test_and_clear()? {
             return Ok(());
@@ -218,6 +267,25 @@ impl EventNotifier {
 
     /// Waits once until the notifier is set or `poll` finds work (see
     /// [`waiter_polling`](Self::waiter_polling)).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let kick = aioctx::EventNotifier::new()?;
+    /// let work = Arc::new(AtomicBool::new(true));
+    /// ctx.block_on(async {
+    ///     // Work already visible in memory ends the wait without reading the eventfd.
+    ///     let w = Arc::clone(&work);
+    ///     kick.wait_polling(move || w.load(Ordering::Acquire)).await?;
+    ///     // So does the notifier being set, whatever `poll` says.
+    ///     kick.set()?;
+    ///     kick.wait_polling(|| false).await?;
+    ///     assert!(!kick.test_and_clear()?);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub async fn wait_polling(&self, poll: impl Fn() -> bool + 'static) -> io::Result<()> {
         if poll() || self.test_and_clear()? {
             return Ok(());
