@@ -117,6 +117,7 @@ impl OpenOptions {
     /// ```
     /// use aioctx::fs::File;
     /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-create-{}", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path); // a leftover of a failed run with this pid
     /// let ctx = aioctx::AioContext::new()?;
     /// ctx.block_on(async {
     ///     let err = File::options().read(true).create(true).open(&path).await.unwrap_err();
@@ -219,6 +220,7 @@ impl OpenOptions {
     /// use std::io::ErrorKind;
     /// use aioctx::fs::OpenOptions;
     /// # let path = std::env::temp_dir().join(format!("aioctx-doc-options-open-{}", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path); // a leftover of a failed run with this pid
     /// let opts = OpenOptions::new().read(true).write(true);
     /// let ctx = aioctx::AioContext::new()?;
     /// ctx.block_on(async {
