@@ -50,7 +50,9 @@ impl EventNotifier {
         Ok(Self { fd: Arc::new(fd) })
     }
 
-    /// Sets the notifier, waking whoever watches it. Setting an already-set notifier is a no-op.
+    /// Sets the notifier, waking whoever watches it. Setting an already-set notifier changes nothing
+    /// a watcher can tell: the eventfd counter grows, but [`test_and_clear`](Self::test_and_clear)
+    /// reads it whole, so any number of sets before it count as one.
     ///
     /// ```
     /// let n = aioctx::EventNotifier::new()?;

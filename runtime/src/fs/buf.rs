@@ -164,7 +164,8 @@ impl AlignedBuf {
     ///
     /// # Panics
     ///
-    /// If `align` is not a power of two, or the size overflows.
+    /// If `align` is not a power of two, or the size overflows; [`try_new`](Self::try_new) reports
+    /// those as errors instead (for sizes that come from outside the program).
     ///
     /// ```
     /// use aioctx::fs::AlignedBuf;
@@ -174,12 +175,35 @@ impl AlignedBuf {
     /// assert!(buf.iter().all(|&b| b == 0));
     /// ```
     pub fn new(len: usize, align: usize) -> Self {
-        let layout =
-            Layout::from_size_align(len.max(1), align).expect("AlignedBuf: bad size or alignment");
+        Self::try_new(len, align).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`new`](Self::new), but an alignment that is not a power of two, or a size that overflows
+    /// once rounded up to it, is an `InvalidInput` error rather than a panic.
+    ///
+    /// ```
+    /// use aioctx::fs::AlignedBuf;
+    /// let buf = AlignedBuf::try_new(4096, 4096)?;
+    /// assert_eq!(buf.as_ptr() as usize % 4096, 0);
+    /// let err = AlignedBuf::try_new(4096, 3).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// assert!(AlignedBuf::try_new(usize::MAX, 512).is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn try_new(len: usize, align: usize) -> std::io::Result<Self> {
+        let layout = Layout::from_size_align(len.max(1), align).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "AlignedBuf: {len} bytes aligned to {align}: the alignment must be a power \
+                     of two and the rounded size fit in isize"
+                ),
+            )
+        })?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        Self { ptr, len, align }
+        Ok(Self { ptr, len, align })
     }
 
     /// The alignment.

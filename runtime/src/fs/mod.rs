@@ -34,7 +34,8 @@
 //! transfers; `read_exact_at` fails with `UnexpectedEof` at end of file, `write_all_at` with `ENOSPC` when
 //! a write makes no progress. A plain `read_at` past EOF returns what exists (possibly 0), never garbage.
 //! With `O_DIRECT` ([`OpenOptions::direct`]), a buffer address, length or offset that is not a multiple of
-//! 512 fails with `EINVAL` before anything is submitted.
+//! 512 fails with `InvalidInput` (saying what is misaligned) before anything is submitted, where the
+//! kernel would only say `EINVAL`.
 
 mod buf;
 mod file;
