@@ -343,6 +343,10 @@ impl<T: AsRawFd> Async<T> {
 
     /// Runs `op` until it does not fail with `WouldBlock`, waiting for readability in between.
     ///
+    /// `op` may run several times, so it should make one non-blocking attempt (one `read`, one
+    /// `recv_from`): a loop inside it such as `read_exact` loses the bytes it already read when a later
+    /// read in the same call fails with `WouldBlock`.
+    ///
     /// ```
     /// use std::net::UdpSocket;
     /// use aioctx::io::Async;
