@@ -89,28 +89,93 @@ impl Bh {
 
     /// Schedules the BH to run at the next iteration (QEMU's `qemu_bh_schedule`); wakes the loop. A BH
     /// pending as idle work becomes normal work.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, rc::Rc};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # let runs = Rc::new(Cell::new(0));
+    /// let bh = ctx.bh({ let r = runs.clone(); move || r.set(r.get() + 1) });
+    /// bh.schedule();
+    /// assert_eq!(runs.get(), 0); // never inside schedule
+    /// assert!(ctx.poll(false));
+    /// bh.schedule(); // again, now that it ran
+    /// assert!(ctx.poll(false));
+    /// assert_eq!(runs.get(), 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn schedule(&self) {
         schedule(&self.shared, &self.node, SCHEDULED);
     }
 
     /// Schedules the BH as idle work (QEMU's `qemu_bh_schedule_idle`): it does not count as progress and
     /// only bounds a blocking wait to 10 ms instead of ending it.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, rc::Rc};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # let runs = Rc::new(Cell::new(0));
+    /// let bh = ctx.bh({ let r = runs.clone(); move || r.set(r.get() + 1) });
+    /// bh.schedule_idle();
+    /// assert!(!ctx.poll(false)); // it ran, but idle work is not progress
+    /// assert_eq!(runs.get(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn schedule_idle(&self) {
         schedule(&self.shared, &self.node, SCHEDULED | IDLE);
     }
 
     /// Unschedules the BH if it has not run yet (QEMU's `qemu_bh_cancel`).
+    ///
+    /// ```
+    /// # use std::{cell::Cell, rc::Rc};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # let runs = Rc::new(Cell::new(0));
+    /// let bh = ctx.bh({ let r = runs.clone(); move || r.set(r.get() + 1) });
+    /// bh.schedule();
+    /// bh.cancel();
+    /// assert!(!ctx.poll(false));
+    /// assert_eq!(runs.get(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn cancel(&self) {
         self.node.clear(SCHEDULED);
     }
 
     /// Whether the BH is scheduled and has not run yet.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, rc::Rc};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # let runs = Rc::new(Cell::new(0));
+    /// let bh = ctx.bh({ let r = runs.clone(); move || r.set(r.get() + 1) });
+    /// assert!(!bh.is_scheduled());
+    /// bh.schedule();
+    /// assert!(bh.is_scheduled());
+    /// ctx.poll(false);
+    /// assert!(!bh.is_scheduled());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_scheduled(&self) -> bool {
         self.node.flags() & (SCHEDULED | DELETED) == SCHEDULED
     }
 
     /// A `Send + Sync` handle that schedules this BH from any thread. It does not keep the BH alive:
     /// once the `Bh` is dropped (or its context is), scheduling through it does nothing.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, rc::Rc};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # let runs = Rc::new(Cell::new(0));
+    /// let bh = ctx.bh({ let r = runs.clone(); move || r.set(r.get() + 1) });
+    /// let remote = bh.remote();
+    /// remote.schedule();
+    /// assert!(ctx.poll(false));
+    /// drop(bh);
+    /// remote.schedule(); // the BH is gone: nothing runs
+    /// assert!(!ctx.poll(false));
+    /// assert_eq!(runs.get(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn remote(&self) -> RemoteBh {
         RemoteBh {
             node: Arc::clone(&self.node),
@@ -155,16 +220,53 @@ impl fmt::Debug for RemoteBh {
 
 impl RemoteBh {
     /// Schedules the BH; see [`Bh::schedule`].
+    ///
+    /// ```
+    /// # use std::{cell::Cell, rc::Rc};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # let runs = Rc::new(Cell::new(0));
+    /// let bh = ctx.bh({ let r = runs.clone(); move || r.set(r.get() + 1) });
+    /// let remote = bh.remote();
+    /// std::thread::spawn(move || remote.schedule()).join().unwrap();
+    /// assert!(ctx.poll(false));
+    /// assert_eq!(runs.get(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn schedule(&self) {
         schedule(&self.shared, &self.node, SCHEDULED);
     }
 
     /// Schedules the BH as idle work; see [`Bh::schedule_idle`].
+    ///
+    /// ```
+    /// # use std::{cell::Cell, rc::Rc};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # let runs = Rc::new(Cell::new(0));
+    /// let bh = ctx.bh({ let r = runs.clone(); move || r.set(r.get() + 1) });
+    /// let remote = bh.remote();
+    /// std::thread::spawn(move || remote.schedule_idle()).join().unwrap();
+    /// assert!(!ctx.poll(false)); // it ran, but idle work is not progress
+    /// assert_eq!(runs.get(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn schedule_idle(&self) {
         schedule(&self.shared, &self.node, SCHEDULED | IDLE);
     }
 
     /// Unschedules the BH if it has not run yet; see [`Bh::cancel`].
+    ///
+    /// ```
+    /// # use std::{cell::Cell, rc::Rc};
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # let runs = Rc::new(Cell::new(0));
+    /// let bh = ctx.bh({ let r = runs.clone(); move || r.set(r.get() + 1) });
+    /// let remote = bh.remote();
+    /// bh.schedule();
+    /// std::thread::spawn(move || remote.cancel()).join().unwrap();
+    /// assert!(!ctx.poll(false));
+    /// assert_eq!(runs.get(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn cancel(&self) {
         self.node.clear(SCHEDULED);
     }

@@ -6,6 +6,13 @@ use super::AioContext;
 use crate::PollParams;
 
 /// Which fd monitor a context sleeps in.
+///
+/// ```
+/// use aioctx::{AioContext, Backend};
+/// let ctx = AioContext::builder().backend(Backend::Auto).build()?;
+/// assert_ne!(ctx.backend(), Backend::Auto); // the context names the monitor Auto chose
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Backend {
     /// The best the kernel offers, unless the `AIOCTX_BACKEND` environment variable (`poll`, `epoll` or
@@ -27,6 +34,14 @@ pub enum Backend {
 
 impl Backend {
     /// Parses `poll`, `epoll`, `io_uring` (or `io-uring`, `iouring`) and `auto`.
+    ///
+    /// ```
+    /// use aioctx::Backend;
+    /// assert_eq!(Backend::from_name("io-uring")?, Backend::IoUring);
+    /// assert_eq!(Backend::from_name(" EPOLL ")?, Backend::Epoll);
+    /// assert!(Backend::from_name("kqueue").is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn from_name(name: &str) -> io::Result<Backend> {
         match name.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(Backend::Auto),
@@ -102,29 +117,60 @@ impl Default for Builder {
 
 impl Builder {
     /// A builder with QEMU's bare-context defaults: `Backend::Auto`, polling off.
+    ///
+    /// ```
+    /// let ctx = aioctx::Builder::new().build()?;
+    /// assert_eq!(ctx.poll_params(), aioctx::PollParams::default()); // polling off
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Chooses the fd monitor. A named backend is used as is (no fallback); `Auto` picks the best available.
+    ///
+    /// ```
+    /// use aioctx::{AioContext, Backend};
+    /// let ctx = AioContext::builder().backend(Backend::Poll).build()?;
+    /// assert_eq!(ctx.backend(), Backend::Poll);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
         self
     }
 
     /// The longest busy-poll window in ns; 0 (the default) disables polling.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::builder().poll_max_ns(16_384).build()?;
+    /// assert_eq!(ctx.poll_params().max_ns, 16_384);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_max_ns(mut self, ns: u64) -> Self {
         self.poll.max_ns = ns;
         self
     }
 
     /// The factor a poll window grows by; 0 means 2.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::builder().poll_max_ns(32_768).poll_grow(4).build()?;
+    /// assert_eq!(ctx.poll_params().grow, 4);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_grow(mut self, factor: u64) -> Self {
         self.poll.grow = factor;
         self
     }
 
     /// The divisor a poll window shrinks by; 0 means reset it to 0.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::builder().poll_max_ns(32_768).poll_shrink(2).build()?;
+    /// assert_eq!(ctx.poll_params().shrink, 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_shrink(mut self, divisor: u64) -> Self {
         self.poll.shrink = divisor;
         self
@@ -133,6 +179,15 @@ impl Builder {
     /// The io_uring submission queue size (rounded up to a power of two by the kernel; the completion
     /// queue is twice as large). Default 128, as in QEMU. More SQEs than this may be queued: the loop
     /// submits early when the SQ fills.
+    ///
+    /// ```
+    /// use aioctx::AioContext;
+    /// let ctx = AioContext::builder().ring_entries(256).build()?;
+    /// # drop(ctx);
+    /// let err = AioContext::builder().ring_entries(0).build().unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn ring_entries(mut self, entries: u32) -> Self {
         self.ring_entries = entries;
         self
@@ -140,6 +195,16 @@ impl Builder {
 
     /// Submits user SQEs early once this many are queued (QEMU's `aio-max-batch`); 0, the default, means
     /// they go out at the next wait or when the SQ is full.
+    ///
+    /// ```
+    /// use aioctx::{AioContext, Backend, io_uring::opcode};
+    /// let ctx = AioContext::builder().backend(Backend::IoUring).max_batch(1).build()?;
+    /// let before = ctx.stats().sqes_submitted;
+    /// // SAFETY: a NOP points at no memory.
+    /// unsafe { ctx.add_sqe(opcode::Nop::new().build(), |_| {})? };
+    /// assert!(ctx.stats().sqes_submitted > before); // submitted at once, not at the next wait
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn max_batch(mut self, max_batch: usize) -> Self {
         self.max_batch = max_batch;
         self
@@ -147,6 +212,15 @@ impl Builder {
 
     /// Fault injection: behave as if io_uring setup failed with `errno` (e.g. `libc::EPERM` as a seccomp
     /// filter would make it). `Backend::Auto` then falls back to epoll; a forced `Backend::IoUring` fails.
+    ///
+    /// ```
+    /// use aioctx::{AioContext, Backend};
+    /// let ctx = AioContext::builder().simulate_io_uring_unavailable(libc::EPERM).build()?;
+    /// assert_ne!(ctx.backend(), Backend::IoUring); // Auto fell back
+    /// let forced = AioContext::builder().backend(Backend::IoUring);
+    /// assert!(forced.simulate_io_uring_unavailable(libc::EPERM).build().is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn simulate_io_uring_unavailable(mut self, errno: i32) -> Self {
         self.simulate_uring_errno = Some(errno);
         self
@@ -156,6 +230,17 @@ impl Builder {
     /// futures run on the context's virtual clock, which starts paused, and
     /// [`AioContext::block_on`](crate::AioContext::block_on) auto-advances it: when an iteration finds
     /// nothing to do, virtual time jumps to the next virtual timer instead of the loop sleeping.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+    /// let t0 = ctx.virtual_clock().now_ns();
+    /// // An hour of virtual time passes at once: block_on jumps to the sleep's deadline. (The sleep is
+    /// // created inside the context: outside one, it would measure real time.)
+    /// ctx.block_on(async { aioctx::time::sleep(Duration::from_secs(3600)).await });
+    /// assert!(ctx.virtual_clock().now_ns() - t0 >= 3_600_000_000_000);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn start_paused(mut self, paused: bool) -> Self {
         self.start_paused = paused;
         self
@@ -164,6 +249,15 @@ impl Builder {
     /// The bounds of the context's blocking thread pool ([`spawn_blocking`](crate::spawn_blocking)): at
     /// most `max` workers (default 64), idle ones above `min` (default 0) exit after 10 s. Checked by
     /// `build` (`InvalidInput` if `max` is 0 or `min > max`).
+    ///
+    /// ```
+    /// use aioctx::AioContext;
+    /// let ctx = AioContext::builder().thread_pool(1, 2).build()?;
+    /// let sum = ctx.block_on(ctx.spawn_blocking(|| (1..=10).sum::<u32>())).unwrap();
+    /// assert_eq!(sum, 55);
+    /// assert!(AioContext::builder().thread_pool(3, 2).build().is_err()); // min > max
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn thread_pool(mut self, min: usize, max: usize) -> Self {
         self.pool_size = (min, max);
         self
@@ -188,6 +282,13 @@ impl Builder {
     }
 
     /// All polling parameters at once.
+    ///
+    /// ```
+    /// use aioctx::{AioContext, PollParams};
+    /// let ctx = AioContext::builder().poll_params(PollParams::IOTHREAD).build()?;
+    /// assert_eq!(ctx.poll_params(), PollParams::IOTHREAD);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_params(mut self, params: PollParams) -> Self {
         self.poll = params;
         self
@@ -198,6 +299,14 @@ impl Builder {
     /// Errors: an invalid `AIOCTX_BACKEND`, ring size or poll parameters (`InvalidInput`), a forced
     /// backend the kernel refuses (io_uring: the error says why), or running out of file descriptors
     /// (`EMFILE`).
+    ///
+    /// ```
+    /// let ctx = aioctx::Builder::new().build()?;
+    /// assert!(!ctx.poll(false)); // a fresh context has nothing to do
+    /// let err = aioctx::Builder::new().poll_max_ns(u64::MAX).build().unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn build(self) -> io::Result<AioContext> {
         AioContext::from_builder(self)
     }

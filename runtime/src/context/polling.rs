@@ -32,6 +32,13 @@ pub struct PollParams {
 
 impl PollParams {
     /// QEMU's IOThread defaults: `max_ns` 32768, grow x2, shrink to 0.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("defaults")?;
+    /// assert_eq!(io.poll_params()?, aioctx::PollParams::IOTHREAD);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub const IOTHREAD: PollParams = PollParams {
         max_ns: 32_768,
         grow: 0,

@@ -46,12 +46,33 @@ impl fmt::Debug for Remote {
 impl Remote {
     /// Wakes the context (QEMU's `aio_notify`): its current or next wait returns at once. Costs an eventfd
     /// write only if the loop is asleep or about to sleep; while it runs or busy-polls, a flag suffices.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let remote = ctx.remote();
+    /// std::thread::spawn(move || remote.notify()).join().unwrap();
+    /// // The wake-up ends this wait at once; it is not progress, so poll returns false.
+    /// assert!(!ctx.poll(true));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn notify(&self) {
         self.shared.notify();
     }
 
     /// Runs `f` once on the context's home thread, at its next iteration (QEMU's
     /// `aio_bh_schedule_oneshot`). If the context is gone, `f` is dropped without running.
+    ///
+    /// ```
+    /// use std::sync::{atomic::{AtomicBool, Ordering}, Arc};
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let remote = ctx.remote();
+    /// let ran = Arc::new(AtomicBool::new(false));
+    /// drop(ctx);
+    /// remote.schedule_oneshot({ let ran = ran.clone(); move || ran.store(true, Ordering::SeqCst) });
+    /// assert!(!ran.load(Ordering::SeqCst));
+    /// assert_eq!(Arc::strong_count(&ran), 1); // the closure was dropped, not kept
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn schedule_oneshot(&self, f: impl FnOnce() + Send + 'static) {
         if self.is_closed() {
             return;
@@ -154,11 +175,30 @@ impl Remote {
     }
 
     /// The context's statistics, readable from any thread.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let remote = ctx.remote();
+    /// remote.schedule_oneshot(|| {});
+    /// ctx.poll(false);
+    /// let bhs_run = std::thread::spawn(move || remote.stats().bhs_run).join().unwrap();
+    /// assert_eq!(bhs_run, 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.shared.stats.snapshot()
     }
 
     /// Whether the context has been dropped.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let remote = ctx.remote();
+    /// assert!(!remote.is_closed());
+    /// drop(ctx);
+    /// assert!(remote.is_closed());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }

@@ -13,6 +13,20 @@ use crate::fdmon::io_uring::{user_sqe_data, UringMonitor};
 use crate::fdmon::MonitorOps;
 
 /// What a user SQE's completion callback receives: the CQE's `res` and `flags`.
+///
+/// ```
+/// use std::{cell::Cell, rc::Rc};
+/// use aioctx::{AioContext, SqeCompletion, io_uring::opcode};
+/// let ctx = AioContext::new()?;
+/// let done = Rc::new(Cell::new(None::<SqeCompletion>));
+/// // SAFETY: a NOP points at no memory.
+/// unsafe { ctx.add_sqe(opcode::Nop::new().build(), { let d = done.clone(); move |c| d.set(Some(c)) })? };
+/// while done.get().is_none() {
+///     ctx.poll(true);
+/// }
+/// assert_eq!(done.get().unwrap().into_result()?, 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SqeCompletion {
     /// The operation's result: non-negative on success, `-errno` on failure.
@@ -23,6 +37,14 @@ pub struct SqeCompletion {
 
 impl SqeCompletion {
     /// The result as an `io::Result`: `Ok(res)` or the OS error `-res`.
+    ///
+    /// ```
+    /// use aioctx::SqeCompletion;
+    /// assert_eq!(SqeCompletion { result: 512, flags: 0 }.into_result()?, 512);
+    /// let failed = SqeCompletion { result: -libc::EBADF, flags: 0 };
+    /// assert_eq!(failed.into_result().unwrap_err().raw_os_error(), Some(libc::EBADF));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn into_result(self) -> io::Result<u32> {
         if self.result >= 0 {
             Ok(self.result as u32)
