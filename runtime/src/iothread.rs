@@ -35,30 +35,67 @@ impl Default for IoThreadBuilder {
 
 impl IoThreadBuilder {
     /// The IOThread's id; the OS thread is named `IO <name>` (truncated by the kernel to 15 bytes).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().name("disk1").spawn()?;
+    /// let os_name = io.remote().call(|| std::thread::current().name().map(str::to_owned))?;
+    /// assert_eq!(os_name.as_deref(), Some("IO disk1"));
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// The fd monitor (default: `Backend::Auto`).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().backend(aioctx::Backend::Epoll).spawn()?;
+    /// io.remote().call(|| ())?;
+    /// assert_eq!(io.stats().uring_enters, 0); // epoll: no io_uring_enter calls
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn backend(mut self, backend: Backend) -> Self {
         self.context = self.context.backend(backend);
         self
     }
 
     /// QEMU's `poll-max-ns` (default 32768, as for QEMU's IOThreads).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().poll_max_ns(16_384).spawn()?;
+    /// assert_eq!(io.poll_params()?.max_ns, 16_384);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_max_ns(mut self, ns: u64) -> Self {
         self.context = self.context.poll_max_ns(ns);
         self
     }
 
     /// QEMU's `poll-grow` (0: double).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().poll_grow(4).spawn()?;
+    /// assert_eq!(io.poll_params()?.grow, 4);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_grow(mut self, factor: u64) -> Self {
         self.context = self.context.poll_grow(factor);
         self
     }
 
     /// QEMU's `poll-shrink` (0: reset).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().poll_shrink(2).spawn()?;
+    /// assert_eq!(io.poll_params()?.shrink, 2);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_shrink(mut self, divisor: u64) -> Self {
         self.context = self.context.poll_shrink(divisor);
         self
@@ -66,12 +103,28 @@ impl IoThreadBuilder {
 
     /// How long a handler's poll function may find nothing before the loop stops polling it (QEMU's
     /// 7 s; io_uring only): see [`Builder::poll_idle_timeout`](crate::Builder::poll_idle_timeout).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder()
+    ///     .poll_idle_timeout(std::time::Duration::from_secs(1))
+    ///     .spawn()?;
+    /// assert_eq!(io.remote().call(|| 1 + 1)?, 2);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_idle_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.context = self.context.poll_idle_timeout(timeout);
         self
     }
 
     /// QEMU's `aio-max-batch`: submit io_uring SQEs early once this many are queued (0: at the next wait).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().max_batch(32).spawn()?;
+    /// assert_eq!(io.remote().call(|| 1 + 1)?, 2);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn max_batch(mut self, max_batch: usize) -> Self {
         self.context = self.context.max_batch(max_batch);
         self
@@ -79,12 +132,30 @@ impl IoThreadBuilder {
 
     /// QEMU's `thread-pool-min` and `thread-pool-max` for [`spawn_blocking`](crate::spawn_blocking) work
     /// submitted from this IOThread (defaults 0 and 64).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().thread_pool(0, 2).spawn()?;
+    /// let h = io.remote().spawn(async { aioctx::spawn_blocking(|| 6 * 7).await });
+    /// assert_eq!(h.join_blocking().unwrap().unwrap(), 42);
+    /// io.stop();
+    /// assert!(aioctx::IoThread::builder().thread_pool(3, 2).spawn().is_err()); // min > max
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn thread_pool(mut self, min: usize, max: usize) -> Self {
         self.context = self.context.thread_pool(min, max);
         self
     }
 
     /// Starts the thread and its context; returns once the context runs (or failed to be created).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().spawn()?;
+    /// assert_eq!(io.name(), "iothread"); // the default name
+    /// io.stop();
+    /// let err = aioctx::IoThread::builder().name("a\0b").spawn().unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn spawn(self) -> io::Result<IoThread> {
         if self.name.contains('\0') {
             return Err(io::Error::new(
@@ -173,37 +244,93 @@ impl fmt::Debug for IoThread {
 
 impl IoThread {
     /// A builder with QEMU's IOThread defaults.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().spawn()?;
+    /// assert_eq!(io.poll_params()?, aioctx::PollParams::IOTHREAD);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn builder() -> IoThreadBuilder {
         IoThreadBuilder::default()
     }
 
     /// Starts an IOThread with the defaults and this name.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("worker")?;
+    /// assert_eq!(io.remote().call(|| 2 + 2)?, 4);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn spawn(name: impl Into<String>) -> io::Result<IoThread> {
         Self::builder().name(name).spawn()
     }
 
     /// The IOThread's id (its name without the `IO ` prefix).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("disk0")?;
+    /// assert_eq!(io.name(), "disk0");
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The handle other threads use to reach its context.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("worker")?;
+    /// let remote = io.remote().clone();
+    /// let thread_name = || std::thread::current().name().map(String::from);
+    /// let caller = std::thread::spawn(move || remote.call(thread_name));
+    /// assert_eq!(caller.join().unwrap()?.as_deref(), Some("IO worker"));
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn remote(&self) -> &Remote {
         &self.remote
     }
 
     /// The kernel thread id (what QEMU's `query-iothreads` reports as `thread-id`).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("tid")?;
+    /// // A thread of this process, as /proc lists it.
+    /// assert!(std::path::Path::new(&format!("/proc/self/task/{}", io.thread_id())).exists());
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn thread_id(&self) -> libc::pid_t {
         self.tid
     }
 
     /// The context's statistics, read from this thread.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("stats")?;
+    /// io.remote().call(|| ())?; // runs as a bottom half
+    /// assert!(io.stats().bhs_run >= 1);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.remote.stats()
     }
 
     /// Changes the polling parameters of the running context (QEMU's `qom-set` of `poll-max-ns` etc.)
     /// and returns once they are in effect.
+    ///
+    /// ```
+    /// use aioctx::{IoThread, PollParams};
+    /// let io = IoThread::spawn("tuned")?;
+    /// io.set_poll_params(PollParams { max_ns: 0, ..PollParams::IOTHREAD })?; // polling off
+    /// assert_eq!(io.poll_params()?.max_ns, 0);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set_poll_params(&self, params: PollParams) -> io::Result<()> {
         params.validate()?;
         self.remote.call(move || {
@@ -212,12 +339,27 @@ impl IoThread {
     }
 
     /// The polling parameters in effect.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("params")?;
+    /// assert_eq!(io.poll_params()?.max_ns, 32_768); // QEMU's IOThread default
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_params(&self) -> io::Result<PollParams> {
         self.remote
             .call(|| crate::context::with_current_inner(|inner| Ok(inner.poll_params.get())))?
     }
 
     /// Changes the IOThread's blocking thread pool bounds (QEMU's `thread-pool-min`/`-max`).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("pool")?;
+    /// io.set_thread_pool_size(1, 8)?;
+    /// assert!(io.set_thread_pool_size(4, 2).is_err()); // min > max
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set_thread_pool_size(&self, min: usize, max: usize) -> io::Result<()> {
         self.remote.call(move || {
             crate::context::with_current_inner(|inner| inner.set_thread_pool_size(min, max))
@@ -225,6 +367,15 @@ impl IoThread {
     }
 
     /// Stops the loop and joins the thread. Pending tasks are cancelled on the IOThread.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("short")?;
+    /// let remote = io.remote().clone();
+    /// io.stop();
+    /// assert!(remote.is_closed());
+    /// assert!(remote.call(|| ()).is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn stop(mut self) {
         self.stop_and_join();
     }

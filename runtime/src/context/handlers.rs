@@ -87,23 +87,79 @@ impl fmt::Debug for FdHandlers {
 
 impl FdHandlers {
     /// No callbacks; add them with the builder methods.
+    ///
+    /// ```
+    /// let handlers = aioctx::FdHandlers::new();
+    /// assert!(handlers.read.is_none() && handlers.write.is_none() && handlers.poll.is_none());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sets the read callback.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, io::Write, os::fd::AsRawFd, os::unix::net::UnixStream, rc::Rc};
+    /// # use aioctx::FdHandlers;
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// # use std::io::Read;
+    /// let (rx, mut tx) = UnixStream::pair()?;
+    /// let got = Rc::new(Cell::new(0));
+    /// let _reg = ctx.set_fd_handler(rx.as_raw_fd(), FdHandlers::new().read({
+    ///     let (rx, got) = (rx.try_clone()?, got.clone());
+    ///     move || got.set(got.get() + (&rx).read(&mut [0; 16]).unwrap())
+    /// }))?;
+    /// tx.write_all(b"ping")?;
+    /// assert!(ctx.poll(true));
+    /// assert_eq!(got.get(), 4);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn read(mut self, f: impl Fn() + 'static) -> Self {
         self.read = Some(Box::new(f));
         self
     }
 
     /// Sets the write callback.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, io::Write, os::fd::AsRawFd, os::unix::net::UnixStream, rc::Rc};
+    /// # use aioctx::FdHandlers;
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let writable = Rc::new(Cell::new(false));
+    /// let _reg = ctx.set_fd_handler(a.as_raw_fd(), FdHandlers::new().write({
+    ///     let w = writable.clone();
+    ///     move || w.set(true)
+    /// }))?;
+    /// assert!(ctx.poll(true)); // a fresh socket has buffer space
+    /// assert!(writable.get());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn write(mut self, f: impl Fn() + 'static) -> Self {
         self.write = Some(Box::new(f));
         self
     }
 
     /// Sets the busy-poll check and the callback run when it finds work.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, os::fd::AsRawFd, rc::Rc};
+    /// # use aioctx::{AioContext, EventNotifier, FdHandlers};
+    /// let ctx = AioContext::builder().poll_max_ns(32_768).build()?;
+    /// let kick = EventNotifier::new()?;
+    /// let queued = Rc::new(Cell::new(1)); // e.g. buffers a device put in a shared ring
+    /// let served = Rc::new(Cell::new(0));
+    /// let _reg = ctx.set_fd_handler(kick.as_raw_fd(), FdHandlers::new().poll(
+    ///     { let q = queued.clone(); move || q.get() > 0 },
+    ///     { let (q, s) = (queued.clone(), served.clone()); move || s.set(s.get() + q.take()) },
+    /// ))?;
+    /// // Non-blocking iterations call poll functions once the fd monitor has nothing queued: the work
+    /// // is found without the eventfd ever being written.
+    /// assert!((0..16).any(|_| ctx.poll(false)));
+    /// assert_eq!(served.get(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll(mut self, poll: impl Fn() -> bool + 'static, ready: impl Fn() + 'static) -> Self {
         self.poll = Some(Box::new(poll));
         self.poll_ready = Some(Box::new(ready));
@@ -111,6 +167,29 @@ impl FdHandlers {
     }
 
     /// Sets the callbacks run when busy-polling starts and ends.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, os::fd::AsRawFd, rc::Rc, time::Duration};
+    /// # use aioctx::{AioContext, EventNotifier, FdHandlers, time::Clock};
+    /// let ctx = AioContext::builder().poll_max_ns(1_000_000_000).build()?;
+    /// let kick = EventNotifier::new()?;
+    /// let (work, begins) = (Rc::new(Cell::new(1)), Rc::new(Cell::new(0)));
+    /// let poll = { let w = work.clone(); move || w.get() > 0 };
+    /// let ready = { let w = work.clone(); move || w.set(0) };
+    /// let begin = {
+    ///     let (b, w) = (begins.clone(), work.clone());
+    ///     move || { b.set(b.get() + 1); w.set(1) }
+    /// };
+    /// let handlers = FdHandlers::new().poll(poll, ready).poll_begin_end(begin, || {});
+    /// let _reg = ctx.set_fd_handler(kick.as_raw_fd(), handlers)?;
+    /// assert!((0..16).any(|_| ctx.poll(false))); // a poll hit opens this handler's busy-poll window
+    /// # let _backstop = ctx.timer(Clock::Realtime, || {}); // fail, not hang, if polling never began
+    /// # _backstop.arm_after(Duration::from_secs(5));
+    /// // A blocking iteration now busy-polls before it sleeps; poll_begin runs first (and here makes work).
+    /// assert!(ctx.poll(true));
+    /// assert_eq!(begins.get(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_begin_end(mut self, begin: impl Fn() + 'static, end: impl Fn() + 'static) -> Self {
         self.poll_begin = Some(Box::new(begin));
         self.poll_end = Some(Box::new(end));
@@ -377,6 +456,23 @@ impl Inner {
 /// `aio_set_fd_handler` with all-NULL callbacks).
 ///
 /// The fd must stay open while it is registered; close it only after dropping the registration.
+///
+/// ```
+/// # use std::{cell::Cell, io::Write, os::fd::AsRawFd, os::unix::net::UnixStream, rc::Rc};
+/// # use aioctx::FdHandlers;
+/// # let ctx = aioctx::AioContext::new()?;
+/// let (rx, mut tx) = UnixStream::pair()?;
+/// let hits = Rc::new(Cell::new(0));
+/// let reg = ctx.set_fd_handler(rx.as_raw_fd(), FdHandlers::new().read({
+///     let h = hits.clone();
+///     move || h.set(h.get() + 1)
+/// }))?;
+/// drop(reg); // removes the handler
+/// tx.write_all(b"x")?;
+/// assert!(!ctx.poll(false));
+/// assert_eq!(hits.get(), 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[must_use = "dropping the registration removes the handlers at once"]
 pub struct FdRegistration {
     ctx: Weak<Inner>,
@@ -410,6 +506,16 @@ impl FdRegistration {
     }
 
     /// The registered fd.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, io::Write, os::fd::AsRawFd, os::unix::net::UnixStream, rc::Rc};
+    /// # use aioctx::FdHandlers;
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// let (a, _b) = UnixStream::pair()?;
+    /// let reg = ctx.set_fd_handler(a.as_raw_fd(), FdHandlers::new())?;
+    /// assert_eq!(reg.fd(), a.as_raw_fd());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn fd(&self) -> RawFd {
         self.fd
     }
@@ -417,6 +523,25 @@ impl FdRegistration {
     /// Chooses whether the read and write callbacks are armed, without replacing the handlers: the
     /// kernel stops watching for what is disarmed (so a level-triggered fd nobody is ready to serve does
     /// not keep the loop spinning). Both are armed at registration.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, io::Write, os::fd::AsRawFd, os::unix::net::UnixStream, rc::Rc};
+    /// # use aioctx::FdHandlers;
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// let (rx, mut tx) = UnixStream::pair()?;
+    /// let hits = Rc::new(Cell::new(0));
+    /// let reg = ctx.set_fd_handler(rx.as_raw_fd(), FdHandlers::new().read({
+    ///     let h = hits.clone();
+    ///     move || h.set(h.get() + 1)
+    /// }))?;
+    /// reg.set_interest(false, false)?; // nobody is ready to serve it
+    /// tx.write_all(b"x")?;
+    /// assert!(!ctx.poll(false));
+    /// reg.set_interest(true, false)?;
+    /// assert!(ctx.poll(true));
+    /// assert_eq!(hits.get(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set_interest(&self, read: bool, write: bool) -> io::Result<()> {
         let inner = self.ctx.upgrade().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotConnected, "the context was dropped")
@@ -427,6 +552,23 @@ impl FdRegistration {
 
     /// Replaces the handlers (QEMU's `aio_set_fd_handler` on a registered fd). Safe from inside any
     /// callback, including this fd's own. The new poll handler starts with a fresh window.
+    ///
+    /// ```
+    /// # use std::{cell::Cell, io::Write, os::fd::AsRawFd, os::unix::net::UnixStream, rc::Rc};
+    /// # use aioctx::FdHandlers;
+    /// # let ctx = aioctx::AioContext::new()?;
+    /// let (rx, mut tx) = UnixStream::pair()?;
+    /// let served_by = Rc::new(Cell::new(""));
+    /// let reg = ctx.set_fd_handler(rx.as_raw_fd(), FdHandlers::new().read({
+    ///     let s = served_by.clone();
+    ///     move || s.set("old")
+    /// }))?;
+    /// reg.update(FdHandlers::new().read({ let s = served_by.clone(); move || s.set("new") }))?;
+    /// tx.write_all(b"x")?;
+    /// assert!(ctx.poll(true));
+    /// assert_eq!(served_by.get(), "new");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn update(&self, handlers: FdHandlers) -> io::Result<()> {
         let inner = self.ctx.upgrade().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotConnected, "the context was dropped")

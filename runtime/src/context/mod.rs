@@ -202,11 +202,24 @@ impl fmt::Debug for AioContext {
 
 impl AioContext {
     /// A context with the default configuration: `Backend::Auto` (or `AIOCTX_BACKEND`), polling off.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// assert_eq!(ctx.poll_params().max_ns, 0); // polling off
+    /// assert!(!ctx.poll(false)); // nothing to do yet
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn new() -> io::Result<AioContext> {
         Builder::new().build()
     }
 
     /// A [`Builder`] to choose the backend and polling parameters.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::builder().poll_max_ns(32_768).build()?;
+    /// assert_eq!(ctx.poll_params().max_ns, 32_768);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn builder() -> Builder {
         Builder::new()
     }
@@ -321,6 +334,14 @@ impl AioContext {
     /// the BH slice, later expired timers, other ready fds, reaped completions) runs at the next
     /// iteration, which does not sleep while such work is pending. A panic in a task is caught at the
     /// task boundary instead and becomes its [`JoinError`](crate::JoinError).
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// assert!(!ctx.poll(false)); // nothing due: returns at once
+    /// ctx.bh_oneshot(|| {});
+    /// assert!(ctx.poll(true)); // a BH is due, so it does not sleep
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll(&self, blocking: bool) -> bool {
         let _enter = current::enter(&self.inner);
         self.inner.aio_poll(blocking)
@@ -344,6 +365,13 @@ impl AioContext {
     }
 
     /// Runs `f` on this context's blocking thread pool; see [`spawn_blocking`](crate::spawn_blocking).
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let worker = ctx.block_on(ctx.spawn_blocking(|| std::thread::current().id())).unwrap();
+    /// assert_ne!(worker, std::thread::current().id()); // ran on a pool thread
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn spawn_blocking<F, T>(&self, f: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -372,11 +400,27 @@ impl AioContext {
     }
 
     /// Wakes the loop from its current or next wait (QEMU's `aio_notify`).
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.notify();
+    /// // The next wait returns at once; a wake-up alone is not progress.
+    /// assert!(!ctx.poll(true));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn notify(&self) {
         self.inner.shared.notify();
     }
 
     /// A `Send + Sync` handle for other threads.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let remote = ctx.remote();
+    /// let answer = std::thread::spawn(move || remote.spawn(async { 6 * 7 })).join().unwrap();
+    /// assert_eq!(ctx.block_on(answer).unwrap(), 42);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn remote(&self) -> Remote {
         Remote {
             shared: Arc::clone(&self.inner.shared),
@@ -385,22 +429,54 @@ impl AioContext {
 
     /// The fd monitor in use. The poll monitor reports `Epoll` once it upgraded itself (64 fds or more),
     /// and an auto-chosen epoll monitor reports `Poll` after it fell back for an fd epoll cannot watch.
+    ///
+    /// ```
+    /// use aioctx::{AioContext, Backend};
+    /// let ctx = AioContext::builder().backend(Backend::Epoll).build()?;
+    /// assert_eq!(ctx.backend(), Backend::Epoll);
+    /// assert_ne!(AioContext::new()?.backend(), Backend::Auto); // Auto names what it chose
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn backend(&self) -> Backend {
         self.inner.monitor.borrow().backend()
     }
 
     /// Counters since the context was created.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.bh_oneshot(|| {});
+    /// ctx.poll(false);
+    /// assert_eq!(ctx.stats().bhs_run, 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.inner.shared.stats.snapshot()
     }
 
     /// The current polling parameters.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// assert_eq!(ctx.poll_params(), aioctx::PollParams::default());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn poll_params(&self) -> PollParams {
         self.inner.poll_params.get()
     }
 
     /// Changes the polling parameters at run time and resets every handler's window (QEMU's
     /// `aio_context_set_poll_params`). Fails with `InvalidInput` if a value does not fit in an `i64`.
+    ///
+    /// ```
+    /// use aioctx::{AioContext, PollParams};
+    /// let ctx = AioContext::new()?;
+    /// ctx.set_poll_params(PollParams { max_ns: 16_384, grow: 2, shrink: 2 })?;
+    /// assert_eq!(ctx.poll_params().shrink, 2);
+    /// let too_big = PollParams { max_ns: u64::MAX, ..PollParams::default() };
+    /// assert_eq!(ctx.set_poll_params(too_big).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set_poll_params(&self, params: PollParams) -> io::Result<()> {
         self.inner.set_poll_params(params)
     }
@@ -421,6 +497,19 @@ impl AioContext {
 
     /// Creates a bottom half (QEMU's `aio_bh_new`). It runs `f` on this thread at the iteration after each
     /// [`Bh::schedule`]. See [`Bh`].
+    ///
+    /// ```
+    /// use std::{cell::Cell, rc::Rc};
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let runs = Rc::new(Cell::new(0));
+    /// let bh = ctx.bh({ let r = runs.clone(); move || r.set(r.get() + 1) });
+    /// for _ in 0..3 {
+    ///     bh.schedule();
+    ///     ctx.poll(false);
+    /// }
+    /// assert_eq!(runs.get(), 3); // unlike bh_oneshot, a Bh runs each time it is scheduled
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn bh(&self, f: impl Fn() + 'static) -> Bh {
         Bh::new(&self.inner, Rc::new(f))
     }
@@ -447,6 +536,24 @@ impl AioContext {
     /// Errors: `fd` is not open (`EBADF`), `fd` already has handlers in this context (`AlreadyExists`),
     /// or the forced epoll backend cannot watch it (`EPERM`, e.g. a regular file; the default backends
     /// fall back to poll instead). The context is unchanged after an error.
+    ///
+    /// ```
+    /// use std::{cell::Cell, io::Write, os::fd::AsRawFd, os::unix::net::UnixStream, rc::Rc};
+    /// use aioctx::{AioContext, FdHandlers};
+    /// let ctx = AioContext::new()?;
+    /// let (rx, mut tx) = UnixStream::pair()?;
+    /// let readable = Rc::new(Cell::new(false));
+    /// let _reg = ctx.set_fd_handler(rx.as_raw_fd(), FdHandlers::new().read({
+    ///     let r = readable.clone();
+    ///     move || r.set(true)
+    /// }))?;
+    /// tx.write_all(b"x")?;
+    /// assert!(ctx.poll(true)); // sleeps until rx is readable, then runs the read callback
+    /// assert!(readable.get());
+    /// let again = ctx.set_fd_handler(rx.as_raw_fd(), FdHandlers::new());
+    /// assert_eq!(again.unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn set_fd_handler(
         &self,
         fd: std::os::fd::RawFd,
@@ -499,22 +606,67 @@ impl AioContext {
 
     /// Creates a timer on `clock` that runs `f` when it expires (QEMU's `timer_new_ns`). It starts
     /// disarmed; see [`Timer`].
+    ///
+    /// ```
+    /// use std::{cell::Cell, rc::Rc, time::Duration};
+    /// use aioctx::{AioContext, time::Clock};
+    /// let ctx = AioContext::new()?;
+    /// let clock = ctx.virtual_clock();
+    /// clock.pause();
+    /// let fired = Rc::new(Cell::new(false));
+    /// let timer = ctx.timer(Clock::Virtual, { let f = fired.clone(); move || f.set(true) });
+    /// timer.arm_after(Duration::from_secs(60));
+    /// assert!(!ctx.poll(false));
+    /// clock.advance(Duration::from_secs(60)); // a minute of guest time, at once
+    /// assert!(ctx.poll(false));
+    /// assert!(fired.get());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn timer(&self, clock: Clock, f: impl Fn() + 'static) -> Timer {
         Timer::new(&self.inner, clock, Rc::new(f))
     }
 
     /// This context's guest clock, the one [`Clock::Virtual`] timers use.
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let clock = ctx.virtual_clock();
+    /// // The handle is Send: a control thread can stop this context's guest time.
+    /// std::thread::spawn(move || clock.pause()).join().unwrap();
+    /// assert!(ctx.virtual_clock().is_paused());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn virtual_clock(&self) -> VirtualClock {
         self.inner.virtual_clock.clone()
     }
 
     /// Reads `clock` in ns as this context sees it.
+    ///
+    /// ```
+    /// use aioctx::time::Clock;
+    /// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+    /// let frozen = ctx.now_ns(Clock::Virtual);
+    /// let before = ctx.now_ns(Clock::Realtime);
+    /// assert!(ctx.now_ns(Clock::Realtime) >= before); // monotonic
+    /// assert_eq!(ctx.now_ns(Clock::Virtual), frozen); // paused
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn now_ns(&self, clock: Clock) -> i64 {
         crate::time::clock_now(clock, &self.inner.virtual_clock)
     }
 }
 
 /// Keeps a context current on this thread; see [`AioContext::enter`].
+///
+/// ```
+/// let ctx = aioctx::AioContext::new()?;
+/// let handle = {
+///     let _guard = ctx.enter();
+///     aioctx::spawn_local(async { 7 }) // finds ctx through the guard
+/// };
+/// assert_eq!(ctx.block_on(handle).unwrap(), 7);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[must_use = "the context is current only while the guard lives"]
 pub struct EnterGuard<'a> {
     _guard: current::EnterGuard,
