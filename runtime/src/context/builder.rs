@@ -231,6 +231,10 @@ impl Builder {
     /// [`AioContext::block_on`](crate::AioContext::block_on) auto-advances it: when an iteration finds
     /// nothing to do, virtual time jumps to the next virtual timer instead of the loop sleeping.
     ///
+    /// A time future reads its clock when it is created, so create it while the context is current
+    /// (inside `block_on(async { .. })` or a task): `ctx.block_on(sleep(d))` builds the sleep before
+    /// `block_on` makes the context current, and it runs on real time.
+    ///
     /// ```
     /// use std::time::Duration;
     /// let ctx = aioctx::AioContext::builder().start_paused(true).build()?;

@@ -119,6 +119,7 @@ impl Remote {
     ///
     /// ```
     /// let io = aioctx::IoThread::spawn("call-demo")?;
+    /// // SAFETY: gettid takes no arguments and cannot fail.
     /// let tid = io.remote().call(|| unsafe { libc::gettid() })?;
     /// assert_eq!(tid, io.thread_id());
     /// # Ok::<(), std::io::Error>(())
