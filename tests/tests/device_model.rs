@@ -6,13 +6,15 @@
 #[path = "device_model/rig.rs"]
 mod rig;
 
+use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aioctx::Backend;
+use examples::virtio_blk::request::Limits;
 use examples::virtio_blk::request::ID_BYTES;
 use examples::virtio_blk::workload::{self, pattern, DiskModel, Rw, Workload};
-use examples::virtio_blk::{DescSpec, GuestWait};
+use examples::virtio_blk::{DescSpec, GuestWait, VirtioBlkDevice};
 use rig::{range, Rig, BS, DISK_SIZE, OK, UNSET};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
@@ -241,6 +243,29 @@ fn stop_waits_for_requests_in_flight() {
         done += 1;
     }
     assert_eq!(done, taken);
+    rig.iothread.take().unwrap().stop();
+}
+
+#[test]
+fn start_and_stop_on_the_devices_own_iothread_fail_instead_of_hanging() {
+    let mut rig = Rig::default();
+    let remote = rig.iothread.as_ref().unwrap().remote().clone();
+    let disk = tempfile::tempfile().unwrap();
+    let parts = rig
+        .machine
+        .device_parts(disk, Limits::for_capacity(rig::DISK_SIZE));
+    let on_iothread = remote.clone();
+    let started = remote
+        .call(move || VirtioBlkDevice::start(&on_iothread, parts).map(drop))
+        .unwrap();
+    assert_eq!(started.unwrap_err().kind(), ErrorKind::WouldBlock);
+    rig.assert_still_serving();
+
+    // Stopping there only asks: the loop keeps running, and the device ends on its own.
+    let device = rig.device.take().unwrap();
+    let stopped = remote.call(move || device.stop()).unwrap();
+    assert_eq!(stopped.unwrap_err().kind(), ErrorKind::WouldBlock);
+    assert_eq!(remote.call(|| 7).unwrap(), 7, "the IoThread still serves");
     rig.iothread.take().unwrap().stop();
 }
 

@@ -440,9 +440,11 @@ pub struct DeviceParts {
 }
 
 /// A running virtio-blk device. Dropping it stops it (see [`stop`](Self::stop)); stop or drop it from
-/// another thread than its IoThread, which it waits for.
+/// another thread than its IoThread, which it waits for. On the IoThread itself, stopping only asks
+/// the device to stop, and it finishes on its own.
 #[derive(Debug)]
 pub struct VirtioBlkDevice {
+    remote: Remote,
     stop: Arc<AtomicBool>,
     kick: EventNotifier,
     task: Option<JoinHandle<io::Result<()>>>,
@@ -453,8 +455,17 @@ pub struct VirtioBlkDevice {
 
 impl VirtioBlkDevice {
     /// Starts the device on the context behind `remote` (an IoThread's), serving `parts.queue` of the
-    /// guest's memory with `parts.disk` as the backing file.
+    /// guest's memory with `parts.disk` as the backing file. It waits until the device task runs, so
+    /// it fails with `WouldBlock` when called on that context's own thread (where it would wait
+    /// forever).
     pub fn start(remote: &Remote, parts: DeviceParts) -> io::Result<Self> {
+        if remote.is_home_thread() {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "VirtioBlkDevice::start waits for the device task: call it from another thread than \
+                 the IoThread that serves the device",
+            ));
+        }
         let DeviceParts {
             disk,
             mem,
@@ -490,6 +501,7 @@ impl VirtioBlkDevice {
             }
         });
         let device = VirtioBlkDevice {
+            remote: remote.clone(),
             stop,
             kick,
             task: Some(task),
@@ -510,7 +522,9 @@ impl VirtioBlkDevice {
         self.counters.clone()
     }
 
-    /// Stops serving: finishes the requests in flight, ends the task and reports how it ended.
+    /// Stops serving: finishes the requests in flight, ends the task and reports how it ended. On the
+    /// device's own IoThread it cannot wait for that: it asks the device to stop and fails with
+    /// `WouldBlock`, and the device finishes its requests and ends on its own.
     pub fn stop(mut self) -> io::Result<()> {
         self.shutdown()
     }
@@ -521,6 +535,13 @@ impl VirtioBlkDevice {
         };
         self.stop.store(true, Ordering::Release);
         self.kick.set()?;
+        if self.remote.is_home_thread() {
+            // Waiting here would block the loop the task needs to finish.
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the device was stopped on its own IoThread: it ends without being waited for",
+            ));
+        }
         match task.join_blocking() {
             Ok(res) => res,
             Err(e) => Err(io::Error::other(format!("the device task failed: {e}"))),

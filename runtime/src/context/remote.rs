@@ -134,7 +134,7 @@ impl Remote {
                 "the context was dropped before running the call",
             )
         };
-        if crate::task::queue::thread_token() == self.shared.home {
+        if self.is_home_thread() {
             if self.is_closed() {
                 return Err(gone());
             }
@@ -202,5 +202,20 @@ impl Remote {
     /// ```
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the calling thread is the context's home thread: the thread that runs it, where code
+    /// must not block waiting for work the context itself has to do.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("home")?;
+    /// let remote = io.remote().clone();
+    /// assert!(!remote.is_home_thread());
+    /// assert!(io.remote().call(move || remote.is_home_thread())?);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn is_home_thread(&self) -> bool {
+        crate::task::queue::thread_token() == self.shared.home
     }
 }
