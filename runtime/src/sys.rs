@@ -37,6 +37,14 @@ pub(crate) fn with_context(source: io::Error, what: impl Into<String>) -> io::Er
 }
 
 /// The last OS error, wrapped with what aioctx was doing.
+/// The error of an API that needs the current context, used where there is none (`what` names it).
+pub(crate) fn outside_context(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        format!("{what} used outside an aioctx context"),
+    )
+}
+
 pub(crate) fn last_error(what: impl Into<String>) -> io::Error {
     with_context(io::Error::last_os_error(), what)
 }

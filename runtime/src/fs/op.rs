@@ -56,10 +56,7 @@ impl<T: Send + 'static> Op<T> {
         });
         op.unwrap_or_else(|| {
             let (resources, _) = unqueued.take().expect("not taken without a context");
-            let err = io::Error::new(
-                io::ErrorKind::NotConnected,
-                "aioctx::fs used outside an aioctx context",
-            );
+            let err = crate::sys::outside_context("aioctx::fs");
             Op {
                 state: Err(Some((err, resources))),
                 home: thread_token(),

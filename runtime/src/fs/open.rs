@@ -336,12 +336,8 @@ pub(super) fn resolve_engine(wanted: IoEngine) -> io::Result<IoEngine> {
     if wanted == IoEngine::ThreadPool {
         return Ok(wanted);
     }
-    let ring = current::with_current(|inner| inner.ring_available()).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotConnected,
-            "aioctx::fs used outside an aioctx context",
-        )
-    })?;
+    let ring = current::with_current(|inner| inner.ring_available())
+        .ok_or_else(|| crate::sys::outside_context("aioctx::fs"))?;
     match (wanted, ring) {
         (_, Ok(())) => Ok(IoEngine::IoUring),
         (IoEngine::Auto, Err(_)) => Ok(IoEngine::ThreadPool),

@@ -176,12 +176,7 @@ impl<T: AsRawFd> Async<T> {
             reg.set_interest(false, false)?;
             Ok::<_, io::Error>(reg)
         })
-        .unwrap_or_else(|| {
-            Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "aioctx::io::Async created outside an aioctx context",
-            ))
-        })?;
+        .unwrap_or_else(|| Err(crate::sys::outside_context("aioctx::io::Async::new")))?;
         *source.registration.borrow_mut() = Some(registration);
         Ok(Async {
             source,

@@ -102,12 +102,7 @@ impl NotifierWaiter {
                 Some(notifier.clone()),
             ))
         })
-        .unwrap_or_else(|| {
-            Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "EventNotifier::waiter called outside an aioctx context",
-            ))
-        })?;
+        .unwrap_or_else(|| Err(crate::sys::outside_context("EventNotifier::waiter")))?;
         Ok(Self {
             state,
             _registration: registration,

@@ -199,12 +199,8 @@ where
     F: FnOnce() -> io::Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    let handle = current::with_current(|inner| inner.spawn_blocking(f)).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotConnected,
-            "aioctx I/O used outside an aioctx context",
-        )
-    })?;
+    let handle = current::with_current(|inner| inner.spawn_blocking(f))
+        .ok_or_else(|| crate::sys::outside_context("aioctx I/O"))?;
     handle.await.map_err(io::Error::from)?
 }
 
