@@ -58,7 +58,8 @@ struct RecvResources {
 struct State {
     /// The context that runs this stream, when its backend is io_uring and RECVs are in use.
     ring: Option<Weak<Inner>>,
-    /// The duplicate of the socket's fd that RECVs name (made at the first RECV).
+    /// The duplicate of the socket's fd that RECVs name (made at the first RECV; in the RECV's
+    /// resources while one is in flight).
     fd: Option<Arc<OwnedFd>>,
     /// The receive buffer, when no RECV is in flight; `buf[pos..filled]` is still to be read.
     buf: Vec<u8>,
@@ -146,7 +147,8 @@ impl Recv {
                 // which need none, rather than failing the read.
                 state.fd = io.as_fd().try_clone_to_owned().ok().map(Arc::new);
             }
-            let (Some(ring), Some(fd)) = (ring, state.fd.clone()) else {
+            // The fd travels with the RECV and comes back with its completion (`poll_op`).
+            let (Some(ring), Some(fd)) = (ring, state.fd.take()) else {
                 // The context is gone, or no fd for RECVs: plain readiness I/O from now on.
                 state.ring = None;
                 drop(state);
