@@ -19,6 +19,13 @@ const DIRECT_ALIGN: u64 = 512;
 /// The largest single transfer (the SQE length is 32 bits); longer requests are done in pieces.
 const MAX_RW: usize = 1 << 30;
 
+/// The direction of a contiguous transfer (see `File::transfer`).
+#[derive(Clone, Copy)]
+enum Transfer {
+    Read,
+    Write { fua: bool },
+}
+
 /// Which machinery runs a [`File`]'s operations.
 ///
 /// ```
@@ -352,21 +359,8 @@ impl File {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub async fn read_at<B: IoBufMut>(&self, mut buf: B, offset: u64) -> (io::Result<usize>, B) {
-        let addr = buf.stable_mut_ptr() as usize;
-        let len = buf.bytes_total().min(MAX_RW);
-        if let Err(e) = self.check_direct(addr, len, offset) {
-            return (Err(e), buf);
-        }
-        let (res, mut buf) = self
-            .run(
-                Req::Read {
-                    addr,
-                    len,
-                    off: offset,
-                },
-                buf,
-            )
-            .await;
+        let at = (buf.stable_mut_ptr() as usize, buf.bytes_total(), offset);
+        let (res, mut buf) = self.transfer(Transfer::Read, at, buf).await;
         if let Ok(n) = res {
             // SAFETY: the kernel wrote n bytes at the start of the buffer.
             unsafe { buf.set_init(n) };
@@ -446,21 +440,32 @@ impl File {
     }
 
     async fn write_impl<B: IoBuf>(&self, buf: B, offset: u64, fua: bool) -> (io::Result<usize>, B) {
-        let addr = buf.stable_ptr() as usize;
-        let len = buf.bytes_init().min(MAX_RW);
-        if let Err(e) = self.check_direct(addr, len, offset) {
-            return (Err(e), buf);
+        let at = (buf.stable_ptr() as usize, buf.bytes_init(), offset);
+        self.transfer(Transfer::Write { fua }, at, buf).await
+    }
+
+    /// One read or write of up to `MAX_RW` bytes at `addr`, after the `O_DIRECT` alignment check;
+    /// `keep` holds what `addr` points into until the operation completes.
+    async fn transfer<K: Send + 'static>(
+        &self,
+        kind: Transfer,
+        (addr, len, off): (usize, usize, u64),
+        keep: K,
+    ) -> (io::Result<usize>, K) {
+        let len = len.min(MAX_RW);
+        if let Err(e) = self.check_direct(addr, len, off) {
+            return (Err(e), keep);
         }
-        self.run(
-            Req::Write {
+        let req = match kind {
+            Transfer::Read => Req::Read { addr, len, off },
+            Transfer::Write { fua } => Req::Write {
                 addr,
                 len,
-                off: offset,
+                off,
                 fua,
             },
-            buf,
-        )
-        .await
+        };
+        self.run(req, keep).await
     }
 
     /// Writes `buf`'s initialised bytes at `offset`; returns how many were written (possibly fewer).

@@ -4,7 +4,7 @@
 use std::io;
 
 use super::File;
-use super::MAX_RW;
+use super::Transfer;
 use crate::fs::req::{IoVecs, Req};
 
 impl File {
@@ -38,18 +38,8 @@ impl File {
         len: usize,
         offset: u64,
     ) -> io::Result<usize> {
-        let addr = ptr as usize;
-        self.check_direct(addr, len, offset)?;
-        self.run(
-            Req::Read {
-                addr,
-                len: len.min(MAX_RW),
-                off: offset,
-            },
-            (),
-        )
-        .await
-        .0
+        let at = (ptr as usize, len, offset);
+        self.transfer(Transfer::Read, at, ()).await.0
     }
 
     /// Writes from memory the caller keeps alive at `offset`.
@@ -80,19 +70,10 @@ impl File {
         len: usize,
         offset: u64,
     ) -> io::Result<usize> {
-        let addr = ptr as usize;
-        self.check_direct(addr, len, offset)?;
-        self.run(
-            Req::Write {
-                addr,
-                len: len.min(MAX_RW),
-                off: offset,
-                fua: false,
-            },
-            (),
-        )
-        .await
-        .0
+        let at = (ptr as usize, len, offset);
+        self.transfer(Transfer::Write { fua: false }, at, ())
+            .await
+            .0
     }
 
     /// `preadv` into caller-owned iovecs (a virtqueue's descriptor chain mapped to guest RAM). The
