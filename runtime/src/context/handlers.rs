@@ -300,13 +300,11 @@ impl Registry {
         self.poll_disable_cnt > 0
     }
 
-    /// Takes `node` off the poll list or puts it back; returns whether that changed anything.
-    pub(crate) fn set_polled(&mut self, node: &HandlerNode, polled: bool) -> bool {
-        if node.polled.replace(polled) == polled {
-            return false;
+    /// Takes `node` off the poll list or puts it back (rebuilding the list only on a change).
+    pub(crate) fn set_polled(&mut self, node: &HandlerNode, polled: bool) {
+        if node.polled.replace(polled) != polled {
+            self.rebuild_poll_list();
         }
-        self.rebuild_poll_list();
-        true
     }
 
     fn rebuild_poll_list(&mut self) {
