@@ -190,3 +190,79 @@ pub fn run_in_child(test: &str, env: &[(&str, &str)]) {
         out.status
     );
 }
+
+/// A path in `dir` (the temp dir by default), unique in this process, removed on drop.
+pub struct TempPath(pub std::path::PathBuf);
+
+impl TempPath {
+    pub fn new(tag: &str) -> Self {
+        Self::in_dir(&std::env::temp_dir(), tag)
+    }
+
+    pub fn in_dir(dir: &std::path::Path, tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(dir.join(format!("aioctx-test-{tag}-{}-{n}", std::process::id())))
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sets the soft limit of `resource` (the hard limit stays). Process-wide: child processes only.
+pub fn set_soft_limit(resource: libc::__rlimit_resource_t, soft: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write one rlimit struct we own.
+    assert_eq!(unsafe { libc::getrlimit(resource, &mut lim) }, 0);
+    assert!(
+        soft <= lim.rlim_max,
+        "hard limit {} below {soft}",
+        lim.rlim_max
+    );
+    lim.rlim_cur = soft;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::setrlimit(resource, &lim) }, 0);
+}
+
+/// Every fd the process may still open, held until freed (fd exhaustion; child processes only).
+pub struct FdHoard(Vec<std::os::fd::OwnedFd>);
+
+impl FdHoard {
+    /// Lowers RLIMIT_NOFILE to `headroom` above the highest fd open now, then takes every fd left.
+    pub fn exhaust(headroom: u64) -> FdHoard {
+        let highest_open: u64 = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .max()
+            .unwrap();
+        set_soft_limit(libc::RLIMIT_NOFILE, highest_open + headroom);
+        let mut fds = Vec::new();
+        loop {
+            // SAFETY: eventfd takes no pointers.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                assert_eq!(
+                    std::io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EMFILE)
+                );
+                return FdHoard(fds);
+            }
+            // SAFETY: `fd` was just opened and is owned by nobody else.
+            fds.push(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) });
+            assert!(fds.len() < 1_000, "RLIMIT_NOFILE did not take effect");
+        }
+    }
+
+    /// Gives `n` fds back.
+    pub fn free(&mut self, n: usize) {
+        for _ in 0..n {
+            self.0.pop().expect("nothing left to free");
+        }
+    }
+}

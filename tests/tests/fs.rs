@@ -2,29 +2,12 @@
 //! against an in-memory model, on every engine (io_uring on the context's ring, io_uring on a side ring
 //! beside epoll, the thread pool), buffered and O_DIRECT; plus the bad-input and lifetime cases.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use aioctx::fs::{AlignedBuf, File, IoEngine};
 use aioctx::{AioContext, Backend};
 use proptest::prelude::*;
-
-/// A temp file path removed on drop.
-struct TempPath(PathBuf);
-
-impl TempPath {
-    fn new(tag: &str) -> Self {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(std::env::temp_dir().join(format!("aioctx-fs-{tag}-{}-{n}", std::process::id())))
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
+use tests::TempPath;
 
 #[derive(Clone, Copy, Debug)]
 struct Setup {
@@ -462,15 +445,11 @@ fn dropped_in_flight_raw_readv_needs_only_its_memory() {
         });
         // The orphaned read completes when the loop reaps it; its last byte lands last.
         let last = memory[..512].as_ptr().wrapping_add(511);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        // SAFETY: `last` points into `memory`; a volatile read sees the kernel's write.
-        while unsafe { last.read_volatile() } == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{backend:?}: the read never completed"
-            );
+        tests::spin_until("the orphaned read to complete", || {
             ctx.poll(false);
-        }
+            // SAFETY: `last` points into `memory`; a volatile read sees the kernel's write.
+            (unsafe { last.read_volatile() }) != 0
+        });
         drop(ctx);
         let expected: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
         assert_eq!(&memory[512..], &expected[..512], "{backend:?}: first iovec");
@@ -546,28 +525,25 @@ fn dropped_open_on_the_ring_closes_the_late_fd() {
         }
         // A reader lets the in-flight open finish; the loop must close the fd it returns, which the
         // reader sees as end of file once no writer is left.
-        let mut reader = std::fs::OpenOptions::new()
+        let reader = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open(&path.0)
             .unwrap();
         // The kernel installs the fd before the loop hears of it: see it open first.
         tests::spin_until("the in-flight open to finish", || fds_open_on(&path.0) == 2);
-        let deadline = std::time::Instant::now() + tests::BOUND;
-        loop {
+        tests::spin_until("the loop to close the late fd", || {
             use std::io::Read;
-            match reader.read(&mut [0u8; 8]) {
-                Ok(0) => break,
+            match (&reader).read(&mut [0u8; 8]) {
+                Ok(0) => true,
                 Ok(n) => panic!("read {n} bytes nobody wrote"),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ctx.poll(false);
+                    false
+                }
                 Err(e) => panic!("reading the FIFO: {e}"),
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the late fd was never closed"
-            );
-            ctx.poll(false);
-        }
+        });
         assert_eq!(fds_open_on(&path.0), 1, "only the reader's fd is open");
     }
 }

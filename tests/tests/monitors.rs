@@ -276,11 +276,6 @@ fn auto_epoll_falls_back_to_poll_for_a_regular_file() {
     guard.poll_until(&ctx, "the eventfd after the file left", || kicks.get() == 2);
 }
 
-fn close(fd: RawFd) {
-    // SAFETY: `fd` came from eventfd in this test and is closed once.
-    assert_eq!(unsafe { libc::close(fd) }, 0);
-}
-
 #[test]
 fn running_out_of_fds_is_an_error_not_a_panic() {
     const NAME: &str = "running_out_of_fds_is_an_error_not_a_panic";
@@ -288,36 +283,7 @@ fn running_out_of_fds_is_an_error_not_a_panic() {
         // A child: lowering RLIMIT_NOFILE would break every other test in this process.
         return run_in_child(NAME, &[]);
     }
-    let highest_open_fd: RawFd = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .max()
-        .unwrap();
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read or write one rlimit struct we own.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    lim.rlim_cur = (highest_open_fd + 16) as libc::rlim_t;
-    assert!(lim.rlim_cur <= lim.rlim_max);
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
-
-    let mut hoard = Vec::new();
-    loop {
-        // SAFETY: eventfd takes no pointers.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            assert_eq!(
-                io::Error::last_os_error().raw_os_error(),
-                Some(libc::EMFILE)
-            );
-            break;
-        }
-        hoard.push(fd);
-        assert!(hoard.len() < 1_000, "RLIMIT_NOFILE did not take effect");
-    }
+    let mut hoard = tests::FdHoard::exhaust(16);
 
     for backend in [
         Backend::Auto,
@@ -330,7 +296,7 @@ fn running_out_of_fds_is_an_error_not_a_panic() {
     }
     // One free fd: enough for the context's eventfd, not for an epoll fd or a ring. Failing again and
     // again proves a half-built context gives its eventfd back.
-    close(hoard.pop().unwrap());
+    hoard.free(1);
     for _ in 0..3 {
         for backend in [Backend::Epoll, Backend::IoUring] {
             let err = AioContext::builder().backend(backend).build().unwrap_err();
@@ -339,7 +305,7 @@ fn running_out_of_fds_is_an_error_not_a_panic() {
     }
     drop(tests::context(Backend::Poll));
 
-    close(hoard.pop().unwrap());
+    hoard.free(1);
     let ctx = AioContext::new().unwrap();
     ctx.bh_oneshot(|| {});
     assert!(
@@ -347,5 +313,5 @@ fn running_out_of_fds_is_an_error_not_a_panic() {
         "the context created after the shortage does not run"
     );
     drop(ctx);
-    hoard.into_iter().for_each(close);
+    drop(hoard);
 }

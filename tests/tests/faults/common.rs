@@ -1,7 +1,6 @@
 //! What the fault tests share: the check that a context still serves, and temp files.
 
 use std::cell::Cell;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -52,43 +51,4 @@ pub fn assert_context_serves(ctx: &AioContext) {
         "the loop is not waiting: a notify must not write the eventfd (announcement left raised?)"
     );
     ctx.poll(false);
-}
-
-/// A path in `dir` (the temp dir by default) removed on drop.
-pub struct TempPath(pub PathBuf);
-
-impl TempPath {
-    pub fn new(tag: &str) -> Self {
-        Self::in_dir(&std::env::temp_dir(), tag)
-    }
-
-    pub fn in_dir(dir: &std::path::Path, tag: &str) -> Self {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(dir.join(format!("aioctx-faults-{tag}-{}-{n}", std::process::id())))
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Sets the soft limit of `resource` (the hard limit stays).
-pub fn set_soft_limit(resource: libc::__rlimit_resource_t, soft: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read or write one rlimit struct we own.
-    assert_eq!(unsafe { libc::getrlimit(resource, &mut lim) }, 0);
-    assert!(
-        soft <= lim.rlim_max,
-        "hard limit {} below {soft}",
-        lim.rlim_max
-    );
-    lim.rlim_cur = soft;
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::setrlimit(resource, &lim) }, 0);
 }

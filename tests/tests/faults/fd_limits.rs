@@ -3,52 +3,16 @@
 //! a poll monitor that cannot upgrade to epoll stays on poll and keeps serving every fd, and the context
 //! serves throughout. (Creating a context without fds is checked in monitors.rs.)
 
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{Read, Write};
 
 use aioctx::fs::File;
 use aioctx::net::{TcpListener, TcpStream};
-use aioctx::{AioContext, Backend, EventNotifier};
+use aioctx::{Backend, EventNotifier};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use tests::{child_expectation, counting_notifier, os_error, run_in_child, Guard, BACKENDS};
 
-use crate::common::{assert_context_serves, set_soft_limit, TempPath};
-
-/// Every fd the process may still open, held until freed.
-struct Hoard(Vec<OwnedFd>);
-
-impl Hoard {
-    /// Lowers RLIMIT_NOFILE to a little above what is open now, then takes every fd left.
-    fn exhaust() -> Hoard {
-        let highest_open: u64 = std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .max()
-            .unwrap();
-        set_soft_limit(libc::RLIMIT_NOFILE, highest_open + 32);
-        let mut fds = Vec::new();
-        loop {
-            // SAFETY: eventfd takes no pointers.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-            if fd < 0 {
-                assert_eq!(
-                    io::Error::last_os_error().raw_os_error(),
-                    Some(libc::EMFILE)
-                );
-                return Hoard(fds);
-            }
-            // SAFETY: `fd` was just opened and is owned by nobody else.
-            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
-            assert!(fds.len() < 1_000, "RLIMIT_NOFILE did not take effect");
-        }
-    }
-
-    fn free(&mut self, n: usize) {
-        for _ in 0..n {
-            self.0.pop().expect("nothing left to free");
-        }
-    }
-}
+use crate::common::assert_context_serves;
+use tests::{FdHoard, TempPath};
 
 async fn echo_once(server: &mut TcpStream, client: &mut std::net::TcpStream, msg: &[u8]) {
     client.write_all(msg).unwrap();
@@ -71,7 +35,7 @@ fn accept_and_connect_on(backend: Backend) {
         let mut clients: Vec<_> = (0..2)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();
-        let mut hoard = Hoard::exhaust();
+        let mut hoard = FdHoard::exhaust(32);
 
         let err = listener.accept().await.unwrap_err();
         assert_eq!(os_error(&err), Some(libc::EMFILE), "accept: {err}");
@@ -118,14 +82,11 @@ fn poll_monitor_that_cannot_upgrade_keeps_serving() {
     if child_expectation(NAME).is_none() {
         return run_in_child(NAME, &[]);
     }
-    let ctx = AioContext::builder()
-        .backend(Backend::Poll)
-        .build()
-        .unwrap();
+    let ctx = tests::context(Backend::Poll);
     let guard = Guard::new(&ctx);
     // Enough registered fds to make the poll monitor want epoll (at 64), created while fds are free.
     let notifiers: Vec<EventNotifier> = (0..70).map(|_| EventNotifier::new().unwrap()).collect();
-    let mut hoard = Hoard::exhaust();
+    let mut hoard = FdHoard::exhaust(32);
     let hits = std::rc::Rc::new(std::cell::Cell::new(0u32));
     let regs: Vec<_> = notifiers
         .iter()
@@ -160,7 +121,7 @@ fn poll_monitor_that_cannot_upgrade_keeps_serving() {
         hits.get() == 140 && extra_hits.get() == 1
     });
     drop(regs);
-    assert!(notifiers.iter().all(|n| n.as_raw_fd() >= 0));
+    drop(notifiers);
     drop(hoard);
     assert_context_serves(&ctx);
 }

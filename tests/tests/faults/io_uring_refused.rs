@@ -9,7 +9,8 @@ use aioctx::fs::{File, IoEngine};
 use aioctx::{AioContext, Backend};
 use tests::{child_expectation, os_error, run_in_child};
 
-use crate::common::{assert_context_serves, TempPath};
+use crate::common::assert_context_serves;
+use tests::TempPath;
 
 /// What a context whose io_uring was refused with `errno` must still do.
 fn assert_falls_back(ctx: AioContext, errno: i32) {
@@ -63,10 +64,13 @@ fn probe_forced_to_fail_falls_back_to_epoll_and_serves() {
 }
 
 /// The x86_64 audit architecture (`AUDIT_ARCH_X86_64` in linux/audit.h).
+#[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 /// Set on syscall numbers of the x32 ABI, which shares the x86_64 audit architecture.
+#[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
+#[cfg(target_arch = "x86_64")]
 fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     libc::sock_filter {
         code: code as u16,
@@ -78,6 +82,7 @@ fn bpf(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 
 /// Installs, on every thread of this process, a seccomp filter under which `io_uring_setup` fails with
 /// EPERM and every other syscall is allowed.
+#[cfg(target_arch = "x86_64")]
 fn refuse_io_uring_setup() {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
     let setup = libc::SYS_io_uring_setup as u32;
