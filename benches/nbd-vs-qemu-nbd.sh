@@ -126,7 +126,6 @@ for kind in "${kinds[@]}"; do
                 # shellcheck disable=SC2086
                 result[$kind,$server,$depth,$write]=$(median ${samples[$server]})
             done
-            unset samples
         done
     done
     stop_all

@@ -261,7 +261,7 @@ fn start_and_stop_on_the_devices_own_iothread_fail_instead_of_hanging() {
     assert_eq!(started.unwrap_err().kind(), ErrorKind::WouldBlock);
     rig.assert_still_serving();
 
-    // Stopping there only asks: the loop keeps running, and the device ends on its own.
+    // Stopping there only asks the device to stop: the loop is not blocked, so it keeps serving.
     let device = rig.device.take().unwrap();
     let stopped = remote.call(move || device.stop()).unwrap();
     assert_eq!(stopped.unwrap_err().kind(), ErrorKind::WouldBlock);

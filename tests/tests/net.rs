@@ -267,19 +267,10 @@ per_backend! {
             .unwrap();
         let n = EventNotifier::new().unwrap();
         let work = Arc::new(AtomicBool::new(false));
-        // How many times the poll function (not the fd) found work.
-        let found = Arc::new(AtomicUsize::new(0));
         ctx.block_on(async {
-            let (w, f) = (work.clone(), found.clone());
-            let waiter = n
-                .waiter_polling(move || {
-                    let got = w.swap(false, Ordering::AcqRel);
-                    if got {
-                        f.fetch_add(1, Ordering::Relaxed);
-                    }
-                    got
-                })
-                .unwrap();
+            let w = work.clone();
+            // Only this poll function clears `work`: a wait that ended without a kick ended here.
+            let waiter = n.waiter_polling(move || w.swap(false, Ordering::AcqRel)).unwrap();
             for _ in 0..4 {
                 let kick = n.clone();
                 let t = std::thread::spawn(move || {
@@ -293,9 +284,8 @@ per_backend! {
             assert!(!n.test_and_clear().unwrap(), "the waiter cleared every kick");
             // Work only in memory. A round where the polling loop missed it (the publishing thread was
             // descheduled past the window) ends with a kick after 200 ms, and is tried again.
-            let mut polled_rounds = 0;
+            let mut polled = false;
             for _ in 0..5 {
-                let found_before = found.load(Ordering::Relaxed);
                 let kicked = Arc::new(AtomicBool::new(false));
                 let (w, kick, k) = (work.clone(), n.clone(), kicked.clone());
                 let t = std::thread::spawn(move || {
@@ -312,18 +302,13 @@ per_backend! {
                 waiter.wait().await;
                 t.join().unwrap();
                 if !kicked.load(Ordering::Acquire) {
-                    assert_eq!(
-                        found.load(Ordering::Relaxed),
-                        found_before + 1,
-                        "no kick, so the poll function found the work"
-                    );
-                    polled_rounds += 1;
+                    polled = true;
                     break;
                 }
                 n.test_and_clear().unwrap();
                 work.store(false, Ordering::Release);
             }
-            assert_eq!(polled_rounds, 1, "polling never saw work published in memory");
+            assert!(polled, "polling never saw work published in memory");
         });
     }
 }

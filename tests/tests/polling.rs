@@ -574,6 +574,7 @@ per_backend! {
             .poll_idle_timeout(Duration::ZERO)
             .build()
             .unwrap();
+        let guard = Guard::new(&ctx);
         let quiet = EventNotifier::new().unwrap();
         let (polls, reads) = (Rc::new(Cell::new(0u32)), Rc::new(Cell::new(0u32)));
         let _reg = ctx
@@ -598,9 +599,7 @@ per_backend! {
             .unwrap();
         // A dispatch after a short wait opens the handler's poll window, so the loop polls from now on.
         quiet.set().unwrap();
-        while reads.get() == 0 {
-            ctx.poll(true);
-        }
+        guard.poll_until(&ctx, "the first read", || reads.get() == 1);
         // Two polling phases: the first starts the idle clock, the second finds it run out.
         tick_polling(&ctx, 2);
         let polled = polls.get();
@@ -613,9 +612,7 @@ per_backend! {
         }
         // Its fd fires: the handler runs and is polled again.
         quiet.set().unwrap();
-        while reads.get() == 1 {
-            ctx.poll(true);
-        }
+        guard.poll_until(&ctx, "the read after the fd fired", || reads.get() == 2);
         let back = polls.get();
         tick_polling(&ctx, 1);
         assert!(polls.get() > back, "{backend:?}: a handler whose fd fired is polled again");

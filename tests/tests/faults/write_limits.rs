@@ -10,7 +10,8 @@ use aioctx::fs::{File, IoEngine};
 use aioctx::Backend;
 use tests::{child_expectation, run_in_child};
 
-use crate::common::{assert_context_serves, set_soft_limit, TempPath};
+use crate::common::assert_context_serves;
+use tests::{set_soft_limit, TempPath};
 
 /// Every engine, on the backends where it runs differently.
 const ENGINES: [(Backend, IoEngine); 4] = [
@@ -174,7 +175,9 @@ fn enospc_on_a_full_file_system_reaches_the_writer() {
             // Fill the file system 4 KiB at a time until the kernel refuses.
             let mut written = 0u64;
             let err = loop {
-                let (res, _) = f.write_at(pattern(written as u8, 4096), written).await;
+                // Each 4 KiB chunk its own seed, so a chunk in the wrong place shows.
+                let seed = (written / 4096) as u8;
+                let (res, _) = f.write_at(pattern(seed, 4096), written).await;
                 match res {
                     Ok(0) => panic!("{what}: a write of 0 bytes at {written}"),
                     Ok(n) => written += n as u64,
@@ -201,7 +204,7 @@ fn enospc_on_a_full_file_system_reaches_the_writer() {
             let (res, data) = f.read_exact_at(vec![0u8; written as usize], 0).await;
             res.unwrap();
             for (i, chunk) in data.chunks(4096).enumerate() {
-                assert_eq!(chunk, &pattern((i * 4096) as u8, chunk.len())[..], "{what}");
+                assert_eq!(chunk, &pattern(i as u8, chunk.len())[..], "{what}");
             }
             f.set_len(0).await.unwrap();
             let (res, _) = f.write_all_at(vec![2u8; 8192], 0).await;

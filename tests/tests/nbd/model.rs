@@ -184,7 +184,7 @@ fn run_case(server: &TestServer, bystander: &mut Client, batches: &[Vec<Op>]) {
         for (off, data) in updates {
             model[off as usize..off as usize + data.len()].copy_from_slice(&data);
         }
-        // Another connection is served all along (past the modelled range).
+        // Another connection is still served after each batch (past the modelled range).
         round_trip(bystander, SIZE + 4096, n as u8);
     }
     c.send(CMD_DISC, 0, 0, 0, 0);
