@@ -333,9 +333,8 @@ impl IoThread {
     /// ```
     pub fn set_poll_params(&self, params: PollParams) -> io::Result<()> {
         params.validate()?;
-        self.remote.call(move || {
-            crate::context::with_current_inner(|inner| inner.set_poll_params(params))
-        })?
+        self.remote
+            .call(move || crate::context::with_current_home(|home| home.set_poll_params(params)))?
     }
 
     /// The polling parameters in effect.
@@ -348,7 +347,7 @@ impl IoThread {
     /// ```
     pub fn poll_params(&self) -> io::Result<PollParams> {
         self.remote
-            .call(|| crate::context::with_current_inner(|inner| Ok(inner.poll_params.get())))?
+            .call(|| crate::context::with_current_home(|home| Ok(home.poll_params())))?
     }
 
     /// Changes the IOThread's blocking thread pool bounds (QEMU's `thread-pool-min`/`-max`).
@@ -362,7 +361,7 @@ impl IoThread {
     /// ```
     pub fn set_thread_pool_size(&self, min: usize, max: usize) -> io::Result<()> {
         self.remote.call(move || {
-            crate::context::with_current_inner(|inner| inner.set_thread_pool_size(min, max))
+            crate::context::with_current_home(|home| home.set_thread_pool_size(min, max))
         })?
     }
 

@@ -40,36 +40,47 @@
 //! ```
 
 #![warn(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
+// The layers, bottom up (ARCHITECTURE.md draws the graph; a module only uses modules below it).
+// Leaves:
 mod atomics;
-mod context;
+mod counter;
 mod fdmon;
-pub mod fs;
-pub mod io;
-mod iothread;
-pub mod net;
 mod notifier;
 mod pool;
-pub mod sync;
 mod sys;
+mod thread_id;
+mod timers;
+// The loop:
+mod context;
+// The executor:
 mod task;
+// Futures on the loop:
+pub mod fs;
+pub mod io;
+pub mod net;
+pub mod sync;
 pub mod time;
+// Threads:
+mod iothread;
 
 #[cfg(all(test, loom))]
 mod loom_models;
 
 pub use context::{
-    AioContext, Backend, Bh, Builder, EnterGuard, FdHandlers, FdRegistration, PollParams, Remote,
-    RemoteBh, SqeCompletion, Stats,
+    AioContext, Bh, Builder, EnterGuard, FdHandlers, FdRegistration, PollParams, Remote, RemoteBh,
+    SqeCompletion, Stats,
 };
+pub use fdmon::Backend;
 /// The `io-uring` crate aioctx builds on, re-exported so that SQEs for
 /// [`AioContext::add_sqe`] come from the same version.
 pub use io_uring;
 pub use iothread::{IoThread, IoThreadBuilder};
 pub use notifier::EventNotifier;
-pub use pool::spawn_blocking;
 pub use task::{
-    reschedule, spawn, spawn_local, yield_now, JoinError, JoinHandle, PanicPayload, YieldNow,
+    reschedule, spawn, spawn_blocking, spawn_local, yield_now, JoinError, JoinHandle, PanicPayload,
+    YieldNow,
 };
 
 /// Runs `async fn main` on an [`AioContext`] created on the main thread, with

@@ -316,7 +316,7 @@ per_backend! {
 #[test]
 fn remote_spawn_local_runs_socket_code_on_an_iothread() {
     let io = IoThread::spawn("sockets").unwrap();
-    let h = io.remote().spawn_local(|| async {
+    let h = io.remote().spawn_local_with(|| async {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let server = aioctx::spawn_local(async move {

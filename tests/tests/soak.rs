@@ -62,7 +62,7 @@ impl EchoServers {
             let (tx, rx) = std::sync::mpsc::channel();
             let (live, failures) = (live.clone(), failures.clone());
             // The accept loop lives until the IoThread stops (its handle detaches).
-            drop(io.remote().spawn_local(move || async move {
+            drop(io.remote().spawn_local_with(move || async move {
                 let listener = TcpListener::bind("127.0.0.1:0").unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
                 loop {
@@ -122,7 +122,7 @@ async fn echo_connection(addr: SocketAddr, seed: &mut u64) -> std::io::Result<u6
 /// Echo lanes on `clients` until `until`: connect, exchange, close, repeat. Returns (connections, bytes).
 fn echo_churn(clients: &IoThread, addrs: &[SocketAddr], until: Instant) -> (u64, u64) {
     let addrs = addrs.to_vec();
-    let lanes = clients.remote().spawn_local(move || async move {
+    let lanes = clients.remote().spawn_local_with(move || async move {
         let lanes: Vec<_> = (0..ECHO_LANES)
             .map(|lane| {
                 let addrs = addrs.clone();

@@ -344,7 +344,7 @@ impl Server {
             activity: Arc::clone(&self.activity),
             drain_timeout: self.drain_timeout,
         };
-        thread.remote().spawn_local(move || async move {
+        thread.remote().spawn_local_with(move || async move {
             let _count = count;
             match stream {
                 Accepted::Tcp(s) => {

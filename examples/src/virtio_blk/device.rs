@@ -478,7 +478,7 @@ impl VirtioBlkDevice {
         let counters = Arc::new(DeviceCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let task = remote.spawn_local({
+        let task = remote.spawn_local_with({
             let (mem, counters, stop, kick) =
                 (mem.clone(), counters.clone(), stop.clone(), kick.clone());
             move || async move {

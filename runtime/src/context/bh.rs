@@ -5,13 +5,16 @@
 //! dropped there. A node that is deleted is freed by the loop when it next dequeues it (QEMU's rule),
 //! never earlier, because a remote schedule may have pushed it onto the list concurrently.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use slab::Slab;
+
 use super::bh_list::{self, BhNode, DELETED, IDLE, ONESHOT, SCHEDULED};
-use super::{Inner, Shared};
+use super::{HomeState, SharedState};
 
 /// Wait bound while only idle BHs are scheduled (QEMU: 10 ms).
 pub(crate) const IDLE_BH_TIMEOUT_NS: i64 = 10_000_000;
@@ -42,9 +45,18 @@ pub(crate) struct BhCallback {
     call: BhCall,
 }
 
-enum BhCall {
+/// A home-thread BH callback: a [`Bh`]'s, run each time it is scheduled, or a one-shot's.
+pub(crate) enum BhCall {
     Repeat(Rc<dyn Fn()>),
     Once(Box<dyn FnOnce()>),
+}
+
+/// The home-thread side of a context's bottom halves: their callbacks, and the slices being run.
+#[derive(Default)]
+pub(crate) struct BhDispatch {
+    callbacks: RefCell<Slab<BhCallback>>,
+    /// Slices of BHs being run (QEMU's `bh_slice_list`); more than one only during nested polls.
+    slices: RefCell<VecDeque<Slice>>,
 }
 
 /// A bottom half created with [`AioContext::bh`](crate::AioContext::bh).
@@ -67,7 +79,7 @@ enum BhCall {
 /// ```
 pub struct Bh {
     node: Arc<Node>,
-    shared: Arc<Shared>,
+    shared: Arc<SharedState>,
 }
 
 impl fmt::Debug for Bh {
@@ -79,11 +91,11 @@ impl fmt::Debug for Bh {
 }
 
 impl Bh {
-    pub(crate) fn new(inner: &Inner, f: Rc<dyn Fn()>) -> Bh {
-        let node = inner.insert_bh_callback(0, BhCall::Repeat(f));
+    pub(crate) fn new(home: &HomeState, call: BhCall) -> Bh {
+        let node = home.bhs.insert(0, call);
         Bh {
             node,
-            shared: Arc::clone(&inner.shared),
+            shared: Arc::clone(&home.shared),
         }
     }
 
@@ -209,7 +221,7 @@ impl Drop for Bh {
 #[derive(Clone)]
 pub struct RemoteBh {
     node: Arc<Node>,
-    shared: Arc<Shared>,
+    shared: Arc<SharedState>,
 }
 
 impl fmt::Debug for RemoteBh {
@@ -272,7 +284,8 @@ impl RemoteBh {
     }
 }
 
-fn schedule(shared: &Shared, node: &Arc<Node>, flags: u32) {
+/// Enqueues `node` on the shared list with `flags` and wakes the loop (`aio_bh_enqueue`).
+pub(crate) fn schedule(shared: &SharedState, node: &Arc<Node>, flags: u32) {
     // Unlike QEMU, a plain schedule of a BH that is pending as idle makes it normal work again: whoever
     // asks for it now should not be made to wait up to 10 ms. (IDLE is only a hint; a race here at worst
     // lets the BH run as idle work once.)
@@ -284,17 +297,11 @@ fn schedule(shared: &Shared, node: &Arc<Node>, flags: u32) {
     }
 }
 
-/// Schedules a home-thread one-shot (`aio_bh_schedule_oneshot` with a `!Send` closure).
-pub(crate) fn schedule_local_oneshot(inner: &Inner, f: Box<dyn FnOnce()>) {
-    let node = inner.insert_bh_callback(ONESHOT, BhCall::Once(f));
-    schedule(&inner.shared, &node, SCHEDULED);
-}
-
-impl Inner {
+impl BhDispatch {
     /// Stores a home-thread callback and returns the node that schedules it.
-    fn insert_bh_callback(&self, flags: u32, call: BhCall) -> Arc<Node> {
-        let mut slab = self.bh_callbacks.borrow_mut();
-        let entry = slab.vacant_entry();
+    fn insert(&self, flags: u32, call: BhCall) -> Arc<Node> {
+        let mut callbacks = self.callbacks.borrow_mut();
+        let entry = callbacks.vacant_entry();
         let node = BhNode::new(BhPayload::Local(entry.key()), flags);
         entry.insert(BhCallback {
             node: Arc::clone(&node),
@@ -303,31 +310,8 @@ impl Inner {
         node
     }
 
-    /// QEMU's `aio_bh_poll`: moves the pending list into a new slice and runs slices oldest first until
-    /// none is left. A BH scheduled meanwhile lands on the shared list and runs at the next call; a nested
-    /// call (from a callback that polls) finishes the outer slices first.
-    pub(crate) fn bh_poll(&self) -> bool {
-        let slice = self.shared.bhs.take_all();
-        if !slice.is_empty() {
-            self.bh_slices.borrow_mut().push_back(slice);
-        }
-        let mut progress = false;
-        while let Some((node, flags)) = self.next_bh() {
-            if flags & (SCHEDULED | DELETED) == SCHEDULED {
-                if flags & IDLE == 0 {
-                    progress = true;
-                }
-                self.shared.stats.bhs_run.bump();
-                self.run_bh(&node, flags);
-            } else if flags & (DELETED | ONESHOT) != 0 {
-                self.free_bh(&node);
-            }
-        }
-        progress
-    }
-
-    fn next_bh(&self) -> Option<(Arc<Node>, u32)> {
-        let mut slices = self.bh_slices.borrow_mut();
+    fn next(&self) -> Option<(Arc<Node>, u32)> {
+        let mut slices = self.slices.borrow_mut();
         loop {
             let front = slices.front_mut()?;
             match bh_list::dequeue(front) {
@@ -339,16 +323,16 @@ impl Inner {
         }
     }
 
-    /// Runs a BH's callback with no borrow held.
-    fn run_bh(&self, node: &Arc<Node>, flags: u32) {
+    /// Runs a BH's callback with no borrow held (ground rule 1).
+    fn run(&self, node: &Arc<Node>, flags: u32) {
         match &node.payload {
             BhPayload::Local(key) => {
                 let call = {
-                    let mut slab = self.bh_callbacks.borrow_mut();
-                    match slab.get(*key) {
+                    let mut callbacks = self.callbacks.borrow_mut();
+                    match callbacks.get(*key) {
                         Some(cb) if Arc::ptr_eq(&cb.node, node) => {
                             if flags & ONESHOT != 0 {
-                                Some(slab.remove(*key).call)
+                                Some(callbacks.remove(*key).call)
                             } else if let BhCall::Repeat(f) = &cb.call {
                                 Some(BhCall::Repeat(Rc::clone(f)))
                             } else {
@@ -374,17 +358,63 @@ impl Inner {
     }
 
     /// Frees a deleted BH's callback (or a one-shot that never ran) if its slot still belongs to `node`.
-    fn free_bh(&self, node: &Arc<Node>) {
+    fn free(&self, node: &Arc<Node>) {
         if let BhPayload::Local(key) = node.payload {
             let removed = {
-                let mut slab = self.bh_callbacks.borrow_mut();
-                match slab.get(key) {
-                    Some(cb) if Arc::ptr_eq(&cb.node, node) => Some(slab.remove(key)),
+                let mut callbacks = self.callbacks.borrow_mut();
+                match callbacks.get(key) {
+                    Some(cb) if Arc::ptr_eq(&cb.node, node) => Some(callbacks.remove(key)),
                     _ => None,
                 }
             };
+            // Ground rule 2.
             drop(removed);
         }
+    }
+
+    /// Context teardown: deletes every BH and drops every callback on this (the home) thread.
+    pub(crate) fn drop_all(&self, shared: &SharedState) {
+        let callbacks: Vec<BhCallback> = self.callbacks.borrow_mut().drain().collect();
+        for cb in &callbacks {
+            cb.node.mark_deleted();
+        }
+        let slices = std::mem::take(&mut *self.slices.borrow_mut());
+        let pending = shared.bhs.take_all();
+        // Ground rule 2.
+        drop(callbacks);
+        drop(slices);
+        drop(pending);
+    }
+}
+
+impl HomeState {
+    /// Schedules a home-thread one-shot (`aio_bh_schedule_oneshot` with a `!Send` closure).
+    pub(crate) fn schedule_local_oneshot(&self, f: Box<dyn FnOnce()>) {
+        let node = self.bhs.insert(ONESHOT, BhCall::Once(f));
+        schedule(&self.shared, &node, SCHEDULED);
+    }
+
+    /// QEMU's `aio_bh_poll`: moves the pending list into a new slice and runs slices oldest first until
+    /// none is left. A BH scheduled meanwhile lands on the shared list and runs at the next call; a nested
+    /// call (from a callback that polls) finishes the outer slices first.
+    pub(crate) fn bh_poll(&self) -> bool {
+        let slice = self.shared.bhs.take_all();
+        if !slice.is_empty() {
+            self.bhs.slices.borrow_mut().push_back(slice);
+        }
+        let mut progress = false;
+        while let Some((node, flags)) = self.bhs.next() {
+            if flags & (SCHEDULED | DELETED) == SCHEDULED {
+                if flags & IDLE == 0 {
+                    progress = true;
+                }
+                self.shared.stats.bhs_run.bump();
+                self.bhs.run(&node, flags);
+            } else if flags & (DELETED | ONESHOT) != 0 {
+                self.bhs.free(&node);
+            }
+        }
+        progress
     }
 
     /// The part of `aio_compute_timeout` that BHs decide: `Some(0)` if a non-idle BH is scheduled,
@@ -402,7 +432,7 @@ impl Inner {
             true
         };
         let mut keep_going = true;
-        for slice in self.bh_slices.borrow().iter() {
+        for slice in self.bhs.slices.borrow().iter() {
             for node in slice {
                 keep_going = visit(node.flags());
                 if !keep_going {
@@ -417,21 +447,5 @@ impl Inner {
             self.shared.bhs.for_each_flags(&mut visit);
         }
         timeout
-    }
-
-    /// Context teardown: deletes every BH and drops every callback on this (the home) thread.
-    pub(crate) fn drop_all_bhs(&self) {
-        let callbacks: Vec<BhCallback> = {
-            let mut slab = self.bh_callbacks.borrow_mut();
-            slab.drain().collect()
-        };
-        for cb in &callbacks {
-            cb.node.mark_deleted();
-        }
-        let slices = std::mem::take(&mut *self.bh_slices.borrow_mut());
-        let pending = self.shared.bhs.take_all();
-        drop(callbacks);
-        drop(slices);
-        drop(pending);
     }
 }

@@ -45,22 +45,28 @@ impl<T> BhNode<T> {
     }
 
     pub(crate) fn flags(&self) -> u32 {
+        // Acquire pairs with the AcqRel RMWs that set the flags (`enqueue`, `clear`, `mark_deleted`).
         self.flags.load(Ordering::Acquire)
     }
 
     /// Clears `mask` (QEMU's `qemu_bh_cancel` clears SCHEDULED).
     pub(crate) fn clear(&self, mask: u32) {
+        // Pairs with `dequeue`'s fetch_and: whichever is later in the flags' modification order sees
+        // the other, so a cancel either lands before the BH runs or is too late, never half.
         self.flags.fetch_and(!mask, Ordering::AcqRel);
     }
 
     /// Marks the node deleted without enqueueing it (context teardown, where the list is drained anyway).
     pub(crate) fn mark_deleted(&self) {
+        // Pairs with `enqueue`'s fetch_or, which then refuses to schedule the node.
         self.flags.fetch_or(DELETED, Ordering::AcqRel);
     }
 
     /// Clears the run-state flags as the node leaves a slice and returns the flags it had. DELETED and
     /// ONESHOT stay set: they describe the node, not one scheduling of it.
     fn dequeue(&self) -> u32 {
+        // Pairs with `enqueue`'s fetch_or: a schedule before this in the modification order is run now;
+        // one after it sees PENDING clear and pushes the node again.
         self.flags
             .fetch_and(!(PENDING | SCHEDULED | IDLE), Ordering::AcqRel)
     }
@@ -88,6 +94,7 @@ impl<T> BhList<T> {
     /// `aio_bh_enqueue`: sets `new_flags | PENDING` on the node and pushes it if it was not pending yet.
     /// Returns false if the node is deleted, in which case nothing was pushed and nobody should be woken.
     pub(crate) fn enqueue(&self, node: &Arc<BhNode<T>>, new_flags: u32) -> bool {
+        // Pairs with `dequeue`'s fetch_and (see there) and with `mark_deleted`.
         let old = node.flags.fetch_or(PENDING | new_flags, Ordering::AcqRel);
         if old & DELETED != 0 && new_flags & DELETED == 0 {
             // Scheduling a deleted BH (say, through a remote handle that outlived it) does nothing.
@@ -101,12 +108,15 @@ impl<T> BhList<T> {
 
     fn push(&self, node: Arc<BhNode<T>>) {
         let raw = Arc::into_raw(node).cast_mut();
+        // Relaxed: only the CAS's first guess; a stale head makes the CAS fail and retry.
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             // SAFETY: `raw` came from Arc::into_raw above and the list's reference keeps it alive. We set
             // PENDING on it, so no other thread writes its link until the home thread dequeues it.
+            // Relaxed: the CAS below releases this store.
             unsafe { (*raw).next.store(head, Ordering::Relaxed) };
-            // Release publishes the link and everything the scheduler did before scheduling.
+            // Release publishes the link and everything the scheduler did before scheduling; it pairs
+            // with `take_all`'s swap and `for_each_flags`'s load. Relaxed on failure: we only retry.
             match self
                 .head
                 .compare_exchange_weak(head, raw, Ordering::AcqRel, Ordering::Relaxed)
@@ -119,6 +129,7 @@ impl<T> BhList<T> {
 
     /// Takes every pushed node, oldest first. Home thread only.
     pub(crate) fn take_all(&self) -> VecDeque<Arc<BhNode<T>>> {
+        // Acquire pairs with `push`'s Release CAS: the links and the schedulers' work are visible.
         let mut raw = self.head.swap(ptr::null_mut(), Ordering::AcqRel);
         let mut slice = VecDeque::new();
         while !raw.is_null() {
@@ -126,6 +137,7 @@ impl<T> BhList<T> {
             // strong reference is transferred back here exactly once (the swap emptied the shared head, and
             // the node keeps PENDING, so it is not pushed again before it is dequeued).
             let node = unsafe { Arc::from_raw(raw) };
+            // Relaxed: the link was published by the CAS that the swap above acquired.
             raw = node.next.load(Ordering::Relaxed);
             // Pushes go to the head, so walking from the head meets the newest first.
             slice.push_front(node);
@@ -136,6 +148,7 @@ impl<T> BhList<T> {
     /// Calls `f` on the flags of every node on the list without taking them (for `aio_compute_timeout`).
     /// Home thread only: it is the only thread that removes nodes, so the nodes it walks stay alive.
     pub(crate) fn for_each_flags(&self, mut f: impl FnMut(u32) -> bool) {
+        // Acquire pairs with `push`'s Release CAS.
         let mut raw = self.head.load(Ordering::Acquire);
         while !raw.is_null() {
             // SAFETY: the node is on the list, which holds a strong reference; only this (home) thread takes
@@ -144,6 +157,7 @@ impl<T> BhList<T> {
             if !f(node.flags()) {
                 return;
             }
+            // Relaxed: published by the CAS the load of the head acquired.
             raw = node.next.load(Ordering::Relaxed);
         }
     }

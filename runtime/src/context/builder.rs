@@ -1,76 +1,9 @@
-//! [`Builder`] and [`Backend`]: how a context is configured.
+//! [`Builder`]: how a context is configured. `build` is in `task/`, which builds a context with its
+//! executor hooked in.
 
-use std::io;
-
-use super::AioContext;
 use crate::PollParams;
 
-/// Which fd monitor a context sleeps in.
-///
-/// ```
-/// use aioctx::{AioContext, Backend};
-/// let ctx = AioContext::builder().backend(Backend::Auto).build()?;
-/// assert_ne!(ctx.backend(), Backend::Auto); // the context names the monitor Auto chose
-/// # Ok::<(), std::io::Error>(())
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Backend {
-    /// The best the kernel offers, unless the `AIOCTX_BACKEND` environment variable (`poll`, `epoll` or
-    /// `io_uring`) names one: io_uring if the kernel allows it (setup works and the opcodes the monitor
-    /// needs are there), else epoll when the kernel refuses (`ENOSYS`, `EPERM` from seccomp or
-    /// `kernel.io_uring_disabled`, `ENOMEM` from `RLIMIT_MEMLOCK`). [`AioContext::backend`] tells which.
-    #[default]
-    Auto,
-    /// io_uring: fd readiness, timeouts and user SQEs on one ring per context. Forcing it where the kernel
-    /// refuses io_uring is an error that says why.
-    IoUring,
-    /// epoll with `epoll_pwait2` nanosecond timeouts. Falls back to poll for fds epoll cannot watch
-    /// (regular files), unless forced with [`Builder::backend`].
-    Epoll,
-    /// `ppoll` over a pollfd array; upgrades itself to epoll at 64 fds, as QEMU's does (even when named),
-    /// unless epoll refused one of its fds.
-    Poll,
-}
-
-impl Backend {
-    /// Parses `poll`, `epoll`, `io_uring` (or `io-uring`, `iouring`) and `auto`.
-    ///
-    /// ```
-    /// use aioctx::Backend;
-    /// assert_eq!(Backend::from_name("io-uring")?, Backend::IoUring);
-    /// assert_eq!(Backend::from_name(" EPOLL ")?, Backend::Epoll);
-    /// assert!(Backend::from_name("kqueue").is_err());
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn from_name(name: &str) -> io::Result<Backend> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Backend::Auto),
-            "io_uring" | "io-uring" | "iouring" => Ok(Backend::IoUring),
-            "epoll" => Ok(Backend::Epoll),
-            "poll" => Ok(Backend::Poll),
-            other => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("unknown aioctx backend {other:?}: expected poll, epoll, io_uring or auto"),
-            )),
-        }
-    }
-
-    /// The backend `Auto` resolves to, honouring `AIOCTX_BACKEND`.
-    pub(crate) fn resolve_auto() -> io::Result<(Backend, bool)> {
-        match std::env::var("AIOCTX_BACKEND") {
-            Ok(name) if !name.trim().is_empty() => {
-                let backend = Backend::from_name(&name).map_err(|e| {
-                    io::Error::new(e.kind(), format!("AIOCTX_BACKEND={name:?}: {e}"))
-                })?;
-                // Naming a backend in the environment forces it, like naming it in code.
-                Ok((backend, backend != Backend::Auto))
-            }
-            _ => Ok((Backend::Auto, false)),
-        }
-    }
-}
-
-/// Configures and creates an [`AioContext`].
+/// Configures and creates an [`AioContext`](crate::AioContext).
 ///
 /// ```
 /// use aioctx::{AioContext, Backend};
@@ -87,14 +20,14 @@ impl Backend {
 #[derive(Clone, Debug)]
 #[must_use = "a Builder does nothing until .build() is called"]
 pub struct Builder {
-    pub(crate) backend: Backend,
-    pub(crate) poll: PollParams,
-    pub(crate) ring_entries: u32,
-    pub(crate) max_batch: usize,
-    pub(crate) simulate_uring_errno: Option<i32>,
-    pub(crate) start_paused: bool,
-    pub(crate) pool_size: (usize, usize),
-    pub(crate) poll_idle_timeout: std::time::Duration,
+    pub(super) backend: crate::Backend,
+    pub(super) poll: PollParams,
+    pub(super) ring_entries: u32,
+    pub(super) max_batch: usize,
+    pub(super) simulate_uring_errno: Option<i32>,
+    pub(super) start_paused: bool,
+    pub(super) pool_size: (usize, usize),
+    pub(super) poll_idle_timeout: std::time::Duration,
 }
 
 /// QEMU's `POLL_IDLE_INTERVAL_NS`.
@@ -103,7 +36,7 @@ const DEFAULT_POLL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from
 impl Default for Builder {
     fn default() -> Self {
         Self {
-            backend: Backend::Auto,
+            backend: crate::Backend::Auto,
             poll: PollParams::default(),
             ring_entries: crate::fdmon::io_uring::DEFAULT_ENTRIES,
             max_batch: 0,
@@ -135,7 +68,7 @@ impl Builder {
     /// assert_eq!(ctx.backend(), Backend::Poll);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn backend(mut self, backend: Backend) -> Self {
+    pub fn backend(mut self, backend: crate::Backend) -> Self {
         self.backend = backend;
         self
     }
@@ -212,6 +145,7 @@ impl Builder {
 
     /// Fault injection: behave as if io_uring setup failed with `errno` (e.g. `libc::EPERM` as a seccomp
     /// filter would make it). `Backend::Auto` then falls back to epoll; a forced `Backend::IoUring` fails.
+    /// Only with the `test-util` feature.
     ///
     /// ```
     /// use aioctx::{AioContext, Backend};
@@ -221,6 +155,7 @@ impl Builder {
     /// assert!(forced.simulate_io_uring_unavailable(libc::EPERM).build().is_err());
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[cfg(feature = "test-util")]
     pub fn simulate_io_uring_unavailable(mut self, errno: i32) -> Self {
         self.simulate_uring_errno = Some(errno);
         self
@@ -298,20 +233,8 @@ impl Builder {
         self
     }
 
-    /// Creates the context on the calling thread, which becomes its home thread.
-    ///
-    /// Errors: an invalid `AIOCTX_BACKEND`, ring size or poll parameters (`InvalidInput`), a forced
-    /// backend the kernel refuses (io_uring: the error says why), or running out of file descriptors
-    /// (`EMFILE`).
-    ///
-    /// ```
-    /// let ctx = aioctx::Builder::new().build()?;
-    /// assert!(!ctx.poll(false)); // a fresh context has nothing to do
-    /// let err = aioctx::Builder::new().poll_max_ns(u64::MAX).build().unwrap_err();
-    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn build(self) -> io::Result<AioContext> {
-        AioContext::from_builder(self)
+    /// The io_uring setup errno to simulate, if any (`test-util`).
+    pub(super) fn simulate_uring_errno(&self) -> Option<i32> {
+        self.simulate_uring_errno
     }
 }

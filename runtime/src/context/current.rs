@@ -4,17 +4,17 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::Inner;
+use super::HomeState;
 
 thread_local! {
-    static CURRENT: RefCell<Vec<Rc<Inner>>> = const { RefCell::new(Vec::new()) };
+    static CURRENT: RefCell<Vec<Rc<HomeState>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Makes a context current until dropped.
 pub(crate) struct EnterGuard(());
 
-pub(crate) fn enter(inner: &Rc<Inner>) -> EnterGuard {
-    let _ = CURRENT.try_with(|c| c.borrow_mut().push(Rc::clone(inner)));
+pub(crate) fn enter(home: &Rc<HomeState>) -> EnterGuard {
+    let _ = CURRENT.try_with(|c| c.borrow_mut().push(Rc::clone(home)));
     EnterGuard(())
 }
 
@@ -27,26 +27,19 @@ impl Drop for EnterGuard {
 }
 
 /// Runs `f` with the current context, if there is one.
-pub(crate) fn with_current<R>(f: impl FnOnce(&Rc<Inner>) -> R) -> Option<R> {
-    let inner = CURRENT
+pub(crate) fn with_current<R>(f: impl FnOnce(&Rc<HomeState>) -> R) -> Option<R> {
+    let home = CURRENT
         .try_with(|c| c.borrow().last().cloned())
         .ok()
         .flatten()?;
-    Some(f(&inner))
+    Some(f(&home))
 }
 
 /// Runs `f` with the context whose identity is `id` if it is current on this thread (at any depth).
-pub(crate) fn with_context<R>(id: u64, f: impl FnOnce(&Rc<Inner>) -> R) -> Option<R> {
-    let inner = CURRENT
-        .try_with(|c| c.borrow().iter().rev().find(|i| i.id() == id).cloned())
+pub(crate) fn with_context<R>(id: u64, f: impl FnOnce(&Rc<HomeState>) -> R) -> Option<R> {
+    let home = CURRENT
+        .try_with(|c| c.borrow().iter().rev().find(|h| h.id() == id).cloned())
         .ok()
         .flatten()?;
-    Some(f(&inner))
-}
-
-impl Inner {
-    /// An identity for this context that futures can keep without keeping the context alive.
-    pub(crate) fn id(&self) -> u64 {
-        self.shared.id
-    }
+    Some(f(&home))
 }

@@ -19,8 +19,18 @@
 //! Ordering: every RMW is `AcqRel`. The notifier's work (say, pushing a bottom half) happens before its
 //! `fetch_or`; the poller's [`accept`](NotifyState::accept) is an RMW later in the modification order, so it
 //! acquires everything released by the notifications it clears, and the dispatch that follows sees the work.
+//! Each operation below names the one it pairs with.
+//!
+//! [`Wakeup`] is what every waker of a context holds: the word, the context's eventfd (QEMU's
+//! `ctx->notifier`), the busy-polling flag and the counters of both paths. Bottom halves, remote task
+//! wakes, the virtual clock and `block_on` all wake the loop through it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::task::Wake;
 
 use crate::atomics::{AtomicU32, Ordering};
+use crate::EventNotifier;
 
 const NOTIFIED: u32 = 1;
 /// What one poller adds to the word while it is about to block (QEMU adds 2 to `notify_me` too).
@@ -42,6 +52,8 @@ impl NotifyState {
     /// `aio_notify`: marks the context notified. Returns true when the caller must write the eventfd
     /// because a poller may be blocked and nobody has kicked it yet.
     pub(crate) fn notify(&self) -> bool {
+        // Pairs with `prepare_wait`'s fetch_add (whichever comes later in the word's modification order
+        // sees the other), and releases the caller's work to `accept` and `is_notified`.
         let old = self.word.fetch_or(NOTIFIED, Ordering::AcqRel);
         old & NOTIFIED == 0 && old >= WAITER
     }
@@ -50,23 +62,128 @@ impl NotifyState {
     /// in which case the poller must not block (QEMU: `timeout = 0`). Either way the poller must call
     /// [`finish_wait`](Self::finish_wait) afterwards.
     pub(crate) fn prepare_wait(&self) -> bool {
+        // Pairs with `notify`'s fetch_or: a notifier before us in the modification order left NOTIFIED
+        // for us to see; one after us sees our WAITER and writes the eventfd.
         let old = self.word.fetch_add(WAITER, Ordering::AcqRel);
         old & NOTIFIED != 0
     }
 
     /// Called by the poller once its wait returned.
     pub(crate) fn finish_wait(&self) {
+        // Pairs with the Acquire half of `notify`'s fetch_or. The wake decision needs only the
+        // modification order of the word; Release merely keeps the withdrawal after the wait.
         self.word.fetch_sub(WAITER, Ordering::Release);
     }
 
     /// `aio_notify_accept`: clears `notified` before dispatch, so a notification that arrives during dispatch
     /// stops the next wait.
     pub(crate) fn accept(&self) {
+        // Acquire pairs with the Release half of every `notify` it clears: the dispatch that follows sees
+        // the work published before those notifications.
         self.word.fetch_and(!NOTIFIED, Ordering::AcqRel);
     }
 
     /// The context notifier's userspace poll function: a notification is pending.
     pub(crate) fn is_notified(&self) -> bool {
+        // Pairs with `notify`'s Release half: a poll hit on NOTIFIED sees the notifier's work.
         self.word.load(Ordering::Acquire) & NOTIFIED != 0
+    }
+}
+
+/// How any thread wakes a context's loop: the notify_me word, the eventfd, and whether the loop is
+/// busy-polling (then even a home-thread wake must notify, so that the spinning stops).
+#[derive(Debug)]
+pub(crate) struct Wakeup {
+    state: NotifyState,
+    /// The context's own eventfd (QEMU's `ctx->notifier`), written only when the loop may be asleep.
+    eventfd: EventNotifier,
+    /// The loop is busy-polling. Written and read only on the home thread (a home-thread wake checks
+    /// it); the atomic only lets the struct be shared.
+    polling: AtomicBool,
+    counters: NotifyCounters,
+}
+
+/// Written by any thread: on their own cache line so that remote notifiers do not bounce the loop's.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct NotifyCounters {
+    writes: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl Wakeup {
+    pub(crate) fn new(eventfd: EventNotifier) -> Self {
+        Self {
+            state: NotifyState::new(),
+            eventfd,
+            polling: AtomicBool::new(false),
+            counters: NotifyCounters::default(),
+        }
+    }
+
+    /// `aio_notify`: wakes the loop from its current or next wait; writes the eventfd only if the loop
+    /// may be asleep and nobody kicked it yet.
+    pub(crate) fn notify(&self) {
+        // Relaxed counters: statistics, they publish nothing.
+        if self.state.notify() {
+            // Failing to write our own eventfd can only mean its counter is saturated, i.e. it is set.
+            let _ = self.eventfd.set();
+            self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The notify_me word, for the loop's wait protocol.
+    pub(crate) fn state(&self) -> &NotifyState {
+        &self.state
+    }
+
+    /// The eventfd the loop watches.
+    pub(crate) fn eventfd(&self) -> &EventNotifier {
+        &self.eventfd
+    }
+
+    /// Whether the loop is busy-polling. Home thread only (see the field).
+    pub(crate) fn is_polling(&self) -> bool {
+        // Relaxed: the flag is written and read on the same (home) thread.
+        self.polling.load(Ordering::Relaxed)
+    }
+
+    /// Raises the busy-polling flag until the guard drops (also on unwind). Home thread only.
+    pub(crate) fn start_polling(&self) -> PollingGuard<'_> {
+        // Relaxed: see `is_polling`.
+        self.polling.store(true, Ordering::Relaxed);
+        PollingGuard(&self.polling)
+    }
+
+    /// `(eventfd writes, writes skipped)` so far.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        // Relaxed: statistics.
+        (
+            self.counters.writes.load(Ordering::Relaxed),
+            self.counters.skipped.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Waking a `Waker` made from a `Wakeup` notifies the loop (the virtual clock holds one).
+impl Wake for Wakeup {
+    fn wake(self: Arc<Self>) {
+        self.notify();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.notify();
+    }
+}
+
+/// Clears the busy-polling flag when polling ends, or a poll function or hook unwinds.
+pub(crate) struct PollingGuard<'a>(&'a AtomicBool);
+
+impl Drop for PollingGuard<'_> {
+    fn drop(&mut self) {
+        // Relaxed: see `Wakeup::is_polling`.
+        self.0.store(false, Ordering::Relaxed);
     }
 }

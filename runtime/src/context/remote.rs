@@ -1,12 +1,13 @@
-//! [`Remote`]: the `Send + Sync` handle other threads use to reach a context.
+//! [`Remote`]: the `Send + Sync` handle other threads use to reach a context. Spawning tasks through
+//! it (`spawn`, `spawn_local_with`) is the executor's, in `task/`.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::bh::BhPayload;
 use super::bh_list::{BhNode, ONESHOT, SCHEDULED};
-use super::Shared;
+use super::SharedState;
+use crate::thread_id::thread_token;
 use crate::Stats;
 
 /// A cheap, cloneable handle to a context that any thread may use: notify it, schedule one-shot work
@@ -32,7 +33,7 @@ use crate::Stats;
 /// ```
 #[derive(Clone)]
 pub struct Remote {
-    pub(crate) shared: Arc<Shared>,
+    shared: Arc<SharedState>,
 }
 
 impl fmt::Debug for Remote {
@@ -44,6 +45,15 @@ impl fmt::Debug for Remote {
 }
 
 impl Remote {
+    pub(crate) fn new(shared: Arc<SharedState>) -> Remote {
+        Remote { shared }
+    }
+
+    /// The context's shared state, for the layers above the loop.
+    pub(crate) fn shared(&self) -> &Arc<SharedState> {
+        &self.shared
+    }
+
     /// Wakes the context (QEMU's `aio_notify`): its current or next wait returns at once. Costs an eventfd
     /// write only if the loop is asleep or about to sleep; while it runs or busy-polls, a flag suffices.
     ///
@@ -89,28 +99,6 @@ impl Remote {
         }
     }
 
-    /// Spawns a `Send` future as a task of the context from any thread (QEMU's `aio_co_schedule`). It
-    /// runs on the context's home thread. If the context is gone, the task is cancelled at once and its
-    /// handle yields [`JoinError::Cancelled`](crate::JoinError::Cancelled).
-    ///
-    /// ```
-    /// let ctx = aioctx::AioContext::new()?;
-    /// let remote = ctx.remote();
-    /// let handle = std::thread::spawn(move || remote.spawn(async { std::thread::current().id() }))
-    ///     .join()
-    ///     .unwrap();
-    /// let ran_on = ctx.block_on(handle).unwrap();
-    /// assert_eq!(ran_on, std::thread::current().id());
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn spawn<F>(&self, future: F) -> crate::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.shared.spawn(future)
-    }
-
     /// Runs `f` in the context and waits for its result (QEMU's `aio_wait_bh_oneshot`), from a thread that
     /// does not run this context. Called on the context's own home thread, it runs `f` at once instead of
     /// waiting for itself. If `f` panics, the panic resumes here, in the caller; the context goes on.
@@ -152,29 +140,6 @@ impl Remote {
         }
     }
 
-    /// Spawns a task whose future is built on the context's home thread by `make`, so it may be `!Send`:
-    /// sockets, `Rc`s, readiness futures. This is how code on another thread starts I/O tasks on an
-    /// IOThread. The output must be `Send` to travel back through the [`JoinHandle`](crate::JoinHandle).
-    ///
-    /// ```
-    /// let io = aioctx::IoThread::spawn("net")?;
-    /// let h = io.remote().spawn_local(|| async {
-    ///     let (a, b) = aioctx::net::UnixStream::pair()?; // !Send, created on the IOThread
-    ///     drop((a, b));
-    ///     Ok::<_, std::io::Error>(std::thread::current().name().map(str::to_owned))
-    /// });
-    /// assert_eq!(h.join_blocking().unwrap()?.as_deref(), Some("IO net"));
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn spawn_local<F, Fut>(&self, make: F) -> crate::JoinHandle<Fut::Output>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future + 'static,
-        Fut::Output: Send + 'static,
-    {
-        self.shared.spawn_local_with(make)
-    }
-
     /// The context's statistics, readable from any thread.
     ///
     /// ```
@@ -187,7 +152,7 @@ impl Remote {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn stats(&self) -> Stats {
-        self.shared.stats.snapshot()
+        self.shared.stats()
     }
 
     /// Whether the context has been dropped.
@@ -201,7 +166,7 @@ impl Remote {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.is_closed()
     }
 
     /// Whether the calling thread is the context's home thread: the thread that runs it, where code
@@ -216,6 +181,6 @@ impl Remote {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn is_home_thread(&self) -> bool {
-        crate::task::queue::thread_token() == self.shared.home
+        thread_token() == self.shared.home
     }
 }

@@ -95,7 +95,7 @@ fn sleeps_until_a_timer_fires(ctx: &AioContext) -> bool {
     let timer = ctx.timer(Clock::Realtime, move || f.set(true));
     timer.arm_after(Duration::from_millis(20));
     let ring_fd = ctx
-        .inner
+        .home()
         .monitor
         .borrow()
         .uring_fd()

@@ -1,6 +1,9 @@
 //! Loop statistics: counters the home thread bumps and any thread can read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::counter::Counter;
+use crate::fdmon::UringCounters;
 
 /// A snapshot of a context's counters since it was created. Read it with
 /// [`AioContext::stats`](crate::AioContext::stats) (or from another thread through
@@ -34,7 +37,7 @@ pub struct Stats {
     pub bhs_run: u64,
     /// fd handler dispatches (read, write or poll_ready callbacks invoked for one ready handler).
     pub handlers_dispatched: u64,
-    /// Timer callbacks run.
+    /// Timers that fired: callbacks run and sleeping tasks woken.
     pub timers_fired: u64,
     /// Task polls (one per `Runnable` run in the task step).
     pub tasks_run: u64,
@@ -48,9 +51,8 @@ pub struct Stats {
     pub cq_peek_hits: u64,
 }
 
-/// The live counters. Home-thread counters are bumped with a plain load and store (there is one writer, so
-/// no locked instruction is needed); notification counters are written by any thread and live on their own
-/// cache line so that remote notifiers do not bounce the loop's line.
+/// The loop's live counters, bumped by the home thread and read by any (see [`Counter`]). The
+/// notification counters live with the [`Wakeup`](super::notify::Wakeup), which any thread writes.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) iterations: Counter,
@@ -62,58 +64,20 @@ pub(crate) struct Counters {
     pub(crate) handlers_dispatched: Counter,
     pub(crate) timers_fired: Counter,
     pub(crate) tasks_run: Counter,
-    pub(crate) uring: std::sync::Arc<UringCounters>,
-    pub(crate) remote: RemoteCounters,
-}
-
-/// The io_uring monitor's counters (home thread writes, any thread reads).
-#[derive(Debug, Default)]
-pub(crate) struct UringCounters {
-    pub(crate) enters: Counter,
-    pub(crate) sqes_submitted: Counter,
-    pub(crate) cqes_reaped: Counter,
-    pub(crate) cq_peek_hits: Counter,
-}
-
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(crate) struct RemoteCounters {
-    pub(crate) notify_writes: AtomicU64,
-    pub(crate) notify_skipped: AtomicU64,
-}
-
-/// A counter with a single writer, the home thread.
-#[derive(Debug, Default)]
-pub(crate) struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds `n`. Home thread only: the load and store are not one atomic step.
-    pub(crate) fn add(&self, n: u64) {
-        self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
-    }
-
-    pub(crate) fn bump(&self) {
-        self.add(1);
-    }
-
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+    pub(crate) uring: Arc<UringCounters>,
 }
 
 impl Counters {
-    pub(crate) fn snapshot(&self) -> Stats {
+    /// A snapshot, with the notification counts `(eventfd writes, writes skipped)`.
+    pub(crate) fn snapshot(&self, (notify_writes, notify_skipped): (u64, u64)) -> Stats {
         Stats {
             iterations: self.iterations.get(),
             poll_hits: self.poll_hits.get(),
             poll_misses: self.poll_misses.get(),
             poll_ns: self.poll_ns.get(),
             blocking_waits: self.blocking_waits.get(),
-            notify_writes: self.remote.notify_writes.load(Ordering::Relaxed),
-            notify_skipped: self.remote.notify_skipped.load(Ordering::Relaxed),
+            notify_writes,
+            notify_skipped,
             bhs_run: self.bhs_run.get(),
             handlers_dispatched: self.handlers_dispatched.get(),
             timers_fired: self.timers_fired.get(),

@@ -7,8 +7,8 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
-use super::{Completion, Event, MonitorOps};
-use crate::{sys, Backend};
+use super::{Backend, Completion, Event, Interest, MonitorOps, Readiness};
+use crate::sys;
 
 /// Events collected per wait (QEMU uses 128 as well); more stay queued in the kernel for the next wait.
 const MAX_EVENTS: usize = 128;
@@ -32,8 +32,11 @@ impl EpollMonitor {
         })
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: interest.poll_bits(),
+            u64: token,
+        };
         // SAFETY: `ev` is a live epoll_event for the duration of the call; epoll_ctl only reads it.
         let ret = unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) };
         sys::check(ret, || {
@@ -106,17 +109,17 @@ impl EpollMonitor {
 }
 
 impl MonitorOps for EpollMonitor {
-    fn add(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    fn add(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, interest)
     }
 
-    fn modify(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, token, events)
+    fn modify(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
     }
 
     fn remove(&mut self, fd: RawFd) {
         // Fails harmlessly if the fd was already closed (the kernel dropped it from the set then).
-        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, Interest::NONE);
     }
 
     fn wait(
@@ -132,7 +135,7 @@ impl MonitorOps for EpollMonitor {
         out.extend(self.events[..n].iter().map(|ev| Event {
             token: ev.u64,
             // EPOLLIN/OUT/ERR/HUP have the poll(2) values on Linux.
-            revents: ev.events,
+            readiness: Readiness::from_poll_bits(ev.events),
         }));
         Ok(())
     }

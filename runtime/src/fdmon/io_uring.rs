@@ -45,9 +45,9 @@ use std::sync::Arc;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use slab::Slab;
 
-use super::{bits, Completion, Event, MonitorOps};
-use crate::context::UringCounters;
-use crate::{sys, Backend};
+use super::{Backend, Completion, Event, Interest, MonitorOps, Readiness};
+use crate::counter::Counter;
+use crate::sys;
 
 /// Kinds of operation, in the top byte of `user_data`.
 const KIND_SHIFT: u32 = 56;
@@ -69,10 +69,19 @@ pub(crate) fn user_sqe_data(key: usize) -> u64 {
 /// The default ring size (QEMU uses 128 as well). The CQ is twice as large.
 pub(crate) const DEFAULT_ENTRIES: u32 = 128;
 
+/// The io_uring monitor's counters (home thread writes, any thread reads).
+#[derive(Debug, Default)]
+pub(crate) struct UringCounters {
+    pub(crate) enters: Counter,
+    pub(crate) sqes_submitted: Counter,
+    pub(crate) cqes_reaped: Counter,
+    pub(crate) cq_peek_hits: Counter,
+}
+
 struct PollSlot {
     fd: RawFd,
     token: u64,
-    events: u32,
+    interest: Interest,
     /// A POLL_REMOVE was queued; free the slot when the POLL_ADD completes.
     removed: bool,
 }
@@ -125,7 +134,7 @@ impl UringMonitor {
 
     /// A ring whose fd becomes readable when completions arrive, for contexts that sleep in epoll or
     /// poll: no deferred task running, which would hold completions back until the next enter.
-    pub(crate) fn new_side_ring(entries: u32, stats: Arc<UringCounters>) -> io::Result<Self> {
+    pub(crate) fn new_user_sqe_ring(entries: u32, stats: Arc<UringCounters>) -> io::Result<Self> {
         let ring = IoUring::new(entries).map_err(unavailable)?;
         Self::with_ring(ring, 0, stats)
     }
@@ -160,7 +169,7 @@ impl UringMonitor {
         })
     }
 
-    /// The ring's fd (readable when completions wait, for a side ring watched by epoll or poll).
+    /// The ring's fd (readable when completions wait, for a user-SQE ring watched by epoll or poll).
     pub(crate) fn ring_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.ring.as_raw_fd()
@@ -214,7 +223,7 @@ impl UringMonitor {
 
     fn arm_poll(&mut self, key: usize) {
         let slot = &self.polls[key];
-        let sqe = opcode::PollAdd::new(types::Fd(slot.fd), slot.events)
+        let sqe = opcode::PollAdd::new(types::Fd(slot.fd), slot.interest.poll_bits())
             .build()
             .user_data(user_data(KIND_POLL, key as u64));
         self.queue(sqe);
@@ -256,7 +265,7 @@ impl UringMonitor {
         if result >= 0 {
             out.push(Event {
                 token: slot.token,
-                revents: result as u32,
+                readiness: Readiness::from_poll_bits(result as u32),
             });
             self.arm_poll(key);
         } else if result != -libc::ECANCELED {
@@ -264,18 +273,18 @@ impl UringMonitor {
             // fail again at once.
             out.push(Event {
                 token: slot.token,
-                revents: bits::ERR,
+                readiness: Readiness::ERROR,
             });
         }
     }
 }
 
 impl MonitorOps for UringMonitor {
-    fn add(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+    fn add(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         let key = self.polls.insert(PollSlot {
             fd,
             token,
-            events,
+            interest,
             removed: false,
         });
         self.by_fd.insert(fd, key);
@@ -283,9 +292,9 @@ impl MonitorOps for UringMonitor {
         Ok(())
     }
 
-    fn modify(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+    fn modify(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         self.remove(fd);
-        self.add(fd, token, events)
+        self.add(fd, token, interest)
     }
 
     fn remove(&mut self, fd: RawFd) {

@@ -7,9 +7,11 @@
 //! `EPERM`) falls back to poll, unless the user named the epoll backend, in which case the registration
 //! fails with that error instead. A poll monitor that fell back never upgrades again.
 
+mod backend;
 mod epoll;
 pub(crate) mod io_uring;
 mod poll;
+mod readiness;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,17 +20,9 @@ use std::sync::Arc;
 
 use ::io_uring::squeue;
 
-use crate::context::UringCounters;
-use crate::Backend;
-
-/// Interest and readiness bits. They are the poll(2) values, which epoll shares on Linux.
-pub(crate) mod bits {
-    pub(crate) const IN: u32 = libc::POLLIN as u32;
-    pub(crate) const OUT: u32 = libc::POLLOUT as u32;
-    pub(crate) const ERR: u32 = libc::POLLERR as u32;
-    pub(crate) const HUP: u32 = libc::POLLHUP as u32;
-    pub(crate) const NVAL: u32 = libc::POLLNVAL as u32;
-}
+pub use backend::Backend;
+pub(crate) use io_uring::UringCounters;
+pub(crate) use readiness::{Interest, Readiness};
 
 /// The number of fds at which the poll monitor switches to epoll (QEMU's EPOLL_ENABLE_THRESHOLD).
 const EPOLL_ENABLE_THRESHOLD: usize = 64;
@@ -37,7 +31,7 @@ const EPOLL_ENABLE_THRESHOLD: usize = 64;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Event {
     pub(crate) token: u64,
-    pub(crate) revents: u32,
+    pub(crate) readiness: Readiness,
 }
 
 /// Interprets a wait syscall's return value: the number of ready entries, 0 when a signal interrupted
@@ -76,10 +70,10 @@ pub(crate) struct MonitorConfig {
 
 /// What every fd monitor provides.
 pub(crate) trait MonitorOps {
-    /// Starts watching `fd` for `events` (a non-empty mix of IN and OUT).
-    fn add(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()>;
+    /// Starts watching `fd` for `interest` (never empty).
+    fn add(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()>;
     /// Changes what `fd` is watched for.
-    fn modify(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()>;
+    fn modify(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()>;
     /// Stops watching `fd`. Best effort: the fd may already be closed.
     fn remove(&mut self, fd: RawFd);
     /// Sleeps up to `timeout_ns` (-1: forever, 0: just check) and appends ready fds to `out` and user SQE
@@ -127,7 +121,7 @@ pub(crate) trait MonitorOps {
 #[derive(Clone, Copy, Debug)]
 struct Registered {
     token: u64,
-    events: u32,
+    interest: Interest,
 }
 
 /// The context's fd monitor with QEMU's upgrade and fallback rules.
@@ -201,25 +195,25 @@ impl FdMonitor {
         self.ops.need_wait()
     }
 
-    /// Registers, re-registers or (with `events == 0`) unregisters `fd`.
-    pub(crate) fn set(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        match (self.fds.get(&fd).copied(), events) {
-            (None, 0) => Ok(()),
-            (Some(_), 0) => {
+    /// Registers, re-registers or (with no interest) unregisters `fd`.
+    pub(crate) fn set(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        match self.fds.get(&fd).copied() {
+            None if interest.is_none() => Ok(()),
+            Some(_) if interest.is_none() => {
                 self.ops.remove(fd);
                 self.fds.remove(&fd);
                 Ok(())
             }
-            (None, _) => {
-                self.add_with_fallback(fd, token, events)?;
-                self.fds.insert(fd, Registered { token, events });
+            None => {
+                self.add_with_fallback(fd, token, interest)?;
+                self.fds.insert(fd, Registered { token, interest });
                 self.maybe_upgrade();
                 Ok(())
             }
-            (Some(old), _) => {
-                if old.events != events || old.token != token {
-                    self.ops.modify(fd, token, events)?;
-                    self.fds.insert(fd, Registered { token, events });
+            Some(old) => {
+                if old.interest != interest || old.token != token {
+                    self.ops.modify(fd, token, interest)?;
+                    self.fds.insert(fd, Registered { token, interest });
                 }
                 Ok(())
             }
@@ -235,8 +229,8 @@ impl FdMonitor {
         self.ops.wait(timeout_ns, out, completions)
     }
 
-    fn add_with_fallback(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        match self.ops.add(fd, token, events) {
+    fn add_with_fallback(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        match self.ops.add(fd, token, interest) {
             Err(err)
                 if err.raw_os_error_deep() == Some(libc::EPERM)
                     && self.ops.backend() == Backend::Epoll
@@ -245,7 +239,7 @@ impl FdMonitor {
                 // QEMU's fdmon_epoll_disable: epoll cannot watch this fd (a regular file, say); poll can.
                 self.epoll_refused = true;
                 self.switch_to(Box::new(poll::PollMonitor::new()))?;
-                self.ops.add(fd, token, events)
+                self.ops.add(fd, token, interest)
             }
             other => other,
         }
@@ -273,7 +267,7 @@ impl FdMonitor {
     /// Re-registers every fd with `ops` and makes it the active monitor.
     fn switch_to(&mut self, mut ops: Box<dyn MonitorOps>) -> io::Result<()> {
         for (&fd, reg) in &self.fds {
-            ops.add(fd, reg.token, reg.events)?;
+            ops.add(fd, reg.token, reg.interest)?;
         }
         self.ops = ops;
         Ok(())

@@ -5,8 +5,8 @@ use std::io;
 use std::os::fd::RawFd;
 use std::ptr;
 
-use super::{bits, Completion, Event, MonitorOps};
-use crate::{sys, Backend};
+use super::{Backend, Completion, Event, Interest, MonitorOps, Readiness};
+use crate::sys;
 
 pub(crate) struct PollMonitor {
     pollfds: Vec<libc::pollfd>,
@@ -25,25 +25,25 @@ impl PollMonitor {
 }
 
 impl MonitorOps for PollMonitor {
-    fn add(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+    fn add(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         self.index.insert(fd, self.pollfds.len());
         self.pollfds.push(libc::pollfd {
             fd,
-            events: events as libc::c_short,
+            events: interest.poll_bits() as libc::c_short,
             revents: 0,
         });
         self.tokens.push(token);
         Ok(())
     }
 
-    fn modify(&mut self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+    fn modify(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         let &i = self.index.get(&fd).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("fd {fd} is not registered"),
             )
         })?;
-        self.pollfds[i].events = events as libc::c_short;
+        self.pollfds[i].events = interest.poll_bits() as libc::c_short;
         self.tokens[i] = token;
         Ok(())
     }
@@ -88,12 +88,9 @@ impl MonitorOps for PollMonitor {
             }
             if pfd.revents != 0 {
                 left -= 1;
-                let mut revents = pfd.revents as u32;
-                if revents & bits::NVAL != 0 {
-                    // The fd was closed under us; report it as an error so its handlers find out.
-                    revents = (revents & !bits::NVAL) | bits::ERR;
-                }
-                out.push(Event { token, revents });
+                // POLLNVAL (the fd was closed under us) reads as an error so its handlers find out.
+                let readiness = Readiness::from_poll_bits(pfd.revents as u16 as u32);
+                out.push(Event { token, readiness });
             }
         }
         Ok(())

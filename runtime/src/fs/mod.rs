@@ -39,7 +39,6 @@
 
 mod buf;
 mod file;
-pub(crate) mod op;
 mod open;
 mod req;
 

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use io_uring::{opcode, types};
 
 use super::file::{File, IoEngine};
-use super::op::{cqe_result, Op};
 use crate::context::current;
+use crate::io::ring_op::{cqe_result, Op};
 
 /// How to open a [`File`] (like `std::fs::OpenOptions`, plus `direct` and `engine`).
 ///
@@ -302,7 +302,7 @@ impl OpenOptions {
     async fn open_on_pool(&self, path: &Path) -> io::Result<OwnedFd> {
         let opts = self.clone();
         let path = path.to_owned();
-        crate::pool::spawn_blocking_io(move || {
+        crate::task::blocking::spawn_blocking_io(move || {
             let mut o = std::fs::OpenOptions::new();
             o.read(opts.read)
                 .write(opts.write)
@@ -336,7 +336,7 @@ pub(super) fn resolve_engine(wanted: IoEngine) -> io::Result<IoEngine> {
     if wanted == IoEngine::ThreadPool {
         return Ok(wanted);
     }
-    let ring = current::with_current(|inner| inner.ring_available())
+    let ring = current::with_current(|home| home.ring_available())
         .ok_or_else(|| crate::sys::outside_context("aioctx::fs"))?;
     match (wanted, ring) {
         (_, Ok(())) => Ok(IoEngine::IoUring),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use io_uring::{opcode, squeue, types};
 
-use super::op::cqe_result;
+use crate::io::ring_op::cqe_result;
 
 /// One operation, described without pointers the compiler would refuse to send (addresses as `usize`).
 #[derive(Clone, Copy, Debug)]
@@ -88,7 +88,7 @@ impl Req {
     ///
     /// The addresses must be valid for the operation, as for the SQE.
     pub(super) unsafe fn blocking(self, fd: RawFd) -> i32 {
-        // SAFETY (all arms): the caller guarantees the memory; the fd is kept open by the caller.
+        // SAFETY: in every arm, the caller guarantees the memory and keeps the fd open.
         let ret: isize = unsafe {
             match self {
                 Req::Read { addr, len, off } => libc::pread(fd, addr as *mut _, len, off as i64),
@@ -145,7 +145,7 @@ pub(super) async fn run_blocking<K: Send + 'static>(
 ) -> (io::Result<usize>, (Arc<OwnedFd>, K)) {
     let slot = Arc::new(Mutex::new(Some(keep)));
     let job_slot = Arc::clone(&slot);
-    let joined = crate::pool::spawn_blocking_io(move || {
+    let joined = crate::task::blocking::spawn_blocking_io(move || {
         let guard = job_slot.lock().unwrap_or_else(PoisonError::into_inner);
         let fd = guard.as_ref().map_or(-1, |k| k.0.as_raw_fd());
         // SAFETY: the memory `req` points to is owned by the resources in the slot, which this job holds

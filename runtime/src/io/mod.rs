@@ -8,10 +8,11 @@
 //! pending therefore never changes its registration.
 //!
 //! `Async` is `!Send`: an fd registration belongs to one context. To run socket code on an IOThread,
-//! spawn it there with [`Remote::spawn_local`](crate::Remote::spawn_local), which builds the future on
+//! spawn it there with [`Remote::spawn_local_with`](crate::Remote::spawn_local_with), which builds the future on
 //! the IOThread.
 
 mod notifier_wait;
+pub(crate) mod ring_op;
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -169,9 +170,9 @@ impl<T: AsRawFd> Async<T> {
                     }
                 }
             });
-        let registration = current::with_current(|inner| {
-            let token = inner.add_handler(fd, handlers, false)?;
-            let reg = FdRegistration::new(inner, token, fd, None);
+        let registration = current::with_current(|home| {
+            let token = home.add_handler(fd, handlers, false)?;
+            let reg = FdRegistration::new(home, token, fd, None);
             // Nothing is watched until a task waits.
             reg.set_interest(false, false)?;
             Ok::<_, io::Error>(reg)

@@ -93,14 +93,9 @@ impl NotifierWaiter {
             }
         }
         let fd = notifier.as_raw_fd();
-        let registration = current::with_current(|inner| {
-            let token = inner.add_handler(fd, handlers, false)?;
-            Ok::<_, io::Error>(FdRegistration::new(
-                inner,
-                token,
-                fd,
-                Some(notifier.clone()),
-            ))
+        let registration = current::with_current(|home| {
+            let token = home.add_handler(fd, handlers, false)?;
+            Ok::<_, io::Error>(FdRegistration::new(home, token, fd, Some(notifier.clone())))
         })
         .unwrap_or_else(|| Err(crate::sys::outside_context("EventNotifier::waiter")))?;
         Ok(Self {

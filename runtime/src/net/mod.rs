@@ -11,7 +11,7 @@
 //! the stream's buffer: mixing such reads with `AsyncRead` on io_uring may reorder data.
 //!
 //! They are `!Send` (see [`Async`]); on an IOThread, create them inside a task spawned
-//! with [`Remote::spawn_local`](crate::Remote::spawn_local).
+//! with [`Remote::spawn_local_with`](crate::Remote::spawn_local_with).
 //!
 //! ```
 //! use futures::{AsyncReadExt, AsyncWriteExt};

@@ -37,8 +37,8 @@ use std::task::{Context, Poll};
 
 use io_uring::{opcode, types};
 
-use crate::context::{current, Inner};
-use crate::fs::op::{cqe_result, Op};
+use crate::context::{current, HomeState};
+use crate::io::ring_op::{cqe_result, Op};
 use crate::io::Async;
 use crate::Backend;
 
@@ -57,7 +57,7 @@ struct RecvResources {
 #[derive(Default)]
 struct State {
     /// The context that runs this stream, when its backend is io_uring and RECVs are in use.
-    ring: Option<Weak<Inner>>,
+    ring: Option<Weak<HomeState>>,
     /// The duplicate of the socket's fd that RECVs name (made at the first RECV; in the RECV's
     /// resources while one is in flight).
     fd: Option<Arc<OwnedFd>>,
@@ -97,8 +97,8 @@ impl std::fmt::Debug for Recv {
 impl Recv {
     /// Uses RECVs when the current context's backend is io_uring.
     pub(crate) fn for_current_context() -> Recv {
-        let ring = current::with_current(|inner| {
-            (inner.monitor.borrow().backend() == Backend::IoUring).then(|| Rc::downgrade(inner))
+        let ring = current::with_current(|home| {
+            (home.backend() == Backend::IoUring).then(|| Rc::downgrade(home))
         })
         .flatten();
         Recv {
@@ -226,7 +226,7 @@ impl State {
 
     /// Queues a RECV on `fd` (the stream's duplicate) into the (lazily allocated, grown only up
     /// to `MAX_BUF`) buffer.
-    fn start(&mut self, ring: &Rc<Inner>, fd: Arc<OwnedFd>, wanted: usize) {
+    fn start(&mut self, ring: &Rc<HomeState>, fd: Arc<OwnedFd>, wanted: usize) {
         let size = wanted.clamp(MIN_BUF, MAX_BUF);
         let mut buf = std::mem::take(&mut self.buf);
         if buf.len() < size {

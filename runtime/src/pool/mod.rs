@@ -1,29 +1,23 @@
-//! The blocking thread pool of a context (QEMU's util/thread-pool.c), behind [`spawn_blocking`].
+//! The blocking thread pool of a context (QEMU's util/thread-pool.c): worker threads that run jobs
+//! which would block the loop. It knows nothing of contexts or tasks; `task/blocking.rs` turns it
+//! into [`spawn_blocking`](crate::spawn_blocking).
 //!
-//! One pool per context, created at the first `spawn_blocking`. Workers are spawned on demand up to
-//! `max` (64 by default); a worker idle for 10 s exits unless that would leave fewer than `min`. A job's
-//! result goes back to the context as a one-shot bottom half, which completes the job's task on the home
-//! thread: the submitting side never blocks. Aborting the job's [`JoinHandle`] before a worker picked the
-//! job up cancels it (the handle reports [`JoinError::Cancelled`]); a job that started runs to its end,
-//! and its result is dropped.
+//! One pool per context, created at the first job. Workers are spawned on demand up to `max` (64 by
+//! default); a worker idle for 10 s exits unless that would leave fewer than `min`. Shutting the pool
+//! down drops the jobs still queued; running ones finish.
 
 use std::collections::VecDeque;
 use std::io;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-
-use futures::channel::oneshot;
-
-use crate::context::{current, Inner};
-use crate::task::{JoinError, JoinHandle, PanicPayload};
 
 /// QEMU's default `thread-pool-max`.
 pub(crate) const DEFAULT_MAX_THREADS: usize = 64;
 /// How long an idle worker waits for work before it exits (QEMU: 10 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A job: it catches its own panics (a panicking job must not take its worker down with it).
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 struct State {
     queue: VecDeque<Job>,
@@ -34,6 +28,7 @@ struct State {
     shutdown: bool,
 }
 
+/// A pool of worker threads.
 pub(crate) struct Pool {
     state: Mutex<State>,
     work: Condvar,
@@ -59,7 +54,8 @@ impl Pool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn submit(self: &Arc<Self>, job: Job) {
+    /// Queues `job`, waking an idle worker or starting a new one (up to `max`).
+    pub(crate) fn submit(self: &Arc<Self>, job: Job) {
         let mut state = self.lock();
         state.queue.push_back(job);
         if state.idle >= state.queue.len() {
@@ -143,91 +139,6 @@ pub(crate) fn validate_size(min: usize, max: usize) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-impl Inner {
-    pub(crate) fn set_thread_pool_size(&self, min: usize, max: usize) -> io::Result<()> {
-        validate_size(min, max)?;
-        self.pool_size.set((min, max));
-        if let Some(pool) = self.pool.borrow().as_ref() {
-            pool.set_size(min, max);
-        }
-        Ok(())
-    }
-
-    fn pool(&self) -> Arc<Pool> {
-        let mut pool = self.pool.borrow_mut();
-        let (min, max) = self.pool_size.get();
-        Arc::clone(pool.get_or_insert_with(|| Pool::new(min, max)))
-    }
-
-    pub(crate) fn spawn_blocking<F, T>(&self, f: F) -> JoinHandle<T>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel::<std::thread::Result<T>>();
-        let remote = crate::Remote {
-            shared: Arc::clone(&self.shared),
-        };
-        self.pool().submit(Box::new(move || {
-            if tx.is_canceled() {
-                // Aborted before it started: do not run it. Its task already reported Cancelled.
-                return;
-            }
-            let out = catch_unwind(AssertUnwindSafe(f));
-            // The result travels back as a one-shot BH; the task wakes on its home thread.
-            remote.schedule_oneshot(move || {
-                let _ = tx.send(out);
-            });
-        }));
-        self.spawn_local_flat(async move {
-            match rx.await {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(panic)) => Err(JoinError::Panic(PanicPayload::new(panic))),
-                // The pool dropped the job: the context is shutting down.
-                Err(oneshot::Canceled) => Err(JoinError::Cancelled),
-            }
-        })
-    }
-}
-
-/// `spawn_blocking` for fallible I/O on the current context, as an `io::Result` (a cancelled or panicked
-/// job, or no current context, becomes an error).
-pub(crate) async fn spawn_blocking_io<F, T>(f: F) -> io::Result<T>
-where
-    F: FnOnce() -> io::Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    let handle = current::with_current(|inner| inner.spawn_blocking(f))
-        .ok_or_else(|| crate::sys::outside_context("aioctx I/O"))?;
-    handle.await.map_err(io::Error::from)?
-}
-
-/// Runs `f` on the current context's blocking thread pool and returns a [`JoinHandle`] for its result.
-/// Use it for work that would block the loop: `fsync` on a slow device, `getaddrinfo`, a compression
-/// step. The result comes back through the context, so the task awaiting it runs on the home thread.
-///
-/// # Panics
-///
-/// Outside a context (see [`spawn_local`](crate::spawn_local)).
-///
-/// ```
-/// let ctx = aioctx::AioContext::new()?;
-/// let sum = ctx.block_on(async {
-///     aioctx::spawn_blocking(|| (1..=100u64).sum::<u64>()).await
-/// });
-/// assert_eq!(sum.unwrap(), 5050);
-/// # Ok::<(), std::io::Error>(())
-/// ```
-#[track_caller]
-pub fn spawn_blocking<F, T>(f: F) -> JoinHandle<T>
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    current::with_current(|inner| inner.spawn_blocking(f))
-        .unwrap_or_else(|| panic!("aioctx::spawn_blocking called outside an aioctx context"))
 }
 
 #[cfg(all(test, not(loom)))]

@@ -1,23 +1,32 @@
 //! The executor: tasks that the context's loop polls as one step of every iteration.
 //!
-//! A task is an [`async_task`] cell whose schedule function pushes its `Runnable` onto the context's run
-//! queues (see [`queue`]). `ctx.poll()` ends with a task step that runs the tasks that were ready when the
-//! step began (the slice rule, as for BHs), so a task that keeps waking itself cannot starve fds and
-//! timers, and a chain of tasks waking each other grows no stack: every wake is a queue push. The step runs
-//! after fd handlers and timers, so a task woken by a readiness event or a timer runs in the same
-//! iteration.
+//! This layer sits above the loop. Every context is built with an [`Executor`](executor::Executor),
+//! which the loop knows only as its `TaskStep` hook. A task is an [`async_task`] cell whose schedule
+//! function pushes its `Runnable` onto the executor's run queues (see [`queue`]). The task step runs
+//! the tasks that were ready when it began (the slice rule, as for BHs), so a task that keeps waking
+//! itself cannot starve fds and timers, and a chain of tasks waking each other grows no stack: every
+//! wake is a queue push. The step runs after fd handlers and timers, so a task woken by a readiness
+//! event or a timer runs in the same iteration.
 //!
 //! Every task future is wrapped so that a panic is caught (its [`JoinHandle`] yields
 //! [`JoinError::Panic`]; the loop and other tasks go on), it can be aborted, and the context can find it
 //! at teardown: dropping a context wakes every live task and drops each one's future on the home thread.
+//!
+//! Also here: `block_on`, `spawn_blocking` (the glue between the blocking pool and a task), and the
+//! executor's methods on the loop's types (`context_api.rs`).
 
+mod block_on;
+pub(crate) mod blocking;
+mod context_api;
+mod executor;
 mod join;
 pub(crate) mod queue;
 mod spawn;
 mod yield_now;
 
+pub use blocking::spawn_blocking;
 pub use join::{JoinError, JoinHandle, PanicPayload};
 pub use spawn::{reschedule, spawn, spawn_local};
 pub use yield_now::{yield_now, YieldNow};
 
-pub(crate) use spawn::{hide_running_task, run_ready_tasks, Runnable, Task, TaskRegistry};
+pub(crate) use spawn::Task;

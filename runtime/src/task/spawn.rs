@@ -8,14 +8,14 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use futures::FutureExt;
-use slab::Slab;
 
+use super::executor::Executor;
 use super::queue::RunQueues;
 use super::{JoinError, JoinHandle, PanicPayload};
-use crate::context::{current, Inner, Shared};
+use crate::context::current;
 use crate::Remote;
 
 /// What a task carries besides its future: for a `Send` task, the context it currently belongs to
@@ -37,21 +37,29 @@ impl TaskMeta {
 }
 
 /// The context a movable task belongs to now.
-#[derive(Debug)]
 struct Home {
-    /// Keeps the context reachable for wakes from any thread.
-    shared: Mutex<Arc<Shared>>,
-    /// `shared`'s id, readable without the lock: a wake on the home thread itself (the common case:
-    /// yields, local channels, fd and timer events) finds its context current there and needs
-    /// neither the lock nor a reference count.
+    /// Keeps the context's executor reachable for wakes from any thread.
+    executor: Mutex<Arc<Executor>>,
+    /// The executor's context id, readable without the lock: a wake on the home thread itself (the
+    /// common case: yields, local channels, fd and timer events) finds its context current there and
+    /// needs neither the lock nor a reference count.
     id: AtomicU64,
 }
 
+impl std::fmt::Debug for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Relaxed: a debug print, not a synchronisation point.
+        f.debug_struct("Home")
+            .field("context", &self.id.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
 impl Home {
-    fn new(shared: &Arc<Shared>) -> Home {
+    fn new(executor: &Arc<Executor>) -> Home {
         Home {
-            shared: Mutex::new(Arc::clone(shared)),
-            id: AtomicU64::new(shared.id),
+            executor: Mutex::new(Arc::clone(executor)),
+            id: AtomicU64::new(executor.context_id()),
         }
     }
 }
@@ -59,36 +67,21 @@ impl Home {
 pub(crate) type Runnable = async_task::Runnable<TaskMeta>;
 pub(crate) type Task<T> = async_task::Task<T, TaskMeta>;
 
-/// The wakers of a context's live tasks, so that teardown can reach tasks that wait for something.
-pub(crate) type TaskRegistry = Slab<Waker>;
-
 thread_local! {
     /// The metadata of the task being run on this thread, for [`reschedule`].
     static RUNNING: Cell<*const TaskMeta> = const { Cell::new(std::ptr::null()) };
 }
 
-/// Where a task is registered: the context (kept alive so a move can reach it) and the slot.
+/// Where a task is registered: the executor (kept alive so a move can reach it) and the slot.
 struct Registration {
-    shared: Arc<Shared>,
+    executor: Arc<Executor>,
     slot: usize,
 }
 
 impl Registration {
-    /// Removes the registration: inline if its context is current here, else through a BH on it.
+    /// Removes the registration (see [`Executor::unregister`]).
     fn remove(self) {
-        let Registration { shared, slot } = self;
-        let removed_here = current::with_context(shared.id, |inner| {
-            let waker = inner.tasks.borrow_mut().try_remove(slot);
-            drop(waker);
-        });
-        if removed_here.is_none() {
-            Remote { shared }.schedule_oneshot(move || {
-                current::with_current(|inner| {
-                    let waker = inner.tasks.borrow_mut().try_remove(slot);
-                    drop(waker);
-                });
-            });
-        }
+        self.executor.unregister(self.slot);
     }
 }
 
@@ -121,19 +114,18 @@ impl<F: Future> Future for Tracked<F> {
         if output.is_ready() {
             return output;
         }
-        current::with_current(|inner| {
+        current::with_current(|home| {
             let here = this
                 .registration
                 .as_ref()
-                .is_some_and(|r| r.shared.id == inner.id());
+                .is_some_and(|r| r.executor.context_id() == home.id());
             if !here {
                 if let Some(old) = this.registration.take() {
                     old.remove();
                 }
-                *this.registration = Some(Registration {
-                    shared: Arc::clone(&inner.shared),
-                    slot: inner.tasks.borrow_mut().insert(cx.waker().clone()),
-                });
+                let executor = Executor::shared_of(home.shared());
+                let slot = executor.register(cx.waker().clone());
+                *this.registration = Some(Registration { executor, slot });
             }
         });
         Poll::Pending
@@ -198,9 +190,9 @@ fn start<T>(runnable: Runnable, task: Task<TaskOutput<T>>) -> JoinHandle<T> {
     JoinHandle::new(task, waker)
 }
 
-impl Inner {
+impl Executor {
     /// Spawns a `!Send` future on this context. Home thread only.
-    pub(crate) fn spawn_local<F>(&self, future: F) -> JoinHandle<F::Output>
+    pub(crate) fn spawn_local<F>(self: &Arc<Self>, future: F) -> JoinHandle<F::Output>
     where
         F: Future + 'static,
         F::Output: 'static,
@@ -209,21 +201,19 @@ impl Inner {
     }
 
     /// Spawns a `!Send` future whose output already is the task's result. Home thread only.
-    pub(crate) fn spawn_local_flat<F, T>(&self, future: F) -> JoinHandle<T>
+    pub(crate) fn spawn_local_flat<F, T>(self: &Arc<Self>, future: F) -> JoinHandle<T>
     where
         F: Future<Output = TaskOutput<T>> + 'static,
         T: 'static,
     {
         let wrapped = wrap_flat(future);
-        let shared = Arc::clone(&self.shared);
+        let executor = Arc::clone(self);
         let (runnable, task) = async_task::Builder::new()
             .metadata(TaskMeta::new(None))
-            .spawn_local(move |_| wrapped, move |r| shared.schedule_task(r));
+            .spawn_local(move |_| wrapped, move |r| executor.schedule(r));
         start(runnable, task)
     }
-}
 
-impl Shared {
     /// Spawns a `Send` future on this context from any thread (QEMU's `aio_co_schedule`).
     pub(crate) fn spawn<F>(self: &Arc<Self>, future: F) -> JoinHandle<F::Output>
     where
@@ -236,9 +226,7 @@ impl Shared {
             .spawn(move |_| wrapped, schedule_movable);
         start(runnable, task)
     }
-}
 
-impl Shared {
     /// Spawns a `!Send` future built on the home thread by `make`, from any thread.
     pub(crate) fn spawn_local_with<F, Fut>(self: &Arc<Self>, make: F) -> JoinHandle<Fut::Output>
     where
@@ -247,7 +235,7 @@ impl Shared {
         Fut::Output: Send + 'static,
     {
         let wrapped = wrap(async move { make().await });
-        let shared = Arc::clone(self);
+        let executor = Arc::clone(self);
         // SAFETY: async-task requires a `!Send` future to be polled and dropped on one thread only. Until
         // its first poll this future holds nothing but `make` (which is Send) and Send wrapper state, so it
         // may be created here and queued for the context's home thread. Every poll then happens on the
@@ -259,7 +247,7 @@ impl Shared {
         let (runnable, task) = unsafe {
             async_task::Builder::new()
                 .metadata(TaskMeta::new(None))
-                .spawn_unchecked(move |_| wrapped, move |r| shared.schedule_task(r))
+                .spawn_unchecked(move |_| wrapped, move |r| executor.schedule(r))
         };
         start(runnable, task)
     }
@@ -273,17 +261,18 @@ fn schedule_movable(runnable: Runnable) {
     let Some(home) = &runnable.metadata().home else {
         unreachable!("movable tasks always carry their home")
     };
+    // Acquire pairs with the Release store in `reschedule`.
     let home_id = home.id.load(Ordering::Acquire);
-    let here = current::with_current(|inner| (inner.id() == home_id).then(|| Rc::clone(inner)));
-    if let Some(inner) = here.flatten() {
-        inner.shared.schedule_task(runnable);
+    let here = current::with_current(|ctx| (ctx.id() == home_id).then(|| Rc::clone(ctx)));
+    if let Some(ctx) = here.flatten() {
+        Executor::of(&ctx).schedule(runnable);
         return;
     }
-    let shared = Arc::clone(&home.shared.lock().unwrap_or_else(PoisonError::into_inner));
-    shared.schedule_task(runnable);
+    let executor = Arc::clone(&home.executor.lock().unwrap_or_else(PoisonError::into_inner));
+    executor.schedule(runnable);
 }
 
-/// Runs the task step: the tasks ready when it began, in wake order. Returns how many ran.
+/// The task step: runs the tasks ready when it began, in wake order. Returns how many ran.
 pub(crate) fn run_ready_tasks(queues: &RunQueues<Runnable>) -> usize {
     let ready = queues.begin_step();
     let mut ran = 0;
@@ -337,7 +326,11 @@ pub(crate) fn hide_running_task() -> impl Drop {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub async fn reschedule(target: &Remote) -> io::Result<()> {
-    let target = Arc::clone(&target.shared);
+    let target_closed = {
+        let shared = Arc::clone(target.shared());
+        move || shared.is_closed()
+    };
+    let target = Executor::shared_of(target.shared());
     let mut moved = false;
     std::future::poll_fn(move |cx| {
         if moved {
@@ -353,19 +346,20 @@ pub async fn reschedule(target: &Remote) -> io::Result<()> {
                 "only Send tasks (aioctx::spawn, Remote::spawn) can move to another context",
             )));
         };
-        if target.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if target_closed() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "the target context was dropped",
             )));
         }
-        let mut shared = home.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        if Arc::ptr_eq(&shared, &target) {
+        let mut executor = home.executor.lock().unwrap_or_else(PoisonError::into_inner);
+        if Arc::ptr_eq(&executor, &target) {
             return Poll::Ready(Ok(()));
         }
-        *shared = Arc::clone(&target);
-        home.id.store(target.id, Ordering::Release);
-        drop(shared);
+        *executor = Arc::clone(&target);
+        // Release pairs with the Acquire load in `schedule_movable`.
+        home.id.store(target.context_id(), Ordering::Release);
+        drop(executor);
         moved = true;
         // Our next run happens where the schedule function now sends us.
         cx.waker().wake_by_ref();
@@ -399,7 +393,7 @@ where
     F: Future + 'static,
     F::Output: 'static,
 {
-    current::with_current(|inner| inner.spawn_local(future))
+    current::with_current(|home| Executor::shared_of(home.shared()).spawn_local(future))
         .unwrap_or_else(|| panic!("aioctx::spawn_local called outside an aioctx context"))
 }
 
@@ -422,6 +416,6 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    current::with_current(|inner| Arc::clone(&inner.shared).spawn(future))
+    current::with_current(|home| Executor::shared_of(home.shared()).spawn(future))
         .unwrap_or_else(|| panic!("aioctx::spawn called outside an aioctx context"))
 }

@@ -4,9 +4,9 @@ use std::fmt;
 use std::ops::{Add, AddAssign, Sub, SubAssign};
 use std::time::Duration;
 
-use super::{clock_now, duration_ns};
 use crate::context::current;
 use crate::sys;
+use crate::timers::duration_ns;
 
 /// A point in time in ns on the current context's time clock (monotonic time, or the virtual clock once
 /// time is paused). Outside any context it reads the monotonic clock. Instants from different clocks
@@ -50,9 +50,8 @@ impl Instant {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn now() -> Instant {
-        let ns =
-            current::with_current(|inner| clock_now(inner.time_clock.get(), &inner.virtual_clock))
-                .unwrap_or_else(sys::monotonic_ns);
+        let ns = current::with_current(|home| home.timers().now(home.timers().future_clock()))
+            .unwrap_or_else(sys::monotonic_ns);
         Instant { ns }
     }
 

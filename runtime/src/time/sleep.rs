@@ -5,8 +5,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::{clock_now, duration_ns, Clock, Instant, TimerCallback};
-use crate::context::{current, Inner};
+use super::{Clock, Instant};
+use crate::context::{current, HomeState};
+use crate::timers::duration_ns;
 
 /// Where a sleep's timer lives: which context, which slot.
 #[derive(Clone, Copy, Debug)]
@@ -41,7 +42,7 @@ pub struct Sleep {
 }
 
 fn time_clock() -> Clock {
-    current::with_current(|inner| inner.time_clock.get()).unwrap_or(Clock::Realtime)
+    current::with_current(|home| home.timers().future_clock()).unwrap_or(Clock::Realtime)
 }
 
 /// Waits for `duration` on the current context's time clock, with nanosecond precision.
@@ -95,7 +96,7 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
 /// ```
 #[track_caller]
 pub fn sleep_on(clock: Clock, duration: Duration) -> Sleep {
-    let now = current::with_current(|inner| clock_now(clock, &inner.virtual_clock))
+    let now = current::with_current(|home| home.timers().now(clock))
         .unwrap_or_else(|| panic!("aioctx::time::sleep_on called outside an aioctx context"));
     Sleep {
         deadline: now.saturating_add(duration_ns(duration)),
@@ -168,25 +169,22 @@ impl Sleep {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn is_elapsed(&self) -> bool {
-        current::with_current(|inner| clock_now(self.clock, &inner.virtual_clock) >= self.deadline)
+        current::with_current(|home| home.timers().now(self.clock) >= self.deadline)
             .unwrap_or(false)
     }
 
     fn deregister(&mut self) {
         if let Some(reg) = self.registration.take() {
-            current::with_context(reg.context, |inner| {
-                let entry = inner.timers.borrow_mut().remove(reg.key, reg.id);
-                drop(entry);
-            });
+            current::with_context(reg.context, |home| home.timers().remove(reg.key, reg.id));
         }
     }
 
-    /// Arms this sleep's timer on `inner` with the task's waker. No notification is needed: sleeps are
+    /// Arms this sleep's timer on `home` with the task's waker. No notification is needed: sleeps are
     /// polled by the loop's own thread, which computes its next timeout afterwards.
-    fn register(&mut self, inner: &Inner, cx: &Context<'_>) {
-        let mut timers = inner.timers.borrow_mut();
+    fn register(&mut self, home: &HomeState, cx: &Context<'_>) {
+        let timers = home.timers();
         if let Some(reg) = self.registration {
-            if reg.context == inner.id()
+            if reg.context == home.id()
                 && timers.arm_waker(reg.key, reg.id, self.deadline, cx.waker())
             {
                 return;
@@ -194,10 +192,10 @@ impl Sleep {
         }
         // First poll, the entry fired, or the task moved to another context: a new entry here. (An entry
         // left on another context fires once, waking the task spuriously, and goes away.)
-        let (key, id) = timers.insert(self.clock, TimerCallback::Wake(None));
+        let (key, id) = timers.insert_waker_timer(self.clock);
         timers.arm_waker(key, id, self.deadline, cx.waker());
         self.registration = Some(Registration {
-            context: inner.id(),
+            context: home.id(),
             key,
             id,
         });
@@ -209,14 +207,14 @@ impl Future for Sleep {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        let inner = current::with_current(std::rc::Rc::clone).unwrap_or_else(|| {
+        let home = current::with_current(std::rc::Rc::clone).unwrap_or_else(|| {
             panic!("an aioctx::time future was polled outside an aioctx context")
         });
-        if clock_now(this.clock, &inner.virtual_clock) >= this.deadline {
+        if home.timers().now(this.clock) >= this.deadline {
             this.deregister();
             return Poll::Ready(());
         }
-        this.register(&inner, cx);
+        this.register(&home, cx);
         Poll::Pending
     }
 }
@@ -228,8 +226,8 @@ impl Drop for Sleep {
 }
 
 #[track_caller]
-fn with_current_or_panic<R>(what: &str, f: impl FnOnce(&Inner) -> R) -> R {
-    current::with_current(|inner| f(inner))
+fn with_current_or_panic<R>(what: &str, f: impl FnOnce(&HomeState) -> R) -> R {
+    current::with_current(|home| f(home))
         .unwrap_or_else(|| panic!("aioctx::time::{what} called outside an aioctx context"))
 }
 
@@ -257,11 +255,7 @@ fn with_current_or_panic<R>(what: &str, f: impl FnOnce(&Inner) -> R) -> R {
 /// ```
 #[track_caller]
 pub fn pause() {
-    with_current_or_panic("pause", |inner| {
-        inner.time_clock.set(Clock::Virtual);
-        inner.auto_advance.set(true);
-        inner.virtual_clock.pause();
-    });
+    with_current_or_panic("pause", |home| home.timers().pause_time());
 }
 
 /// Lets the current context's virtual time run again (at real speed) and stops auto-advancing.
@@ -283,10 +277,7 @@ pub fn pause() {
 /// ```
 #[track_caller]
 pub fn resume() {
-    with_current_or_panic("resume", |inner| {
-        inner.auto_advance.set(false);
-        inner.virtual_clock.resume();
-    });
+    with_current_or_panic("resume", |home| home.timers().resume_time());
 }
 
 /// Moves the current context's virtual time forward by `by`; virtual timers it passes fire at the next
@@ -311,5 +302,5 @@ pub fn resume() {
 /// ```
 #[track_caller]
 pub fn advance(by: Duration) {
-    with_current_or_panic("advance", |inner| inner.virtual_clock.advance(by));
+    with_current_or_panic("advance", |home| home.timers().virtual_clock().advance(by));
 }

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use super::op::{cqe_result, Op};
 use super::open::{resolve_engine, OpenOptions};
 use super::req::{run_blocking, IoVecs, Req};
 use super::{IoBuf, IoBufMut};
+use crate::io::ring_op::{cqe_result, Op};
 
 mod raw;
 
@@ -245,6 +245,7 @@ impl File {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn len(&self) -> io::Result<u64> {
+        // SAFETY: `stat` is plain old data, for which all-zero bytes are a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat writes into a live, zeroed stat struct.
         let ret = unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) };

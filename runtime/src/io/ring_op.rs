@@ -10,8 +10,8 @@ use std::task::{Context, Poll, Waker};
 
 use io_uring::{opcode, squeue};
 
-use crate::context::{current, Inner};
-use crate::task::queue::{thread_token, HomeCell};
+use crate::context::{current, HomeState};
+use crate::thread_id::{thread_token, HomeCell};
 
 struct OpCell<T> {
     result: Option<i32>,
@@ -49,10 +49,10 @@ impl<T: Send + 'static> Op<T> {
         orphan: fn(i32),
     ) -> Op<T> {
         let mut unqueued = Some((resources, make_sqe));
-        let op = current::with_current(|inner| {
+        let op = current::with_current(|home| {
             let (resources, make_sqe) = unqueued.take().expect("taken once");
             // SAFETY: forwarded; the caller upholds this function's contract.
-            unsafe { Self::queue_on(inner, resources, make_sqe, orphan) }
+            unsafe { Self::queue_on(home, resources, make_sqe, orphan) }
         });
         op.unwrap_or_else(|| {
             let (resources, _) = unqueued.take().expect("not taken without a context");
@@ -104,19 +104,19 @@ impl<T: Send + 'static> Op<T> {
     ///
     /// As for [`submit_owning_result`](Self::submit_owning_result).
     pub(crate) unsafe fn submit_on(
-        inner: &Rc<Inner>,
+        home: &Rc<HomeState>,
         resources: T,
         make_sqe: impl FnOnce(&T) -> squeue::Entry,
     ) -> Op<T> {
         // SAFETY: forwarded; the caller upholds `submit_owning_result`'s contract.
-        unsafe { Self::queue_on(inner, resources, make_sqe, |_| {}) }
+        unsafe { Self::queue_on(home, resources, make_sqe, |_| {}) }
     }
 
     /// # Safety
     ///
     /// As for [`submit_owning_result`](Self::submit_owning_result).
     unsafe fn queue_on(
-        inner: &Rc<Inner>,
+        ctx: &Rc<HomeState>,
         resources: T,
         make_sqe: impl FnOnce(&T) -> squeue::Entry,
         orphan: fn(i32),
@@ -133,7 +133,7 @@ impl<T: Send + 'static> Op<T> {
             },
         ));
         let for_callback = Arc::clone(&cell);
-        let queued = inner.add_sqe(
+        let queued = ctx.add_sqe(
             sqe,
             Box::new(move |c| {
                 let mut cell = for_callback.borrow_mut();
@@ -171,10 +171,10 @@ impl<T: Send + 'static> Op<T> {
     }
 
     /// Asks the kernel to stop the operation early (`IORING_OP_ASYNC_CANCEL` naming its `user_data`,
-    /// queued on `inner`, the context it was submitted to). The operation still completes through
+    /// queued on `home`, the context it was submitted to). The operation still completes through
     /// its own CQE (`-ECANCELED`, or its result if it finished first), and its resources stay in the
     /// cell until then; a cancel that finds nothing to cancel is harmless.
-    pub(crate) fn cancel_on(&self, inner: &Rc<Inner>) {
+    pub(crate) fn cancel_on(&self, home: &Rc<HomeState>) {
         let Ok(cell) = &self.state else {
             return;
         };
@@ -189,7 +189,7 @@ impl<T: Send + 'static> Op<T> {
         let cancel = opcode::AsyncCancel::new(self.user_data).build();
         // Nothing to release when the cancel completes. If it cannot be queued, the operation
         // still ends on its own or at the context's teardown.
-        let _ = inner.add_sqe(cancel, Box::new(|_| {}));
+        let _ = home.add_sqe(cancel, Box::new(|_| {}));
     }
 }
 

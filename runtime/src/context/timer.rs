@@ -1,154 +1,169 @@
-//! Timer lists (QEMU's QEMUTimerList, one per clock) and the [`Timer`] handle.
+//! Timers on the loop: the context's [`Timers`] state (the timer lists of `timers/`, the virtual clock,
+//! and which clock the time futures use), and QEMU's callback [`Timer`] with its [`TimerHandle`].
 
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::task::Waker;
 use std::time::Duration;
 
-use slab::Slab;
+use super::HomeState;
+use crate::timers::{
+    clock_now, duration_ns, soonest, Clock, TimerAction, TimerCallback, TimerLists, VirtualClock,
+};
 
-use super::{clock_now, duration_ns, Clock};
-use crate::context::Inner;
-
-struct TimerEntry {
-    clock: Clock,
-    /// Distinguishes this timer from a later one that reuses its slab slot.
-    id: u64,
-    /// `(deadline, sequence)` while armed; the sequence makes equal deadlines fire in arming order.
-    armed: Option<(i64, u64)>,
-    callback: TimerCallback,
+/// A context's timers: the lists, the guest clock, and the time futures' settings.
+pub(crate) struct Timers {
+    lists: RefCell<TimerLists>,
+    virtual_clock: VirtualClock,
+    /// The clock the `aioctx::time` futures use on this context: Realtime, or Virtual once time is
+    /// paused.
+    future_clock: Cell<Clock>,
+    /// With the virtual clock paused, `block_on` jumps to the next virtual timer instead of sleeping.
+    auto_advance: Cell<bool>,
 }
 
-/// What a timer does when it fires: call a callback ([`Timer`]) or wake a task (the `sleep` futures,
-/// which need no allocation of their own).
-pub(crate) enum TimerCallback {
-    Call(Rc<dyn Fn()>),
-    Wake(Option<Waker>),
-}
-
-/// A fired timer's action, taken out so that it runs with no borrow held.
-pub(crate) enum Fired {
-    Call(Rc<dyn Fn()>),
-    Wake(Waker),
-    Nothing,
-}
-
-/// Every timer of a context: a slab of entries and, per clock, the armed ones ordered by deadline.
-#[derive(Default)]
-pub(crate) struct TimerLists {
-    entries: Slab<TimerEntry>,
-    queues: [BTreeMap<(i64, u64), usize>; 3],
-    next_seq: u64,
-}
-
-impl TimerLists {
-    fn entry_mut(&mut self, key: usize, id: u64) -> Option<&mut TimerEntry> {
-        self.entries.get_mut(key).filter(|e| e.id == id)
-    }
-
-    /// Arms (or re-arms) a timer. Returns true if it became the earliest deadline of its clock, which
-    /// means a sleeping loop must recompute its timeout.
-    pub(crate) fn arm(&mut self, key: usize, id: u64, deadline: i64) -> bool {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let Some(entry) = self.entries.get_mut(key).filter(|e| e.id == id) else {
-            return false;
-        };
-        let clock = entry.clock;
-        let old = entry.armed.replace((deadline, seq));
-        let queue = &mut self.queues[clock.index()];
-        if let Some(old) = old {
-            queue.remove(&old);
+impl Timers {
+    /// Timers on a fresh context; with `start_paused`, time starts paused and auto-advancing.
+    pub(crate) fn new(virtual_clock: VirtualClock, start_paused: bool) -> Self {
+        if start_paused {
+            virtual_clock.pause();
         }
-        queue.insert((deadline, seq), key);
-        queue.first_key_value().map(|(k, _)| *k) == Some((deadline, seq))
+        Self {
+            lists: RefCell::default(),
+            virtual_clock,
+            future_clock: Cell::new(if start_paused {
+                Clock::Virtual
+            } else {
+                Clock::Realtime
+            }),
+            auto_advance: Cell::new(start_paused),
+        }
     }
 
-    pub(crate) fn cancel(&mut self, key: usize, id: u64) {
-        if let Some(entry) = self.entry_mut(key, id) {
-            if let Some(armed) = entry.armed.take() {
-                let clock = entry.clock;
-                self.queues[clock.index()].remove(&armed);
+    pub(crate) fn virtual_clock(&self) -> &VirtualClock {
+        &self.virtual_clock
+    }
+
+    /// Reads `clock` as this context sees it.
+    pub(crate) fn now(&self, clock: Clock) -> i64 {
+        clock_now(clock, &self.virtual_clock)
+    }
+
+    /// The clock the time futures use here.
+    pub(crate) fn future_clock(&self) -> Clock {
+        self.future_clock.get()
+    }
+
+    /// `time::pause`: the futures switch to the virtual clock, frozen, and `block_on` auto-advances it.
+    pub(crate) fn pause_time(&self) {
+        self.future_clock.set(Clock::Virtual);
+        self.auto_advance.set(true);
+        self.virtual_clock.pause();
+    }
+
+    /// `time::resume`: virtual time runs again and `block_on` stops auto-advancing it.
+    pub(crate) fn resume_time(&self) {
+        self.auto_advance.set(false);
+        self.virtual_clock.resume();
+    }
+
+    /// A timer whose expiry wakes a task (a `Sleep`); arm it with [`arm_waker`](Self::arm_waker).
+    pub(crate) fn insert_waker_timer(&self, clock: Clock) -> (usize, u64) {
+        self.lists
+            .borrow_mut()
+            .insert(clock, TimerCallback::Wake(None))
+    }
+
+    /// Arms the waking timer `(key, id)` for `deadline` with `waker`; false if that timer is gone (it
+    /// fired, or its slot belongs to another timer now).
+    pub(crate) fn arm_waker(&self, key: usize, id: u64, deadline: i64, waker: &Waker) -> bool {
+        self.lists.borrow_mut().arm_waker(key, id, deadline, waker)
+    }
+
+    /// Removes the timer `(key, id)`, if it is still there.
+    pub(crate) fn remove(&self, key: usize, id: u64) {
+        let callback = self.lists.borrow_mut().remove(key, id);
+        // Ground rule 2.
+        drop(callback);
+    }
+
+    /// Takes every callback out (context teardown), for the caller to drop unborrowed.
+    pub(crate) fn drain(&self) -> Vec<TimerCallback> {
+        self.lists.borrow_mut().drain()
+    }
+}
+
+impl HomeState {
+    /// The ns until the nearest timer over all clocks: 0 if one is due, -1 if none is armed.
+    pub(super) fn timer_deadline(&self) -> i64 {
+        let lists = self.timers.lists.borrow();
+        let mut deadline = -1;
+        for clock in Clock::ALL {
+            let Some(first) = lists.first_deadline(clock) else {
+                continue;
+            };
+            let remaining = match clock {
+                Clock::Virtual => {
+                    let (now, paused) = self.timers.virtual_clock.read();
+                    if first <= now {
+                        0
+                    } else if paused {
+                        // Paused guest time will not reach it by itself; an advance or resume notifies us.
+                        continue;
+                    } else {
+                        first.saturating_sub(now)
+                    }
+                }
+                _ => first.saturating_sub(self.timers.now(clock)).max(0),
+            };
+            deadline = soonest(deadline, remaining);
+        }
+        deadline
+    }
+
+    /// Runs expired timers of every clock, each clock read once (QEMU's `timerlist_run_timers`).
+    pub(super) fn run_timers(&self) -> bool {
+        let mut progress = false;
+        for clock in Clock::ALL {
+            if self.timers.lists.borrow().is_empty(clock) {
+                continue;
+            }
+            let now = self.timers.now(clock);
+            loop {
+                // Ground rule 1: the action is taken out, the borrow ends, then it runs.
+                let action = self.timers.lists.borrow_mut().pop_expired(clock, now);
+                let Some(action) = action else {
+                    break;
+                };
+                self.shared.stats.timers_fired.bump();
+                match action {
+                    TimerAction::Call(callback) => callback(),
+                    TimerAction::Wake(waker) => waker.wake(),
+                }
+                progress = true;
             }
         }
+        progress
     }
 
-    /// Adds a timer. Returns its slot and id.
-    pub(crate) fn insert(&mut self, clock: Clock, callback: TimerCallback) -> (usize, u64) {
-        // Ids are unique across contexts, so a handle can never mistake another context's timer for its own.
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let key = self.entries.insert(TimerEntry {
-            clock,
-            id,
-            armed: None,
-            callback,
-        });
-        (key, id)
-    }
-
-    /// Arms a waking timer for `deadline` and stores the waker to wake (replacing an older one). Returns
-    /// false if the entry is gone (it fired, or belongs to another timer now).
-    pub(crate) fn arm_waker(&mut self, key: usize, id: u64, deadline: i64, waker: &Waker) -> bool {
-        let Some(entry) = self.entry_mut(key, id) else {
+    /// `block_on`'s auto-advance rule: with the virtual clock paused and auto-advance on, run a
+    /// non-blocking iteration; if it did nothing and `woken()` is false, move virtual time to the next
+    /// virtual deadline. Returns false if the caller should run a normal blocking iteration instead.
+    pub(crate) fn poll_or_advance_paused_time(&self, woken: impl Fn() -> bool) -> bool {
+        if !self.timers.auto_advance.get() || !self.timers.virtual_clock.is_paused() {
             return false;
-        };
-        match &mut entry.callback {
-            TimerCallback::Wake(Some(w)) if w.will_wake(waker) => {}
-            TimerCallback::Wake(slot) => *slot = Some(waker.clone()),
-            TimerCallback::Call(_) => return false,
         }
-        if entry.armed.map(|(d, _)| d) != Some(deadline) {
-            self.arm(key, id, deadline);
+        if self.aio_poll(false) || woken() {
+            return true;
         }
-        true
-    }
-
-    /// Removes a timer; the callback is returned so the caller can drop it outside any borrow.
-    pub(crate) fn remove(&mut self, key: usize, id: u64) -> Option<TimerCallback> {
-        self.cancel(key, id);
-        self.entry_mut(key, id)?;
-        Some(self.entries.remove(key).callback)
-    }
-
-    /// Takes every callback out (context teardown).
-    pub(crate) fn drain(&mut self) -> Vec<TimerCallback> {
-        for q in &mut self.queues {
-            q.clear();
+        let next = self.timers.lists.borrow().first_deadline(Clock::Virtual);
+        match next {
+            Some(deadline) => {
+                self.timers.virtual_clock.advance_to(deadline);
+                true
+            }
+            None => false,
         }
-        self.entries.drain().map(|e| e.callback).collect()
-    }
-
-    pub(crate) fn is_empty(&self, clock: Clock) -> bool {
-        self.queues[clock.index()].is_empty()
-    }
-
-    /// The earliest armed deadline of `clock`.
-    pub(crate) fn first_deadline(&self, clock: Clock) -> Option<i64> {
-        self.queues[clock.index()]
-            .first_key_value()
-            .map(|(&(deadline, _), _)| deadline)
-    }
-
-    /// Pops the earliest timer of `clock` if it expired at `now`, disarming it, and returns its action.
-    pub(crate) fn pop_expired(&mut self, clock: Clock, now: i64) -> Option<Fired> {
-        let queue = &mut self.queues[clock.index()];
-        let (&(deadline, _), _) = queue.first_key_value()?;
-        if deadline > now {
-            return None;
-        }
-        let (_, key) = queue.pop_first()?;
-        let entry = &mut self.entries[key];
-        entry.armed = None;
-        Some(match &mut entry.callback {
-            TimerCallback::Call(f) => Fired::Call(Rc::clone(f)),
-            // A sleep's entry is one-shot: it goes away when it fires (its future re-inserts one if it is
-            // polled early again), so an entry whose future was dropped elsewhere cannot leak.
-            TimerCallback::Wake(_) => match self.entries.remove(key).callback {
-                TimerCallback::Wake(Some(w)) => Fired::Wake(w),
-                _ => Fired::Nothing,
-            },
-        })
     }
 }
 
@@ -182,7 +197,7 @@ impl TimerLists {
 /// ```
 #[derive(Clone)]
 pub struct TimerHandle {
-    ctx: Weak<Inner>,
+    ctx: Weak<HomeState>,
     key: usize,
     id: u64,
     clock: Clock,
@@ -198,10 +213,10 @@ impl std::fmt::Debug for TimerHandle {
 }
 
 impl TimerHandle {
-    fn with<R>(&self, f: impl FnOnce(&Inner, &mut TimerLists) -> R) -> Option<R> {
-        let inner = self.ctx.upgrade()?;
-        let mut timers = inner.timers.borrow_mut();
-        Some(f(&inner, &mut timers))
+    fn with<R>(&self, f: impl FnOnce(&mut TimerLists) -> R) -> Option<R> {
+        let home = self.ctx.upgrade()?;
+        let mut lists = home.timers.lists.borrow_mut();
+        Some(f(&mut lists))
     }
 
     /// The clock this timer's deadlines are measured on.
@@ -240,11 +255,12 @@ impl TimerHandle {
     /// ```
     pub fn arm_ns(&self, deadline_ns: i64) {
         let became_head = self
-            .with(|_, t| t.arm(self.key, self.id, deadline_ns))
+            .with(|t| t.arm(self.key, self.id, deadline_ns))
             .unwrap_or(false);
         if became_head {
-            if let Some(inner) = self.ctx.upgrade() {
-                inner.shared.notify();
+            // A sleeping loop must recompute its timeout.
+            if let Some(home) = self.ctx.upgrade() {
+                home.shared.notify();
             }
         }
     }
@@ -284,10 +300,10 @@ impl TimerHandle {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn arm_after(&self, after: Duration) {
-        let Some(inner) = self.ctx.upgrade() else {
+        let Some(home) = self.ctx.upgrade() else {
             return;
         };
-        let now = clock_now(self.clock, &inner.virtual_clock);
+        let now = home.timers.now(self.clock);
         self.arm_ns(now.saturating_add(duration_ns(after)));
     }
 
@@ -310,7 +326,7 @@ impl TimerHandle {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn cancel(&self) {
-        self.with(|_, t| t.cancel(self.key, self.id));
+        self.with(|t| t.cancel(self.key, self.id));
     }
 
     /// The deadline the timer is armed for, or `None` if it is not armed.
@@ -326,13 +342,7 @@ impl TimerHandle {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn expire_time_ns(&self) -> Option<i64> {
-        self.with(|_, t| {
-            t.entries
-                .get(self.key)
-                .filter(|e| e.id == self.id)
-                .and_then(|e| e.armed.map(|(deadline, _)| deadline))
-        })
-        .flatten()
+        self.with(|t| t.expire_time(self.key, self.id)).flatten()
     }
 
     /// Whether the timer is armed.
@@ -382,14 +392,15 @@ pub struct Timer {
 }
 
 impl Timer {
-    pub(crate) fn new(inner: &Rc<Inner>, clock: Clock, callback: Rc<dyn Fn()>) -> Self {
-        let (key, id) = inner
+    pub(crate) fn new(home: &Rc<HomeState>, clock: Clock, callback: Rc<dyn Fn()>) -> Self {
+        let (key, id) = home
             .timers
+            .lists
             .borrow_mut()
             .insert(clock, TimerCallback::Call(callback));
         Timer {
             handle: TimerHandle {
-                ctx: Rc::downgrade(inner),
+                ctx: Rc::downgrade(home),
                 key,
                 id,
                 clock,
@@ -431,8 +442,8 @@ impl Drop for Timer {
     fn drop(&mut self) {
         let callback = self
             .handle
-            .with(|_, t| t.remove(self.handle.key, self.handle.id));
-        // Dropped here, after the borrow ended: the closure may own other timers.
+            .with(|t| t.remove(self.handle.key, self.handle.id));
+        // Dropped here, after the borrow ended: the closure may own other timers (ground rule 2).
         drop(callback);
     }
 }

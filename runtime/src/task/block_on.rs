@@ -1,27 +1,32 @@
-//! `AioContext::block_on`: drive a future to completion on the calling (home) thread.
+//! `AioContext::block_on`: drive a future to completion on the calling (home) thread, running the
+//! loop while it waits.
 
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 
-use futures::task::{waker, ArcWake};
-
-use super::{current, AioContext, Shared};
-use crate::time::Clock;
+use crate::context::current;
+use crate::context::notify::Wakeup;
+use crate::AioContext;
 
 /// The waker of a `block_on` future: a flag plus a notification of the context, so a wake from any
 /// thread ends the loop's wait (and costs no syscall while the loop runs or polls).
 struct BlockOnWaker {
     woken: AtomicBool,
-    shared: Arc<Shared>,
+    wakeup: Arc<Wakeup>,
 }
 
-impl ArcWake for BlockOnWaker {
-    fn wake_by_ref(arc_self: &Arc<Self>) {
-        arc_self.woken.store(true, Ordering::Release);
-        arc_self.shared.notify();
+impl Wake for BlockOnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Release pairs with the Acquire swap in `block_on`: the future's wake reason is visible.
+        self.woken.store(true, Ordering::Release);
+        self.wakeup.notify();
     }
 }
 
@@ -47,45 +52,28 @@ impl AioContext {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
-        let _enter = current::enter(&self.inner);
-        let _hidden = crate::task::hide_running_task();
+        let home = self.home();
+        let _enter = current::enter(home);
+        let _hidden = super::spawn::hide_running_task();
         let flag = Arc::new(BlockOnWaker {
             woken: AtomicBool::new(true),
-            shared: Arc::clone(&self.inner.shared),
+            wakeup: Arc::clone(home.shared().wakeup()),
         });
-        let waker = waker(Arc::clone(&flag));
+        let waker = Waker::from(Arc::clone(&flag));
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
         loop {
+            // Acquire pairs with the Release store of `wake_by_ref`.
             if flag.woken.swap(false, Ordering::AcqRel) {
                 if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                     return out;
                 }
             }
-            if !self.try_auto_advance(&flag.woken) {
-                self.inner.aio_poll(true);
+            // Acquire pairs with the Release store of `wake_by_ref`.
+            let woken = || flag.woken.load(Ordering::Acquire);
+            if !home.poll_or_advance_paused_time(woken) {
+                home.aio_poll(true);
             }
-        }
-    }
-
-    /// The auto-advance rule: with the virtual clock paused and auto-advance on, run a non-blocking
-    /// iteration; if it did nothing and the future was not woken, move virtual time to the next virtual
-    /// deadline. Returns false if the caller should run a normal blocking iteration instead.
-    fn try_auto_advance(&self, woken: &AtomicBool) -> bool {
-        let inner = &self.inner;
-        if !inner.auto_advance.get() || !inner.virtual_clock.is_paused() {
-            return false;
-        }
-        if inner.aio_poll(false) || woken.load(Ordering::Acquire) {
-            return true;
-        }
-        let next = inner.timers.borrow().first_deadline(Clock::Virtual);
-        match next {
-            Some(deadline) => {
-                inner.virtual_clock.advance_to(deadline);
-                true
-            }
-            None => false,
         }
     }
 }

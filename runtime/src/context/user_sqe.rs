@@ -1,16 +1,26 @@
-//! User SQEs on the context's ring (QEMU's `aio_add_sqe`).
+//! User SQEs on the context's ring (QEMU's `aio_add_sqe`): the [`UserSqes`] state (completion callbacks
+//! in flight, reaped completions not yet dispatched, the ring for user SQEs on a readiness backend).
+//!
+//! Buffer lifetimes: a user SQE's memory is owned by its completion callback (the contract of
+//! [`AioContext::add_sqe`]), and a callback is dropped only after its CQE was reaped, or at teardown
+//! after the kernel confirmed the operation finished; operations it cannot confirm leak their callback
+//! (see `fdmon/io_uring.rs`).
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 
 use io_uring::squeue;
+use slab::Slab;
 
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use super::{AioContext, Bh, FdHandlers, FdRegistration, Inner};
+use super::bh::BhCall;
+use super::{AioContext, Bh, FdHandlers, FdRegistration, HomeState};
 use crate::fdmon::io_uring::{user_sqe_data, UringMonitor};
-use crate::fdmon::MonitorOps;
+use crate::fdmon::{Backend, Completion, MonitorOps};
 
 /// What a user SQE's completion callback receives: the CQE's `res` and `flags`.
 ///
@@ -54,7 +64,40 @@ impl SqeCompletion {
     }
 }
 
-pub(crate) struct SqeCallback(Box<dyn FnOnce(SqeCompletion)>);
+struct SqeCallback(Box<dyn FnOnce(SqeCompletion)>);
+
+/// A context's user SQEs.
+pub(crate) struct UserSqes {
+    /// Completion callbacks of user SQEs in flight, keyed by the slot in their `user_data`.
+    callbacks: RefCell<Slab<SqeCallback>>,
+    /// Reaped completions not dispatched yet (a callback that panicked leaves the rest here).
+    completions: RefCell<VecDeque<Completion>>,
+    /// The ring for user SQEs when the fd monitor is not io_uring, created on first use.
+    ring: RefCell<Option<UserSqeRing>>,
+    /// Fault injection (`test-util`): io_uring setup fails with this errno.
+    simulate_uring_errno: Option<i32>,
+}
+
+impl UserSqes {
+    pub(crate) fn new(simulate_uring_errno: Option<i32>) -> Self {
+        Self {
+            callbacks: RefCell::default(),
+            completions: RefCell::default(),
+            ring: RefCell::new(None),
+            simulate_uring_errno,
+        }
+    }
+
+    /// Whether reaped completions wait for dispatch (then the loop must not sleep).
+    pub(crate) fn has_completions(&self) -> bool {
+        !self.completions.borrow().is_empty()
+    }
+
+    /// Queues reaped completions for the next dispatch.
+    pub(crate) fn queue_completions(&self, reaped: impl Iterator<Item = Completion>) {
+        self.completions.borrow_mut().extend(reaped);
+    }
+}
 
 impl fmt::Debug for SqeCallback {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,9 +115,10 @@ impl AioContext {
     /// any callback, including another SQE's completion callback. Only single-shot operations are
     /// supported: the first CQE completes the operation (no multishot, no `CQE_SKIP_SUCCESS`).
     ///
-    /// On the io_uring backend the SQE goes on the context's own ring. On epoll and poll it goes on a side
-    /// ring the context creates at the first call: its fd is watched like any other, its completion queue
-    /// is peeked while the loop busy-polls, and SQEs queued in one iteration go out together in the next.
+    /// On the io_uring backend the SQE goes on the context's own ring. On epoll and poll it goes on a
+    /// user-SQE ring the context creates at the first call: its fd is watched like any other, its
+    /// completion queue is peeked while the loop busy-polls, and SQEs queued in one iteration go out
+    /// together in the next.
     /// Fails only when the kernel refuses io_uring altogether.
     ///
     /// # Safety
@@ -107,20 +151,20 @@ impl AioContext {
         sqe: squeue::Entry,
         on_complete: impl FnOnce(SqeCompletion) + 'static,
     ) -> io::Result<()> {
-        self.inner.add_sqe(sqe, Box::new(on_complete)).map(|_| ())
+        self.home().add_sqe(sqe, Box::new(on_complete)).map(|_| ())
     }
 }
 
 /// A ring for user SQEs on a context that sleeps in epoll or poll: its fd is watched by the context
 /// (readable when completions wait), its completion queue is peeked by a poll function while the loop
 /// busy-polls, and a BH submits what was queued during an iteration, in one `io_uring_enter`.
-pub(crate) struct SideRing {
+struct UserSqeRing {
     ring: UringMonitor,
     submit: Bh,
     _registration: FdRegistration,
 }
 
-impl Inner {
+impl HomeState {
     /// Queues `sqe` (see [`AioContext::add_sqe`]); returns the `user_data` it was given.
     pub(crate) fn add_sqe(
         self: &Rc<Self>,
@@ -128,54 +172,56 @@ impl Inner {
         on_complete: Box<dyn FnOnce(SqeCompletion)>,
     ) -> io::Result<u64> {
         let key = self
-            .sqe_callbacks
+            .user_sqes
+            .callbacks
             .borrow_mut()
             .insert(SqeCallback(on_complete));
         let user_data = user_sqe_data(key);
         let sqe = sqe.user_data(user_data);
-        let on_main_ring = self.monitor.borrow().backend() == crate::Backend::IoUring;
+        let on_main_ring = self.backend() == Backend::IoUring;
         let pushed = if on_main_ring {
             self.monitor.borrow_mut().push_sqe(sqe)
         } else {
-            self.push_side_ring(sqe)
+            self.push_user_sqe_ring(sqe)
         };
         if let Err(err) = pushed {
-            let callback = self.sqe_callbacks.borrow_mut().remove(key);
+            let callback = self.user_sqes.callbacks.borrow_mut().remove(key);
+            // Ground rule 2.
             drop(callback);
             return Err(err);
         }
         Ok(user_data)
     }
 
-    /// Whether user SQEs can run here: on the context's own ring, or on a side ring (created now if
+    /// Whether user SQEs can run here: on the context's own ring, or on a user-SQE ring (created now if
     /// needed). The error says why not.
     pub(crate) fn ring_available(self: &Rc<Self>) -> io::Result<()> {
-        if self.monitor.borrow().backend() == crate::Backend::IoUring {
+        if self.backend() == Backend::IoUring {
             return Ok(());
         }
-        if self.side_ring.borrow().is_none() {
-            let side = self.create_side_ring()?;
-            *self.side_ring.borrow_mut() = Some(side);
+        if self.user_sqes.ring.borrow().is_none() {
+            let ring = self.create_user_sqe_ring()?;
+            *self.user_sqes.ring.borrow_mut() = Some(ring);
         }
         Ok(())
     }
 
-    fn push_side_ring(self: &Rc<Self>, sqe: squeue::Entry) -> io::Result<()> {
+    fn push_user_sqe_ring(self: &Rc<Self>, sqe: squeue::Entry) -> io::Result<()> {
         self.ring_available()?;
-        let mut guard = self.side_ring.borrow_mut();
-        let side = guard.as_mut().expect("created above");
-        side.ring.push_sqe(sqe)?;
-        side.submit.schedule();
+        let mut guard = self.user_sqes.ring.borrow_mut();
+        let ring = guard.as_mut().expect("created above");
+        ring.ring.push_sqe(sqe)?;
+        ring.submit.schedule();
         Ok(())
     }
 
-    fn create_side_ring(self: &Rc<Self>) -> io::Result<SideRing> {
-        if let Some(errno) = self.simulate_uring_errno {
+    fn create_user_sqe_ring(self: &Rc<Self>) -> io::Result<UserSqeRing> {
+        if let Some(errno) = self.user_sqes.simulate_uring_errno {
             return Err(crate::fdmon::io_uring::unavailable(
                 io::Error::from_raw_os_error(errno),
             ));
         }
-        let ring = UringMonitor::new_side_ring(
+        let ring = UringMonitor::new_user_sqe_ring(
             crate::fdmon::io_uring::DEFAULT_ENTRIES,
             Arc::clone(&self.shared.stats.uring),
         )?;
@@ -184,67 +230,67 @@ impl Inner {
         let handlers = FdHandlers::new()
             .read({
                 let weak = weak.clone();
-                move || reap_side_ring(&weak)
+                move || reap_user_sqe_ring(&weak)
             })
             .poll(
                 {
                     let weak = weak.clone();
                     move || {
-                        weak.upgrade().is_some_and(|inner| {
-                            inner
-                                .side_ring
+                        weak.upgrade().is_some_and(|home| {
+                            home.user_sqes
+                                .ring
                                 .borrow_mut()
                                 .as_mut()
-                                .is_some_and(|side| side.ring.completions_ready())
+                                .is_some_and(|ring| ring.ring.completions_ready())
                         })
                     }
                 },
                 {
                     let weak = weak.clone();
-                    move || reap_side_ring(&weak)
+                    move || reap_user_sqe_ring(&weak)
                 },
             );
         let token = self.add_handler(fd, handlers, false)?;
         let registration = FdRegistration::new(self, token, fd, None);
         let submit = Bh::new(
             self,
-            Rc::new(move || {
-                if let Some(inner) = weak.upgrade() {
-                    if let Some(side) = inner.side_ring.borrow_mut().as_mut() {
-                        side.ring.submit_pending();
+            BhCall::Repeat(Rc::new(move || {
+                if let Some(home) = weak.upgrade() {
+                    if let Some(ring) = home.user_sqes.ring.borrow_mut().as_mut() {
+                        ring.ring.submit_pending();
                     }
                 }
-            }),
+            })),
         );
-        Ok(SideRing {
+        Ok(UserSqeRing {
             ring,
             submit,
             _registration: registration,
         })
     }
 
-    /// Teardown: cancels every user SQE in flight, on the context's ring and its side ring, and waits for
+    /// Teardown: cancels every user SQE in flight, on the context's ring and its user-SQE ring, and waits for
     /// their completions; then drops the completion callbacks (and the buffers they own). The callbacks of
     /// operations the kernel could not be made to finish are leaked instead: the kernel may still write
     /// into their memory.
     pub(crate) fn cancel_all_user_sqes(&self) {
         let (done, mut stuck) = self.monitor.borrow_mut().cancel_user_ops();
         drop(done);
-        let side = self.side_ring.borrow_mut().take();
-        if let Some(mut side) = side {
-            let (done, side_stuck) = side.ring.cancel_user_ops();
+        let ring = self.user_sqes.ring.borrow_mut().take();
+        if let Some(mut ring) = ring {
+            let (done, ring_stuck) = ring.ring.cancel_user_ops();
             drop(done);
-            if side_stuck.is_empty() {
-                drop(side.ring);
+            if ring_stuck.is_empty() {
+                drop(ring.ring);
             } else {
                 // The ring must outlive those operations too.
-                std::mem::forget(side.ring);
+                std::mem::forget(ring.ring);
             }
-            stuck.extend(side_stuck);
-            drop(side.submit);
-            drop(side._registration);
+            stuck.extend(ring_stuck);
+            drop(ring.submit);
+            drop(ring._registration);
         }
-        let mut callbacks = std::mem::take(&mut *self.sqe_callbacks.borrow_mut());
+        let mut callbacks = std::mem::take(&mut *self.user_sqes.callbacks.borrow_mut());
         for key in stuck {
             if let Some(callback) = callbacks.try_remove(key) {
                 std::mem::forget(callback);
@@ -258,11 +304,12 @@ impl Inner {
     pub(crate) fn dispatch_completions(&self) -> bool {
         let mut progress = false;
         loop {
-            let next = self.completions_buf.borrow_mut().pop_front();
+            // Ground rule 1: one completion and its callback are taken out, then the callback runs.
+            let next = self.user_sqes.completions.borrow_mut().pop_front();
             let Some(c) = next else {
                 return progress;
             };
-            let callback = self.sqe_callbacks.borrow_mut().try_remove(c.key);
+            let callback = self.user_sqes.callbacks.borrow_mut().try_remove(c.key);
             if let Some(SqeCallback(f)) = callback {
                 f(SqeCompletion {
                     result: c.result,
@@ -274,15 +321,15 @@ impl Inner {
     }
 }
 
-/// Reaps the side ring's completions and runs their callbacks (from its fd handler or poll path).
-fn reap_side_ring(weak: &Weak<Inner>) {
-    let Some(inner) = weak.upgrade() else {
+/// Reaps the user-SQE ring's completions and runs their callbacks (from its fd handler or poll path).
+fn reap_user_sqe_ring(weak: &Weak<HomeState>) {
+    let Some(home) = weak.upgrade() else {
         return;
     };
     let mut completions = Vec::new();
-    if let Some(side) = inner.side_ring.borrow_mut().as_mut() {
-        let _ = side.ring.wait(0, &mut Vec::new(), &mut completions);
+    if let Some(ring) = home.user_sqes.ring.borrow_mut().as_mut() {
+        let _ = ring.ring.wait(0, &mut Vec::new(), &mut completions);
     }
-    inner.completions_buf.borrow_mut().extend(completions);
-    inner.dispatch_completions();
+    home.user_sqes.queue_completions(completions.into_iter());
+    home.dispatch_completions();
 }

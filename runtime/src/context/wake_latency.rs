@@ -22,11 +22,11 @@ const SHIFT: u32 = 3;
 
 /// The measured wake-up latency of timed waits on this context's thread.
 #[derive(Debug, Default)]
-pub(crate) struct WakeLead {
+pub(crate) struct WakeLatency {
     ns: Cell<i64>,
 }
 
-impl WakeLead {
+impl WakeLatency {
     /// Records a wait of `requested_ns` that ended, without any event, after `elapsed_ns`.
     pub(crate) fn observe_timed_out_wait(&self, requested_ns: i64, elapsed_ns: i64) {
         if requested_ns <= 0 || elapsed_ns < requested_ns {
@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn converges_to_the_observed_lateness_and_ignores_waits_cut_short() {
-        let lead = WakeLead::default();
+        let lead = WakeLatency::default();
         for _ in 0..100 {
             lead.observe_timed_out_wait(50_000, 70_000);
         }
@@ -74,14 +74,14 @@ mod tests {
 
     #[test]
     fn one_outlier_moves_the_lead_by_at_most_an_eighth_of_the_clamp() {
-        let lead = WakeLead::default();
+        let lead = WakeLatency::default();
         lead.observe_timed_out_wait(1_000, 1_000 + 10_000_000);
         assert_eq!(lead.ns(), MAX_SAMPLE_NS >> SHIFT);
     }
 
     #[test]
     fn shortens_finite_waits_only_with_polling_on_and_within_the_window() {
-        let lead = WakeLead::default();
+        let lead = WakeLatency::default();
         for _ in 0..200 {
             lead.observe_timed_out_wait(50_000, 70_000);
         }

@@ -1,22 +1,14 @@
-//! fd handlers: the callbacks the loop runs when an fd is ready or a poll function finds work.
-//!
-//! Handlers live in a slab of `Rc<HandlerNode>`. The loop never holds a borrow of the registry while a
-//! callback runs: it clones the node (an `Rc`) out first. Removing a handler marks its node deleted, so a
-//! ready-list entry or a polling pass that still holds the node skips it, and frees the slot at once; a
-//! generation number in the token keeps a stale event from reaching a newer handler in the same slot.
+//! [`FdHandlers`] and [`FdRegistration`]: the callbacks a user registers for an fd, and the handle that
+//! keeps them registered. The table that holds them is `handler_table.rs`.
 
-use std::cell::Cell;
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
 use std::rc::{Rc, Weak};
 
-use slab::Slab;
-
-use super::Inner;
-use crate::fdmon::bits;
-use crate::{sys, EventNotifier};
+use super::HomeState;
+use crate::fdmon::Interest;
+use crate::EventNotifier;
 
 /// The callbacks of one fd, QEMU's `aio_set_fd_handler` arguments.
 ///
@@ -197,259 +189,6 @@ impl FdHandlers {
     }
 }
 
-/// A poll function and the callback run when it finds work.
-pub(crate) type PollPair = (Rc<dyn Fn() -> bool>, Rc<dyn Fn()>);
-
-/// A registered handler as the loop sees it. Immutable but for the cells.
-pub(crate) struct HandlerNode {
-    pub(crate) fd: RawFd,
-    pub(crate) read: Option<Rc<dyn Fn()>>,
-    pub(crate) write: Option<Rc<dyn Fn()>>,
-    /// `poll` and `poll_ready` together, or neither.
-    pub(crate) poll: Option<PollPair>,
-    pub(crate) poll_begin: Option<Rc<dyn Fn()>>,
-    pub(crate) poll_end: Option<Rc<dyn Fn()>>,
-    /// The context's own notifier: its activity is never progress.
-    pub(crate) is_ctx_notifier: bool,
-    pub(crate) deleted: Cell<bool>,
-    /// This handler's adaptive busy-poll window in ns.
-    pub(crate) window_ns: Cell<i64>,
-    /// Set while `poll_ready` runs, so a nested poll neither polls nor dispatches this handler's poll path.
-    pub(crate) in_poll_ready: Cell<bool>,
-    /// Which of IN/OUT are wanted right now (readiness futures switch them without replacing the node).
-    pub(crate) enabled: Cell<u32>,
-    /// Whether the polling phase calls this handler's poll function: it leaves the list after finding
-    /// nothing for the context's idle timeout, and comes back when its fd fires.
-    pub(crate) polled: Cell<bool>,
-    /// When this handler leaves the poll list if its poll function keeps finding nothing (0: not
-    /// set yet; set at the next idle check).
-    pub(crate) poll_idle_deadline: Cell<i64>,
-}
-
-impl HandlerNode {
-    fn new(fd: RawFd, h: FdHandlers, is_ctx_notifier: bool) -> Self {
-        let rc = |f: Option<Box<dyn Fn()>>| f.map(Rc::from);
-        let poll = match (h.poll, h.poll_ready) {
-            (Some(p), Some(r)) => Some((Rc::from(p), Rc::from(r))),
-            _ => None,
-        };
-        Self {
-            fd,
-            read: rc(h.read),
-            write: rc(h.write),
-            poll,
-            poll_begin: rc(h.poll_begin),
-            poll_end: rc(h.poll_end),
-            is_ctx_notifier,
-            deleted: Cell::new(false),
-            window_ns: Cell::new(0),
-            in_poll_ready: Cell::new(false),
-            enabled: Cell::new(bits::IN | bits::OUT),
-            polled: Cell::new(true),
-            poll_idle_deadline: Cell::new(0),
-        }
-    }
-
-    /// The poll(2) events this handler waits for in the kernel.
-    fn events(&self) -> u32 {
-        let mut events = 0;
-        if self.read.is_some() {
-            events |= bits::IN;
-        }
-        if self.write.is_some() {
-            events |= bits::OUT;
-        }
-        events & self.enabled.get()
-    }
-}
-
-struct Slot {
-    node: Rc<HandlerNode>,
-    generation: u32,
-}
-
-/// The handler table of a context.
-#[derive(Default)]
-pub(crate) struct Registry {
-    slots: Slab<Slot>,
-    by_fd: HashMap<RawFd, usize>,
-    /// Handlers with a poll function, as a snapshot the polling phase iterates without a borrow.
-    poll_list: Rc<Vec<Rc<HandlerNode>>>,
-    /// Handlers without a poll function; while non-zero the loop does not busy-poll (QEMU's
-    /// `poll_disable_cnt`).
-    poll_disable_cnt: usize,
-    next_generation: u32,
-}
-
-fn token(key: usize, generation: u32) -> u64 {
-    (u64::from(generation) << 32) | key as u64
-}
-
-impl Registry {
-    /// The live node for a monitor token.
-    pub(crate) fn lookup(&self, token: u64) -> Option<Rc<HandlerNode>> {
-        let slot = self.slots.get((token & u64::from(u32::MAX)) as usize)?;
-        (token >> 32 == u64::from(slot.generation)).then(|| Rc::clone(&slot.node))
-    }
-
-    pub(crate) fn poll_list(&self) -> Rc<Vec<Rc<HandlerNode>>> {
-        Rc::clone(&self.poll_list)
-    }
-
-    pub(crate) fn poll_disabled(&self) -> bool {
-        self.poll_disable_cnt > 0
-    }
-
-    /// Takes `node` off the poll list or puts it back (rebuilding the list only on a change).
-    pub(crate) fn set_polled(&mut self, node: &HandlerNode, polled: bool) {
-        if node.polled.replace(polled) != polled {
-            self.rebuild_poll_list();
-        }
-    }
-
-    fn rebuild_poll_list(&mut self) {
-        self.poll_list = Rc::new(
-            self.slots
-                .iter()
-                .filter(|(_, s)| s.node.poll.is_some() && s.node.polled.get())
-                .map(|(_, s)| Rc::clone(&s.node))
-                .collect(),
-        );
-    }
-
-    fn account(&mut self, node: &HandlerNode, added: bool) {
-        if node.poll.is_none() {
-            if added {
-                self.poll_disable_cnt += 1;
-            } else {
-                self.poll_disable_cnt -= 1;
-            }
-        }
-    }
-
-    /// Drops every handler (context teardown), returning the nodes for the caller to drop unborrowed.
-    pub(crate) fn drain(&mut self) -> Vec<Rc<HandlerNode>> {
-        self.by_fd.clear();
-        self.poll_list = Rc::default();
-        self.poll_disable_cnt = 0;
-        self.slots
-            .drain()
-            .map(|s| {
-                s.node.deleted.set(true);
-                s.node
-            })
-            .collect()
-    }
-}
-
-impl Inner {
-    /// Registers handlers for `fd` and returns the monitor token.
-    pub(crate) fn add_handler(
-        &self,
-        fd: RawFd,
-        handlers: FdHandlers,
-        is_ctx_notifier: bool,
-    ) -> io::Result<u64> {
-        sys::check_fd_open(fd)?;
-        let node = Rc::new(HandlerNode::new(fd, handlers, is_ctx_notifier));
-        let mut reg = self.handlers.borrow_mut();
-        if reg.by_fd.contains_key(&fd) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "fd {fd} already has handlers in this context; change them through its \
-                     FdRegistration or drop that first"
-                ),
-            ));
-        }
-        let generation = reg.next_generation;
-        reg.next_generation = generation.wrapping_add(1);
-        let entry = reg.slots.vacant_entry();
-        let token = token(entry.key(), generation);
-        self.monitor.borrow_mut().set(fd, token, node.events())?;
-        let key = entry.key();
-        entry.insert(Slot {
-            node: Rc::clone(&node),
-            generation,
-        });
-        reg.by_fd.insert(fd, key);
-        reg.account(&node, true);
-        if node.poll.is_some() {
-            reg.rebuild_poll_list();
-        }
-        drop(reg);
-        self.shared.notify();
-        Ok(token)
-    }
-
-    /// Replaces the handlers registered under `token`. On error the old handlers stay in place.
-    pub(crate) fn update_handler(&self, token: u64, handlers: FdHandlers) -> io::Result<()> {
-        let mut reg = self.handlers.borrow_mut();
-        let Some(old) = reg.lookup(token) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "the fd handler was removed (or its context dropped)",
-            ));
-        };
-        let node = Rc::new(HandlerNode::new(old.fd, handlers, old.is_ctx_notifier));
-        self.monitor
-            .borrow_mut()
-            .set(old.fd, token, node.events())?;
-        old.deleted.set(true);
-        let key = (token & u64::from(u32::MAX)) as usize;
-        reg.slots[key].node = Rc::clone(&node);
-        reg.account(&old, false);
-        reg.account(&node, true);
-        if old.poll.is_some() || node.poll.is_some() {
-            reg.rebuild_poll_list();
-        }
-        drop(reg);
-        // `old` (and the user's closures in it) is dropped here, after the borrow ended.
-        drop(old);
-        self.shared.notify();
-        Ok(())
-    }
-
-    /// Switches which of `IN`/`OUT` the kernel watches for the handler under `token`, without replacing
-    /// it (a cheap path for readiness futures). Returns the OS error of the monitor update, if any.
-    pub(crate) fn set_interest(&self, token: u64, mask: u32) -> io::Result<()> {
-        let reg = self.handlers.borrow();
-        let Some(node) = reg.lookup(token) else {
-            return Ok(());
-        };
-        if node.enabled.get() == mask {
-            return Ok(());
-        }
-        let old = node.enabled.replace(mask);
-        let result = self.monitor.borrow_mut().set(node.fd, token, node.events());
-        if result.is_err() {
-            node.enabled.set(old);
-        }
-        result
-    }
-
-    /// Removes the handlers registered under `token`, if still there.
-    pub(crate) fn remove_handler(&self, token: u64) {
-        let removed = {
-            let mut reg = self.handlers.borrow_mut();
-            let Some(node) = reg.lookup(token) else {
-                return;
-            };
-            node.deleted.set(true);
-            self.monitor.borrow_mut().set(node.fd, token, 0).ok();
-            reg.slots.remove((token & u64::from(u32::MAX)) as usize);
-            reg.by_fd.remove(&node.fd);
-            reg.account(&node, false);
-            if node.poll.is_some() {
-                reg.rebuild_poll_list();
-            }
-            node
-        };
-        drop(removed);
-        self.shared.notify();
-    }
-}
-
 /// The registration of an fd's handlers with a context; dropping it removes them (QEMU's
 /// `aio_set_fd_handler` with all-NULL callbacks).
 ///
@@ -473,7 +212,7 @@ impl Inner {
 /// ```
 #[must_use = "dropping the registration removes the handlers at once"]
 pub struct FdRegistration {
-    ctx: Weak<Inner>,
+    ctx: Weak<HomeState>,
     token: u64,
     fd: RawFd,
     /// Keeps an event notifier's eventfd open while registered.
@@ -490,13 +229,13 @@ impl fmt::Debug for FdRegistration {
 
 impl FdRegistration {
     pub(crate) fn new(
-        inner: &Rc<Inner>,
+        home: &Rc<HomeState>,
         token: u64,
         fd: RawFd,
         notifier: Option<EventNotifier>,
     ) -> Self {
         Self {
-            ctx: Rc::downgrade(inner),
+            ctx: Rc::downgrade(home),
             token,
             fd,
             _notifier: notifier,
@@ -541,11 +280,8 @@ impl FdRegistration {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn set_interest(&self, read: bool, write: bool) -> io::Result<()> {
-        let inner = self.ctx.upgrade().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotConnected, "the context was dropped")
-        })?;
-        let mask = if read { bits::IN } else { 0 } | if write { bits::OUT } else { 0 };
-        inner.set_interest(self.token, mask)
+        self.context()?
+            .set_interest(self.token, Interest::of(read, write))
     }
 
     /// Replaces the handlers (QEMU's `aio_set_fd_handler` on a registered fd). Safe from inside any
@@ -568,17 +304,22 @@ impl FdRegistration {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn update(&self, handlers: FdHandlers) -> io::Result<()> {
-        let inner = self.ctx.upgrade().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotConnected, "the context was dropped")
-        })?;
-        inner.update_handler(self.token, handlers)
+        self.context()?.update_handler(self.token, handlers)
+    }
+}
+
+impl FdRegistration {
+    fn context(&self) -> io::Result<Rc<HomeState>> {
+        self.ctx
+            .upgrade()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the context was dropped"))
     }
 }
 
 impl Drop for FdRegistration {
     fn drop(&mut self) {
-        if let Some(inner) = self.ctx.upgrade() {
-            inner.remove_handler(self.token);
+        if let Some(home) = self.ctx.upgrade() {
+            home.remove_handler(self.token);
         }
     }
 }
