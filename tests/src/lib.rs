@@ -1,5 +1,27 @@
 //! Integration tests for aioctx, against its public API only. The tests live in `tests/tests/`; this
 //! library holds what they share.
+//!
+//! Every test file (one test binary each) is named after the subsystem it tests, so that the list of
+//! files reads as a map of the runtime and a failing binary's name says where to look:
+//!
+//! | prefix | subsystem |
+//! |---|---|
+//! | `loop_` | the AioContext loop: bottom halves, fd handlers and event notifiers, nested polls, callback timers and clocks, adaptive busy-polling and the notify_me protocol |
+//! | `monitor_` | the fd monitors (poll, epoll, io_uring): registration, selection, switching and fallback; the io_uring monitor and user SQEs |
+//! | `rt_` | the executor (tasks, `JoinHandle`, `block_on`), IOThreads and `reschedule`, the async mutex, the blocking thread pool, `#[aioctx::main]` / `#[aioctx::test]` |
+//! | `time_` | the time futures (`sleep`, `timeout`, `interval`, `Instant`) and virtual time |
+//! | `net_` | readiness futures (`aioctx::io::Async`), sockets, event-notifier waits, stream reads |
+//! | `fs_` | block I/O (`aioctx::fs::File`) |
+//! | `app_` | the example applications (the virtio-blk device model, the NBD server), their parsers, and the property-test twins of the fuzz targets |
+//! | `faults_` | fault injection: io_uring refused, fd and file-size limits, a full file system, signal storms, panicking callbacks |
+//! | `stress_` | load over time: remote BH storms, connection churn (soak) |
+//!
+//! One file stands apart: `async_send_sync.rs` pins, at compile time, which public types and futures
+//! are `Send`, `Sync` and `Unpin`.
+//!
+//! A test of loop-level behaviour runs once per backend, as one test per backend named after it
+//! (`name::poll`, `name::epoll`, `name::io_uring`), so that a failure names its backend:
+//! [`per_backend!`] for plain tests, `#[aioctx::test(backend = "all")]` for async ones.
 
 use aioctx::{AioContext, Backend};
 

@@ -1,7 +1,7 @@
 //! EMFILE (RLIMIT_NOFILE lowered, in a child process): running out of fds is an error for the call that
 //! needed one (accept, connect, open) and nothing else; the listener keeps accepting once fds are freed,
 //! a poll monitor that cannot upgrade to epoll stays on poll and keeps serving every fd, and the context
-//! serves throughout. (Creating a context without fds is checked in monitors.rs.)
+//! serves throughout. (Creating a context without fds is checked in monitor_selection.rs.)
 
 use std::io::{Read, Write};
 
