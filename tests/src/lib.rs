@@ -27,7 +27,7 @@ use aioctx::{AioContext, Backend};
 
 pub mod fuzzing;
 
-/// The backends every loop-level test runs on.
+/// The backends every loop-level test runs on (one test each: [`per_backend!`]).
 pub const BACKENDS: [Backend; 3] = [Backend::IoUring, Backend::Poll, Backend::Epoll];
 
 /// A context forced onto `backend`, panicking with a clear message if it cannot be created.
@@ -45,10 +45,25 @@ pub fn context(backend: Backend) -> AioContext {
 /// ```ignore
 /// per_backend! { fn bh_runs_once(backend) { let ctx = tests::context(backend); ... } }
 /// ```
-/// expands to a module `bh_runs_once` with tests `poll`, `epoll` and `io_uring`.
+/// expands to a module `bh_runs_once` with tests `poll`, `epoll` and `io_uring`, so that a failing test
+/// names its backend. A test that covers a subset of the backends on purpose names the subset in a
+/// `#[backends(...)]` attribute, which must come first (before any doc comment), and says why:
+///
+/// ```ignore
+/// per_backend! {
+///     #[backends(epoll, poll)]
+///     /// The readiness backends leave data in the socket (io_uring reads ahead: see ...).
+///     fn leave_data_in_the_socket(backend) { ... }
+/// }
+/// ```
+/// expands to `leave_data_in_the_socket::epoll` and `leave_data_in_the_socket::poll`. A test that runs
+/// its body in a child process finds its own name with [`per_backend_test_name`].
 #[macro_export]
 macro_rules! per_backend {
-    ($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block $($rest:tt)*) => {
+    (
+        #[backends($($b:ident),+ $(,)?)]
+        $(#[$meta:meta])* fn $name:ident($backend:ident) $body:block $($rest:tt)*
+    ) => {
         $(#[$meta])*
         mod $name {
             #[allow(unused_imports)]
@@ -56,24 +71,65 @@ macro_rules! per_backend {
 
             fn run($backend: aioctx::Backend) $body
 
-            #[test]
-            fn poll() {
-                run(aioctx::Backend::Poll)
-            }
-
-            #[test]
-            fn epoll() {
-                run(aioctx::Backend::Epoll)
-            }
-
-            #[test]
-            fn io_uring() {
-                run(aioctx::Backend::IoUring)
-            }
+            $(
+                #[test]
+                fn $b() {
+                    run($crate::__backend_named!($b))
+                }
+            )+
         }
         $crate::per_backend! { $($rest)* }
     };
+    ($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block $($rest:tt)*) => {
+        $crate::per_backend! {
+            #[backends(poll, epoll, io_uring)]
+            $(#[$meta])* fn $name($backend) $body $($rest)*
+        }
+    };
     () => {};
+}
+
+/// The backend a [`per_backend!`] test is named after (`poll`, `epoll`, `io_uring`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __backend_named {
+    (poll) => {
+        aioctx::Backend::Poll
+    };
+    (epoll) => {
+        aioctx::Backend::Epoll
+    };
+    (io_uring) => {
+        aioctx::Backend::IoUring
+    };
+}
+
+/// The full name, as the test harness knows it, of the [`per_backend!`] test for `backend`, given the
+/// `module_path!()` of its body: what [`run_in_child`] needs to re-run that very test.
+///
+/// ```ignore
+/// per_backend! {
+///     fn storm(backend) {
+///         let name = tests::per_backend_test_name(module_path!(), backend);
+///         if tests::child_expectation(&name).is_none() {
+///             return tests::run_in_child(&name, &[]);
+///         }
+///         // ... the body, in the child ...
+///     }
+/// }
+/// ```
+pub fn per_backend_test_name(module_path: &str, backend: Backend) -> String {
+    // The test binary's crate name comes first; the harness leaves it out.
+    let (_crate, path) = module_path
+        .split_once("::")
+        .expect("a per_backend! body lives in the test's own module");
+    let test = match backend {
+        Backend::Poll => "poll",
+        Backend::Epoll => "epoll",
+        Backend::IoUring => "io_uring",
+        other => panic!("per_backend! makes no test for {other:?}"),
+    };
+    format!("{path}::{test}")
 }
 
 /// How long a test waits for something that should take microseconds before it fails instead of hanging.
