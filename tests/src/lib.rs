@@ -27,9 +27,6 @@ use aioctx::{AioContext, Backend};
 
 pub mod fuzzing;
 
-/// The backends every loop-level test runs on (one test each: [`per_backend!`]).
-pub const BACKENDS: [Backend; 3] = [Backend::IoUring, Backend::Poll, Backend::Epoll];
-
 /// A context forced onto `backend`, panicking with a clear message if it cannot be created.
 pub fn context(backend: Backend) -> AioContext {
     let ctx = AioContext::builder()
