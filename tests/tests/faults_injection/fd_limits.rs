@@ -9,9 +9,7 @@ use aioctx::fs::File;
 use aioctx::net::{TcpListener, TcpStream};
 use aioctx::{Backend, EventNotifier};
 use futures::{AsyncReadExt, AsyncWriteExt};
-use tests::{
-    child_expectation, counting_notifier, os_error, per_backend, run_in_child, Guard,
-};
+use tests::{child_expectation, counting_notifier, os_error, per_backend, run_in_child, Guard};
 
 use crate::common::assert_context_serves;
 use tests::{FdHoard, TempPath};
