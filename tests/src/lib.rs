@@ -21,7 +21,9 @@
 //!
 //! A test of loop-level behaviour runs once per backend, as one test per backend named after it
 //! (`name::poll`, `name::epoll`, `name::io_uring`), so that a failure names its backend:
-//! [`per_backend!`] for plain tests, `#[aioctx::test(backend = "all")]` for async ones.
+//! [`per_backend!`] for plain tests (`#[backends(epoll, poll)]` for a subset kept on purpose, and
+//! the test says why), `#[aioctx::test(backend = "all")]` for async ones. No test loops over backends
+//! inside one test, except where it compares them (then every assertion names its backend).
 
 use aioctx::{AioContext, Backend};
 
