@@ -1,5 +1,5 @@
 //! What the fuzz targets in `tests/fuzz` run, shared with their property-test twins in
-//! `tests/tests/fuzz_properties.rs`: each function takes arbitrary bytes, feeds them to a parser of
+//! `tests/tests/app_fuzz_properties.rs`: each function takes arbitrary bytes, feeds them to a parser of
 //! untrusted input, and panics if the parser panics or breaks one of its documented promises. A fuzzer
 //! explores the bytes; the property tests build structured inputs that reach the accepting paths.
 

@@ -1,7 +1,7 @@
 //! EMFILE (RLIMIT_NOFILE lowered, in a child process): running out of fds is an error for the call that
 //! needed one (accept, connect, open) and nothing else; the listener keeps accepting once fds are freed,
 //! a poll monitor that cannot upgrade to epoll stays on poll and keeps serving every fd, and the context
-//! serves throughout. (Creating a context without fds is checked in monitors.rs.)
+//! serves throughout. (Creating a context without fds is checked in monitor_selection.rs.)
 
 use std::io::{Read, Write};
 
@@ -9,7 +9,7 @@ use aioctx::fs::File;
 use aioctx::net::{TcpListener, TcpStream};
 use aioctx::{Backend, EventNotifier};
 use futures::{AsyncReadExt, AsyncWriteExt};
-use tests::{child_expectation, counting_notifier, os_error, run_in_child, Guard, BACKENDS};
+use tests::{child_expectation, counting_notifier, os_error, per_backend, run_in_child, Guard};
 
 use crate::common::assert_context_serves;
 use tests::{FdHoard, TempPath};
@@ -64,14 +64,13 @@ fn accept_and_connect_on(backend: Backend) {
     assert_context_serves(&ctx);
 }
 
-#[test]
-fn emfile_fails_accept_connect_and_open_only() {
-    const NAME: &str = "fd_limits::emfile_fails_accept_connect_and_open_only";
-    if child_expectation(NAME).is_none() {
-        // A child: lowering RLIMIT_NOFILE would break every other test in this process.
-        return run_in_child(NAME, &[]);
-    }
-    for backend in BACKENDS {
+per_backend! {
+    fn emfile_fails_accept_connect_and_open_only(backend) {
+        let name = tests::per_backend_test_name(module_path!(), backend);
+        if child_expectation(&name).is_none() {
+            // A child: lowering RLIMIT_NOFILE would break every other test in this process.
+            return run_in_child(&name, &[]);
+        }
         accept_and_connect_on(backend);
     }
 }

@@ -1,14 +1,14 @@
 //! The nbd-server example (`examples::nbd`) against real NBD clients: qemu-io, qemu-img (from
 //! qemu-utils; a missing tool fails the test), and a Rust client that sends malformed and random
-//! request sequences (see `nbd/hostile.rs`, `nbd/model.rs`).
+//! request sequences (see `app_nbd_server/hostile.rs`, `app_nbd_server/model.rs`).
 
-#[path = "nbd/client.rs"]
+#[path = "app_nbd_server/client.rs"]
 mod client;
-#[path = "nbd/hostile.rs"]
+#[path = "app_nbd_server/hostile.rs"]
 mod hostile;
-#[path = "nbd/model.rs"]
+#[path = "app_nbd_server/model.rs"]
 mod model;
-#[path = "nbd/parsers.rs"]
+#[path = "app_nbd_server/parsers.rs"]
 mod parsers;
 
 use std::process::Command;

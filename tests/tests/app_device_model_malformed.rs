@@ -2,7 +2,7 @@
 //! kind, each checking the status the guest sees (or that nothing is written where there is no status
 //! byte) and that the device still serves correctly afterwards.
 
-#[path = "device_model/rig.rs"]
+#[path = "app_device_model/rig.rs"]
 mod rig;
 
 use aioctx::Backend;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use aioctx::io_uring::{opcode, types};
 use aioctx::{AioContext, Backend, EventNotifier, FdHandlers, PollParams, SqeCompletion};
+use tests::per_backend;
 
 fn uring() -> AioContext {
     AioContext::builder()
@@ -249,11 +250,11 @@ fn sqes_batch_into_one_enter_at_the_next_wait() {
     assert_eq!(done.get(), 16);
 }
 
-/// On epoll and poll, user SQEs go on a side ring watched by the context; they fail only when the
-/// kernel refuses io_uring.
-#[test]
-fn add_sqe_on_epoll_and_poll_uses_a_side_ring() {
-    for backend in [Backend::Epoll, Backend::Poll] {
+per_backend! {
+    #[backends(epoll, poll)]
+    /// On epoll and poll, user SQEs go on a side ring watched by the context; they fail only when the
+    /// kernel refuses io_uring. (On io_uring they go on the context's own ring: the tests above.)
+    fn add_sqe_on_epoll_and_poll_uses_a_side_ring(backend) {
         let ctx = AioContext::builder().backend(backend).build().unwrap();
         let done = Rc::new(Cell::new(0));
         for _ in 0..3 {

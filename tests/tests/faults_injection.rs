@@ -8,15 +8,15 @@
 //!
 //! (The crate root of a test target resolves `mod` paths beside itself, hence the `#[path]`s.)
 
-#[path = "faults/common.rs"]
+#[path = "faults_injection/common.rs"]
 mod common;
-#[path = "faults/fd_limits.rs"]
+#[path = "faults_injection/fd_limits.rs"]
 mod fd_limits;
-#[path = "faults/io_uring_refused.rs"]
+#[path = "faults_injection/io_uring_refused.rs"]
 mod io_uring_refused;
-#[path = "faults/panics.rs"]
+#[path = "faults_injection/panics.rs"]
 mod panics;
-#[path = "faults/signals.rs"]
+#[path = "faults_injection/signals.rs"]
 mod signals;
-#[path = "faults/write_limits.rs"]
+#[path = "faults_injection/write_limits.rs"]
 mod write_limits;

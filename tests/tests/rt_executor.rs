@@ -324,70 +324,66 @@ per_backend! {
     }
 }
 
-/// Millions of remote wakes from several threads, none lost: each thread sends a counter through a
-/// channel-free path (waking a task by an AtomicWaker) and the task counts what it observes. Bounded.
-#[test]
-fn remote_wake_stress() {
-    for backend in tests::BACKENDS {
-        remote_wake_stress_on(backend);
-    }
-}
-
-fn remote_wake_stress_on(backend: aioctx::Backend) {
-    use futures::task::AtomicWaker;
-    const THREADS: usize = 3;
-    const WAKES: usize = 200_000;
-    let ctx = AioContext::builder()
-        .backend(backend)
-        .poll_max_ns(32_768)
-        .build()
-        .unwrap();
-    let waker = Arc::new(AtomicWaker::new());
-    let sent = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let task = ctx.spawn_local({
-        let (waker, sent) = (waker.clone(), sent.clone());
-        std::future::poll_fn(move |cx| {
-            waker.register(cx.waker());
-            if sent.load(Ordering::Acquire) == THREADS * WAKES {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-    });
-    let threads: Vec<_> = (0..THREADS)
-        .map(|_| {
+per_backend! {
+    /// Millions of remote wakes from several threads, none lost: each thread sends a counter through a
+    /// channel-free path (waking a task by an AtomicWaker) and the task counts what it observes.
+    /// Bounded.
+    fn remote_wake_stress(backend) {
+        use futures::task::AtomicWaker;
+        const THREADS: usize = 3;
+        const WAKES: usize = 200_000;
+        let ctx = AioContext::builder()
+            .backend(backend)
+            .poll_max_ns(32_768)
+            .build()
+            .unwrap();
+        let waker = Arc::new(AtomicWaker::new());
+        let sent = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let task = ctx.spawn_local({
             let (waker, sent) = (waker.clone(), sent.clone());
-            std::thread::spawn(move || {
-                for _ in 0..WAKES {
-                    sent.fetch_add(1, Ordering::AcqRel);
-                    waker.wake();
+            std::future::poll_fn(move |cx| {
+                waker.register(cx.waker());
+                if sent.load(Ordering::Acquire) == THREADS * WAKES {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
                 }
             })
-        })
-        .collect();
-    let watchdog = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let start = std::time::Instant::now();
-            while !done.load(Ordering::Acquire) {
-                if start.elapsed() > Duration::from_secs(60) {
-                    eprintln!("remote_wake_stress: the final wake was lost");
-                    std::process::abort();
+        });
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (waker, sent) = (waker.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..WAKES {
+                        sent.fetch_add(1, Ordering::AcqRel);
+                        waker.wake();
+                    }
+                })
+            })
+            .collect();
+        let watchdog = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                while !done.load(Ordering::Acquire) {
+                    if start.elapsed() > Duration::from_secs(60) {
+                        eprintln!("remote_wake_stress ({backend:?}): the final wake was lost");
+                        std::process::abort();
+                    }
+                    std::thread::park_timeout(Duration::from_millis(50));
                 }
-                std::thread::park_timeout(Duration::from_millis(50));
-            }
-        })
-    };
-    ctx.block_on(task).unwrap();
-    done.store(true, Ordering::Release);
-    for t in threads {
-        t.join().unwrap();
+            })
+        };
+        ctx.block_on(task).unwrap();
+        done.store(true, Ordering::Release);
+        for t in threads {
+            t.join().unwrap();
+        }
+        watchdog.join().unwrap();
+        let s = ctx.stats();
+        assert!(s.tasks_run <= (THREADS * WAKES) as u64 + 1, "{s:?}");
     }
-    watchdog.join().unwrap();
-    let s = ctx.stats();
-    assert!(s.tasks_run <= (THREADS * WAKES) as u64 + 1, "{s:?}");
 }
 
 #[test]

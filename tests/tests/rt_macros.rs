@@ -1,6 +1,6 @@
 //! `#[aioctx::test]` used for real: a fresh context per test, the options (`backend`, `backend = "all"`,
 //! `start_paused`, `poll_max_ns`), kept attributes (`#[should_panic]`, doc comments), and `Result`
-//! returns. The compile errors of misuse are in `macros_ui.rs`.
+//! returns. The compile errors of misuse are in `rt_macros_ui.rs`.
 
 use std::time::Duration;
 

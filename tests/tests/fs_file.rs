@@ -7,7 +7,7 @@ use std::time::Duration;
 use aioctx::fs::{AlignedBuf, File, IoEngine};
 use aioctx::{AioContext, Backend};
 use proptest::prelude::*;
-use tests::TempPath;
+use tests::{per_backend, TempPath};
 
 #[derive(Clone, Copy, Debug)]
 struct Setup {
@@ -375,12 +375,12 @@ fn reads_past_eof_are_short_and_writes_to_read_only_files_fail() {
     }
 }
 
-/// A read dropped while in flight: the buffer must stay valid until the kernel completes it. Run under
-/// valgrind and ASan in CI, which check our own handling of the operation's cell (neither sees the
-/// kernel's write itself; see RELIABILITY.md).
-#[test]
-fn dropped_in_flight_read_keeps_its_buffer_alive() {
-    for backend in [Backend::IoUring, Backend::Epoll] {
+per_backend! {
+    /// A read dropped while in flight: the buffer must stay valid until the kernel completes it. Run
+    /// under valgrind and ASan in CI, which check our own handling of the operation's cell (neither sees
+    /// the kernel's write itself; see RELIABILITY.md). On io_uring the read is on the context's ring; on
+    /// epoll and poll on the side ring, whose fd each of them watches its own way.
+    fn dropped_in_flight_read_keeps_its_buffer_alive(backend) {
         let ctx = AioContext::builder().backend(backend).build().unwrap();
         let (rd, wr) = std::os::unix::net::UnixStream::pair().unwrap();
         ctx.block_on(async {
@@ -404,11 +404,10 @@ fn dropped_in_flight_read_keeps_its_buffer_alive() {
     }
 }
 
-/// The raw vectored API copies the iovec array: a caller may drop it (and its future) while the
-/// operation is in flight, keeping only the memory the iovecs describe alive.
-#[test]
-fn dropped_in_flight_raw_readv_needs_only_its_memory() {
-    for backend in [Backend::IoUring, Backend::Epoll] {
+per_backend! {
+    /// The raw vectored API copies the iovec array: a caller may drop it (and its future) while the
+    /// operation is in flight, keeping only the memory the iovecs describe alive.
+    fn dropped_in_flight_raw_readv_needs_only_its_memory(backend) {
         let ctx = AioContext::builder().backend(backend).build().unwrap();
         let (rd, wr) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut memory = vec![0u8; 2 * 512];
@@ -498,13 +497,12 @@ fn fds_open_on(path: &std::path::Path) -> usize {
         .count()
 }
 
-/// An open on the ring (OPENAT) whose future is dropped while the kernel is still opening: the fd the
-/// kernel returns later is closed, not leaked. A FIFO's open for writing blocks until a reader comes
-/// (`create` keeps io_uring from trying a non-blocking open first).
-#[test]
-fn dropped_open_on_the_ring_closes_the_late_fd() {
-    use std::os::unix::fs::OpenOptionsExt;
-    for backend in [Backend::IoUring, Backend::Epoll] {
+per_backend! {
+    /// An open on the ring (OPENAT) whose future is dropped while the kernel is still opening: the fd
+    /// the kernel returns later is closed, not leaked. A FIFO's open for writing blocks until a reader
+    /// comes (`create` keeps io_uring from trying a non-blocking open first).
+    fn dropped_open_on_the_ring_closes_the_late_fd(backend) {
+        use std::os::unix::fs::OpenOptionsExt;
         let ctx = AioContext::builder().backend(backend).build().unwrap();
         let path = TempPath::new("fifo");
         let c_path = std::ffi::CString::new(path.0.to_str().unwrap()).unwrap();

@@ -1,8 +1,10 @@
 //! A signal storm: SIGALRM every 100 us from `setitimer(ITIMER_REAL)` and every 100 us from a POSIX
-//! timer aimed at the loop thread, its handler installed without SA_RESTART, so that every blocking syscall of the loop (ppoll, epoll_pwait2, io_uring_enter) and of the
-//! thread pool may fail with EINTR. On every backend, for about half a second each, the loop keeps its
-//! promises: timers fire in deadline order and never early, every cross-thread BH, fd event and task is
-//! delivered exactly once, block I/O and a TCP echo complete, and no EINTR reaches the user.
+//! timer aimed at the loop thread, its handler installed without SA_RESTART, so that every blocking
+//! syscall of the loop (ppoll, epoll_pwait2, io_uring_enter) and of the thread pool may fail with
+//! EINTR. On every backend (one test each, in a child process of its own), for about half a second,
+//! the loop keeps its promises: timers fire in deadline order and never early, every cross-thread BH,
+//! fd event and task is delivered exactly once, block I/O and a TCP echo complete, and no EINTR reaches
+//! the user.
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
@@ -16,7 +18,7 @@ use std::time::Duration;
 use aioctx::fs::File;
 use aioctx::time::{Clock, Instant};
 use aioctx::{Backend, FdHandlers};
-use tests::{child_expectation, run_in_child, Guard, BACKENDS};
+use tests::{child_expectation, per_backend, run_in_child, Guard};
 
 use tests::TempPath;
 
@@ -272,20 +274,19 @@ fn storm_on(backend: Backend) {
     eprintln!("{backend:?}: {hits} signals on the loop thread, {waits} blocking waits");
 }
 
-#[test]
-fn signal_storm_during_waits_breaks_nothing() {
-    const NAME: &str = "signals::signal_storm_during_waits_breaks_nothing";
-    if child_expectation(NAME).is_none() {
-        // A child: the signal disposition and the interval timer are process-wide.
-        return run_in_child(NAME, &[]);
-    }
-    LOOP_TID.store(gettid(), Ordering::Relaxed);
-    let timer = start_storm(gettid());
-    for backend in BACKENDS {
+per_backend! {
+    fn signal_storm_during_waits_breaks_nothing(backend) {
+        let name = tests::per_backend_test_name(module_path!(), backend);
+        if child_expectation(&name).is_none() {
+            // A child: the signal disposition and the interval timer are process-wide.
+            return run_in_child(&name, &[]);
+        }
+        LOOP_TID.store(gettid(), Ordering::Relaxed);
+        let timer = start_storm(gettid());
         storm_on(backend);
+        set_itimer(0);
+        set_posix_timer(timer, 0);
+        // SAFETY: `timer` came from timer_create and is deleted once.
+        assert_eq!(unsafe { libc::timer_delete(timer) }, 0);
     }
-    set_itimer(0);
-    set_posix_timer(timer, 0);
-    // SAFETY: `timer` came from timer_create and is deleted once.
-    assert_eq!(unsafe { libc::timer_delete(timer) }, 0);
 }

@@ -499,112 +499,99 @@ per_backend! {
     }
 }
 
-/// QEMU's test-nested-aio-poll.c: a poll_ready callback that runs a nested blocking poll must not be
-/// re-entered by it, even though its poll function keeps returning true.
-fn nested_poll_does_not_reenter_poll_ready(backend: aioctx::Backend) {
-    let ctx = Rc::new(
-        AioContext::builder()
-            .backend(backend)
-            .poll_params(PollParams {
-                // Wide enough that no stall of a loaded machine makes the first event shrink it to 0.
-                max_ns: 100_000_000,
-                grow: 2,
-                shrink: 2,
-            })
-            .build()
-            .unwrap(),
-    );
-    let guard = tests::Guard::new(&ctx);
-    let poll_notifier = EventNotifier::new().unwrap();
-    let dummy = EventNotifier::new().unwrap();
-    let nested = Rc::new(Cell::new(false));
-    let ready_calls = Rc::new(Cell::new(0));
-    let dummy_reads = Rc::new(Cell::new(0));
-
-    let _poll_reg = ctx
-        .set_fd_handler(
-            poll_notifier.as_raw_fd(),
-            FdHandlers::new()
-                .read({
-                    let n = poll_notifier.clone();
-                    move || {
-                        n.test_and_clear().unwrap();
-                    }
+per_backend! {
+    /// QEMU's test-nested-aio-poll.c: a poll_ready callback that runs a nested blocking poll must not
+    /// be re-entered by it, even though its poll function keeps returning true.
+    fn nested_aio_poll_does_not_reenter_poll_ready(backend) {
+        let ctx = Rc::new(
+            AioContext::builder()
+                .backend(backend)
+                .poll_params(PollParams {
+                    // Wide enough that no stall of a loaded machine makes the first event shrink it to 0.
+                    max_ns: 100_000_000,
+                    grow: 2,
+                    shrink: 2,
                 })
-                .poll(|| true, {
-                    let (ctx, nested, ready_calls, dummy) = (
-                        Rc::downgrade(&ctx),
-                        nested.clone(),
-                        ready_calls.clone(),
-                        dummy.clone(),
-                    );
-                    move || {
-                        assert!(!nested.get(), "poll_ready re-entered by a nested poll");
-                        nested.set(true);
-                        ready_calls.set(ready_calls.get() + 1);
-                        dummy.set().unwrap();
-                        let ctx = ctx.upgrade().unwrap();
-                        let mut rounds = 0;
-                        while !ctx.poll(true) {
-                            rounds += 1;
-                            assert!(
-                                rounds < 1000,
-                                "the nested poll never saw the dummy notifier"
-                            );
+                .build()
+                .unwrap(),
+        );
+        let guard = tests::Guard::new(&ctx);
+        let poll_notifier = EventNotifier::new().unwrap();
+        let dummy = EventNotifier::new().unwrap();
+        let nested = Rc::new(Cell::new(false));
+        let ready_calls = Rc::new(Cell::new(0));
+        let dummy_reads = Rc::new(Cell::new(0));
+
+        let _poll_reg = ctx
+            .set_fd_handler(
+                poll_notifier.as_raw_fd(),
+                FdHandlers::new()
+                    .read({
+                        let n = poll_notifier.clone();
+                        move || {
+                            n.test_and_clear().unwrap();
                         }
-                        nested.set(false);
-                    }
-                }),
-        )
-        .unwrap();
-    let _dummy_reg = ctx
-        .set_fd_handler(
-            dummy.as_raw_fd(),
-            FdHandlers::new()
-                .read({
-                    let (dummy, reads) = (dummy.clone(), dummy_reads.clone());
-                    move || {
-                        dummy.test_and_clear().unwrap();
-                        reads.set(reads.get() + 1);
-                    }
-                })
-                .poll(|| false, || {}),
-        )
-        .unwrap();
+                    })
+                    .poll(|| true, {
+                        let (ctx, nested, ready_calls, dummy) = (
+                            Rc::downgrade(&ctx),
+                            nested.clone(),
+                            ready_calls.clone(),
+                            dummy.clone(),
+                        );
+                        move || {
+                            assert!(!nested.get(), "poll_ready re-entered by a nested poll");
+                            nested.set(true);
+                            ready_calls.set(ready_calls.get() + 1);
+                            dummy.set().unwrap();
+                            let ctx = ctx.upgrade().unwrap();
+                            let mut rounds = 0;
+                            while !ctx.poll(true) {
+                                rounds += 1;
+                                assert!(
+                                    rounds < 1000,
+                                    "the nested poll never saw the dummy notifier"
+                                );
+                            }
+                            nested.set(false);
+                        }
+                    }),
+            )
+            .unwrap();
+        let _dummy_reg = ctx
+            .set_fd_handler(
+                dummy.as_raw_fd(),
+                FdHandlers::new()
+                    .read({
+                        let (dummy, reads) = (dummy.clone(), dummy_reads.clone());
+                        move || {
+                            dummy.test_and_clear().unwrap();
+                            reads.set(reads.get() + 1);
+                        }
+                    })
+                    .poll(|| false, || {}),
+            )
+            .unwrap();
 
-    // Polling windows start at 0: a first fd event grows the window so the loop starts busy-polling.
-    // (Kicking again would not help on io_uring: a kick made before the iteration is a completion
-    // already, which makes the loop skip polling.) The guard turns a lost window into a failure.
-    poll_notifier.set().unwrap();
-    let mut iterations = 0;
-    while ready_calls.get() < 3 {
-        assert!(!guard.expired(), "the loop slept instead of polling");
-        ctx.poll(true);
-        iterations += 1;
-        assert!(
-            iterations < 1000,
-            "poll_ready was never reached through busy-polling"
+        // Polling windows start at 0: a first fd event grows the window so the loop starts busy-polling.
+        // (Kicking again would not help on io_uring: a kick made before the iteration is a completion
+        // already, which makes the loop skip polling.) The guard turns a lost window into a failure.
+        poll_notifier.set().unwrap();
+        let mut iterations = 0;
+        while ready_calls.get() < 3 {
+            assert!(!guard.expired(), "the loop slept instead of polling");
+            ctx.poll(true);
+            iterations += 1;
+            assert!(
+                iterations < 1000,
+                "poll_ready was never reached through busy-polling"
+            );
+        }
+        assert!(!nested.get());
+        assert_eq!(
+            dummy_reads.get(),
+            ready_calls.get(),
+            "each nested poll was ended by the dummy notifier"
         );
     }
-    assert!(!nested.get());
-    assert_eq!(
-        dummy_reads.get(),
-        ready_calls.get(),
-        "each nested poll was ended by the dummy notifier"
-    );
-}
-
-#[test]
-fn nested_aio_poll_poll() {
-    nested_poll_does_not_reenter_poll_ready(aioctx::Backend::Poll);
-}
-
-#[test]
-fn nested_aio_poll_epoll() {
-    nested_poll_does_not_reenter_poll_ready(aioctx::Backend::Epoll);
-}
-
-#[test]
-fn nested_aio_poll_io_uring() {
-    nested_poll_does_not_reenter_poll_ready(aioctx::Backend::IoUring);
 }

@@ -1,9 +1,9 @@
 //! The virtio-blk device model (examples::virtio_blk) run in-process: an aioctx IoThread serves the
 //! queue, this thread is the guest's vCPU. Every request type with its data checked (in guest memory
 //! and in the disk image), full workloads with every read verified, interrupt suppression, stopping,
-//! and a guest that breaks the ring. Malformed chains: `device_model_malformed.rs`.
+//! and a guest that breaks the ring. Malformed chains: `app_device_model_malformed.rs`.
 
-#[path = "device_model/rig.rs"]
+#[path = "app_device_model/rig.rs"]
 mod rig;
 
 use std::io::ErrorKind;

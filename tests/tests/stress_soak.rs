@@ -5,7 +5,7 @@
 //! connection is a leaked fd), and RSS grown by at most max(16 MiB, 25%).
 
 #[allow(dead_code)]
-#[path = "nbd/client.rs"]
+#[path = "app_nbd_server/client.rs"]
 mod client;
 
 use std::net::SocketAddr;
