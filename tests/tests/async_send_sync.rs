@@ -202,7 +202,7 @@ mod task {
     async_assert_fn!(aioctx::AioContext::spawn_blocking(_, fn() -> YY): Send & Sync & Unpin);
     async_assert_fn!(aioctx::Remote::spawn(_, BoxFutureSend<YY>): Send & Sync & Unpin);
     async_assert_fn!(
-        aioctx::Remote::spawn_local(_, fn() -> BoxFuture<YY>): Send & Sync & Unpin
+        aioctx::Remote::spawn_local_with(_, fn() -> BoxFuture<YY>): Send & Sync & Unpin
     );
 }
 

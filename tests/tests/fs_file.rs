@@ -1,5 +1,5 @@
 //! Block I/O: randomized sequences of writes, reads, write-zeroes, discards, truncations and syncs checked
-//! against an in-memory model, on every engine (io_uring on the context's ring, io_uring on a side ring
+//! against an in-memory model, on every engine (io_uring on the context's ring, io_uring on a user-SQE ring
 //! beside epoll, the thread pool), buffered and O_DIRECT; plus the bad-input and lifetime cases.
 
 use std::time::Duration;
@@ -379,7 +379,7 @@ per_backend! {
     /// A read dropped while in flight: the buffer must stay valid until the kernel completes it. Run
     /// under valgrind and ASan in CI, which check our own handling of the operation's cell (neither sees
     /// the kernel's write itself; see RELIABILITY.md). On io_uring the read is on the context's ring; on
-    /// epoll and poll on the side ring, whose fd each of them watches its own way.
+    /// epoll and poll on the user-SQE ring, whose fd each of them watches its own way.
     fn dropped_in_flight_read_keeps_its_buffer_alive(backend) {
         let ctx = AioContext::builder().backend(backend).build().unwrap();
         let (rd, wr) = std::os::unix::net::UnixStream::pair().unwrap();

@@ -252,9 +252,9 @@ fn sqes_batch_into_one_enter_at_the_next_wait() {
 
 per_backend! {
     #[backends(epoll, poll)]
-    /// On epoll and poll, user SQEs go on a side ring watched by the context; they fail only when the
+    /// On epoll and poll, user SQEs go on a user-SQE ring watched by the context; they fail only when the
     /// kernel refuses io_uring. (On io_uring they go on the context's own ring: the tests above.)
-    fn add_sqe_on_epoll_and_poll_uses_a_side_ring(backend) {
+    fn add_sqe_on_epoll_and_poll_uses_a_user_sqe_ring(backend) {
         let ctx = AioContext::builder().backend(backend).build().unwrap();
         let done = Rc::new(Cell::new(0));
         for _ in 0..3 {

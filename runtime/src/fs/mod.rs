@@ -5,7 +5,7 @@
 //!
 //! Operations are SQEs on the ring of the context that runs the task ([`AioContext::add_sqe`](crate::AioContext::add_sqe)): the
 //! context's own ring on the io_uring backend (batched with its fd polls into one `io_uring_enter` per
-//! iteration, completions found by the polling phase without a syscall), or a side ring of the context on
+//! iteration, completions found by the polling phase without a syscall), or the context's user-SQE ring on
 //! the epoll and poll backends. Where the kernel refuses io_uring, they run on the context's blocking
 //! thread pool (`pread`/`pwrite`), whose results come back through the loop. [`File::engine`] tells which;
 //! [`OpenOptions::engine`] forces one (for tests and comparisons). Opening a file is an operation of its

@@ -19,7 +19,7 @@ fn assert_falls_back(ctx: AioContext, errno: i32) {
 
     let path = TempPath::new("refused");
     ctx.block_on(async {
-        // Auto picks the thread pool where there is no ring (not even a side ring).
+        // Auto picks the thread pool where there is no ring (not even a user-SQE ring).
         let f = File::create(&path.0).await.unwrap();
         assert_eq!(f.engine(), IoEngine::ThreadPool);
         let (res, _) = f.write_all_at(vec![0x5a; 8192], 4096).await;

@@ -44,7 +44,7 @@ enum Transfer {
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum IoEngine {
-    /// io_uring if the kernel allows it (the context's own ring, or its side ring on epoll/poll), else
+    /// io_uring if the kernel allows it (the context's own ring, or its user-SQE ring on epoll/poll), else
     /// the thread pool. Resolved when the file is opened.
     #[default]
     Auto,
