@@ -184,6 +184,8 @@ impl IoThreadBuilder {
                     if ready_tx.send(Ok((ctx.remote(), tid))).is_err() {
                         return;
                     }
+                    // Acquire pairs with the Release stores in `stop_and_join` (both run on this thread
+                    // in practice: a BH or the IOThread's own code clears the flag).
                     while running.load(Ordering::Acquire) {
                         ctx.poll(true);
                     }

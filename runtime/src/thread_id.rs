@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A process-unique number for the calling thread (cheaper than `thread::current().id()`).
 pub(crate) fn thread_token() -> u64 {
-    // Relaxed: the counter only has to hand out distinct numbers; nothing is published through it.
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local! {
         static TOKEN: Cell<u64> = const { Cell::new(0) };
@@ -16,6 +15,7 @@ pub(crate) fn thread_token() -> u64 {
     TOKEN.with(|t| {
         let mut v = t.get();
         if v == 0 {
+            // Relaxed: the counter only hands out distinct numbers; nothing is published through it.
             v = NEXT.fetch_add(1, Ordering::Relaxed);
             t.set(v);
         }

@@ -216,7 +216,7 @@ impl HomeState {
 mod tests {
     use std::time::Duration;
 
-    use crate::time::Clock;
+    use crate::timers::Clock;
     use crate::AioContext;
 
     use super::super::bh::IDLE_BH_TIMEOUT_NS;

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::time::Clock;
+use crate::timers::Clock;
 use crate::{AioContext, Backend};
 
 /// `IORING_SQ_TASKRUN` in the SQ ring's flags word.

@@ -20,8 +20,6 @@ pub(crate) trait TaskStep: Send + Sync + 'static {
     fn cancel_all(&self);
     /// Teardown, after user SQEs are done: refuses new tasks and drops any that slipped in.
     fn close(&self);
-    /// The executor itself, for the layer that implements it.
-    fn as_any(&self) -> &dyn Any;
     /// The executor itself, shared, for the layer that implements it.
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }

@@ -48,13 +48,13 @@ impl WakeLatency {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn ns(&self) -> i64 {
         self.ns.get()
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

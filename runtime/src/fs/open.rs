@@ -6,7 +6,6 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
 
 use io_uring::{opcode, types};
@@ -247,7 +246,7 @@ impl OpenOptions {
         Ok(File {
             fd: Arc::new(fd),
             direct: self.direct,
-            engine: AtomicU8::new(engine.to_u8()),
+            engine,
         })
     }
 

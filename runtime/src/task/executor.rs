@@ -16,7 +16,7 @@ use slab::Slab;
 use super::queue::RunQueues;
 use super::spawn::{run_ready_tasks, Runnable};
 use crate::context::notify::Wakeup;
-use crate::context::{HomeState, SharedState, TaskStep, TaskStepSeed};
+use crate::context::{SharedState, TaskStep, TaskStepSeed};
 use crate::thread_id::{thread_token, HomeCell};
 
 pub(crate) struct Executor {
@@ -49,15 +49,6 @@ impl Executor {
         })
     }
 
-    /// The executor of a context running on this thread.
-    pub(crate) fn of(home: &HomeState) -> &Executor {
-        home.shared()
-            .tasks()
-            .as_any()
-            .downcast_ref()
-            .expect("every context's task step is an Executor")
-    }
-
     /// The executor of any context, shared.
     pub(crate) fn shared_of(shared: &SharedState) -> Arc<Executor> {
         Arc::clone(shared.tasks())
@@ -71,17 +62,23 @@ impl Executor {
         self.context_id
     }
 
-    /// The schedule function of every task of this context.
-    pub(crate) fn schedule(&self, runnable: Runnable) {
+    /// Whether the caller runs on this executor's home thread.
+    pub(crate) fn is_home_thread(&self) -> bool {
+        thread_token() == self.home
+    }
+
+    /// The schedule function of every task of this context: queues `runnable`, or gives it back if the
+    /// context is gone. The caller drops a refused runnable (which cancels its task), after it is done
+    /// with this executor: the task may hold the last reference to it.
+    #[must_use = "a refused runnable must be dropped by the caller"]
+    pub(crate) fn schedule(&self, runnable: Runnable) -> Option<Runnable> {
         // Acquire pairs with the Release store in `close`.
         if self.closed.load(Ordering::Acquire) {
             // The context is gone; its tasks were cancelled at teardown. This can only be a `Send` task
-            // spawned through a Remote afterwards: dropping it here cancels it.
-            drop(runnable);
-            return;
+            // spawned through a Remote afterwards, or one woken late.
+            return Some(runnable);
         }
-        let on_home = thread_token() == self.home;
-        match self.queues.push(runnable, on_home) {
+        match self.queues.push(runnable, self.is_home_thread()) {
             Ok(true) => self.wakeup.notify(),
             Ok(false) => {
                 // A local push needs no wake-up, unless the loop is spinning and must stop to run it.
@@ -89,8 +86,9 @@ impl Executor {
                     self.wakeup.notify();
                 }
             }
-            Err(runnable) => drop(runnable),
+            Err(runnable) => return Some(runnable),
         }
+        None
     }
 
     /// Registers a waiting task's waker for teardown. Home thread only.
@@ -105,7 +103,7 @@ impl Executor {
     /// Removes a registration, from any thread: at once on the home thread, else the next time the
     /// home thread registers a task (or tears down).
     pub(crate) fn unregister(&self, slot: usize) {
-        if thread_token() == self.home {
+        if self.is_home_thread() {
             let waker = self.registry.borrow_mut().try_remove(slot);
             // Dropped after the borrow: a waker's drop may run arbitrary code.
             drop(waker);
@@ -169,10 +167,6 @@ impl TaskStep for Executor {
         while let Some(runnable) = self.queues.pop_any() {
             drop(runnable);
         }
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {

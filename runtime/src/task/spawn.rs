@@ -5,9 +5,8 @@ use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
@@ -36,31 +35,76 @@ impl TaskMeta {
     }
 }
 
-/// The context a movable task belongs to now.
+/// The executor a movable task belongs to now. It holds one strong count of that executor through a
+/// raw pointer, so the schedule function reaches it with one load: no lock, no reference count, no
+/// thread-local lookup.
+///
+/// The pointer changes only in [`reschedule`], which runs inside the task's poll. async-task never
+/// calls the schedule function while the task runs (a wake during a poll is replayed after it), and
+/// calls it for one wake at a time, so nobody reads the pointer while it is being replaced, and the
+/// executor a reader sees stays alive for the whole call.
 struct Home {
-    /// Keeps the context's executor reachable for wakes from any thread.
-    executor: Mutex<Arc<Executor>>,
-    /// The executor's context id, readable without the lock: a wake on the home thread itself (the
-    /// common case: yields, local channels, fd and timer events) finds its context current there and
-    /// needs neither the lock nor a reference count.
-    id: AtomicU64,
+    executor: AtomicPtr<Executor>,
+}
+
+impl Home {
+    fn new(executor: Arc<Executor>) -> Home {
+        Home {
+            executor: AtomicPtr::new(Arc::into_raw(executor).cast_mut()),
+        }
+    }
+
+    /// The executor the task belongs to now.
+    fn executor(&self) -> &Executor {
+        // Acquire pairs with the Release swap in `move_to`.
+        let ptr = self.executor.load(Ordering::Acquire);
+        // SAFETY: `ptr` came from `Arc::into_raw` and this Home owns that strong count until `move_to`
+        // or `drop` gives it back; neither runs while this reference lives (see the type's docs: the
+        // schedule function and `reschedule` never overlap, and the reference does not outlive them).
+        unsafe { &*ptr }
+    }
+
+    /// A strong count of the executor, for a caller that must keep it alive on its own.
+    fn shared_executor(&self) -> Arc<Executor> {
+        // Acquire pairs with the Release swap in `move_to`.
+        let ptr = self.executor.load(Ordering::Acquire);
+        // SAFETY: as in `executor`, `ptr` is a live `Arc` allocation whose count this Home holds; we
+        // add one for the Arc we make.
+        unsafe {
+            Arc::increment_strong_count(ptr);
+            Arc::from_raw(ptr)
+        }
+    }
+
+    /// Moves the task to `target`; false if it is there already. Only from the task's own poll.
+    fn move_to(&self, target: &Arc<Executor>) -> bool {
+        if std::ptr::eq(self.executor(), Arc::as_ptr(target)) {
+            return false;
+        }
+        let new = Arc::into_raw(Arc::clone(target)).cast_mut();
+        // Release pairs with the Acquire load in `executor`: the next schedule call sees the new home.
+        let old = self.executor.swap(new, Ordering::AcqRel);
+        // SAFETY: `old` came from `Arc::into_raw` (in `new` or an earlier `move_to`) and its strong count
+        // was ours; nobody else can read it any more (the swap replaced it, and no schedule call runs
+        // during the poll that calls this).
+        drop(unsafe { Arc::from_raw(old) });
+        true
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Arc::into_raw` and its strong count is ours; `&mut self` means
+        // no reader is left.
+        drop(unsafe { Arc::from_raw(*self.executor.get_mut()) });
+    }
 }
 
 impl std::fmt::Debug for Home {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Relaxed: a debug print, not a synchronisation point.
         f.debug_struct("Home")
-            .field("context", &self.id.load(Ordering::Relaxed))
+            .field("context", &self.executor().context_id())
             .finish()
-    }
-}
-
-impl Home {
-    fn new(executor: &Arc<Executor>) -> Home {
-        Home {
-            executor: Mutex::new(Arc::clone(executor)),
-            id: AtomicU64::new(executor.context_id()),
-        }
     }
 }
 
@@ -192,7 +236,7 @@ fn start<T>(runnable: Runnable, task: Task<TaskOutput<T>>) -> JoinHandle<T> {
 
 impl Executor {
     /// Spawns a `!Send` future on this context. Home thread only.
-    pub(crate) fn spawn_local<F>(self: &Arc<Self>, future: F) -> JoinHandle<F::Output>
+    pub(crate) fn spawn_local<F>(self: Arc<Self>, future: F) -> JoinHandle<F::Output>
     where
         F: Future + 'static,
         F::Output: 'static,
@@ -201,21 +245,21 @@ impl Executor {
     }
 
     /// Spawns a `!Send` future whose output already is the task's result. Home thread only.
-    pub(crate) fn spawn_local_flat<F, T>(self: &Arc<Self>, future: F) -> JoinHandle<T>
+    pub(crate) fn spawn_local_flat<F, T>(self: Arc<Self>, future: F) -> JoinHandle<T>
     where
         F: Future<Output = TaskOutput<T>> + 'static,
         T: 'static,
     {
         let wrapped = wrap_flat(future);
-        let executor = Arc::clone(self);
+        let executor = self;
         let (runnable, task) = async_task::Builder::new()
             .metadata(TaskMeta::new(None))
-            .spawn_local(move |_| wrapped, move |r| executor.schedule(r));
+            .spawn_local(move |_| wrapped, move |r| drop(executor.schedule(r)));
         start(runnable, task)
     }
 
     /// Spawns a `Send` future on this context from any thread (QEMU's `aio_co_schedule`).
-    pub(crate) fn spawn<F>(self: &Arc<Self>, future: F) -> JoinHandle<F::Output>
+    pub(crate) fn spawn<F>(self: Arc<Self>, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -228,14 +272,14 @@ impl Executor {
     }
 
     /// Spawns a `!Send` future built on the home thread by `make`, from any thread.
-    pub(crate) fn spawn_local_with<F, Fut>(self: &Arc<Self>, make: F) -> JoinHandle<Fut::Output>
+    pub(crate) fn spawn_local_with<F, Fut>(self: Arc<Self>, make: F) -> JoinHandle<Fut::Output>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future + 'static,
         Fut::Output: Send + 'static,
     {
         let wrapped = wrap(async move { make().await });
-        let executor = Arc::clone(self);
+        let executor = self;
         // SAFETY: async-task requires a `!Send` future to be polled and dropped on one thread only. Until
         // its first poll this future holds nothing but `make` (which is Send) and Send wrapper state, so it
         // may be created here and queued for the context's home thread. Every poll then happens on the
@@ -247,7 +291,7 @@ impl Executor {
         let (runnable, task) = unsafe {
             async_task::Builder::new()
                 .metadata(TaskMeta::new(None))
-                .spawn_unchecked(move |_| wrapped, move |r| executor.schedule(r))
+                .spawn_unchecked(move |_| wrapped, move |r| drop(executor.schedule(r)))
         };
         start(runnable, task)
     }
@@ -261,15 +305,22 @@ fn schedule_movable(runnable: Runnable) {
     let Some(home) = &runnable.metadata().home else {
         unreachable!("movable tasks always carry their home")
     };
-    // Acquire pairs with the Release store in `reschedule`.
-    let home_id = home.id.load(Ordering::Acquire);
-    let here = current::with_current(|ctx| (ctx.id() == home_id).then(|| Rc::clone(ctx)));
-    if let Some(ctx) = here.flatten() {
-        Executor::of(&ctx).schedule(runnable);
-        return;
+    if home.executor().is_home_thread() {
+        let executor: *const Executor = home.executor();
+        // SAFETY: the task's Home keeps the executor alive while `runnable` lives. On the home thread,
+        // `schedule` either queues the runnable on the executor's local queue, where only this thread
+        // can run or drop it (not before `schedule` returns), so the runnable (and with it the executor)
+        // outlives the call; or it gives the runnable back, to be dropped after the call.
+        let refused = unsafe { &*executor }.schedule(runnable);
+        drop(refused);
+    } else {
+        // From another thread the task may run, move and drop its Home as soon as it is queued, so the
+        // executor is kept alive by a count of our own until `schedule` is done.
+        let executor = home.shared_executor();
+        let refused = executor.schedule(runnable);
+        drop(refused);
+        drop(executor);
     }
-    let executor = Arc::clone(&home.executor.lock().unwrap_or_else(PoisonError::into_inner));
-    executor.schedule(runnable);
 }
 
 /// The task step: runs the tasks ready when it began, in wake order. Returns how many ran.
@@ -352,14 +403,9 @@ pub async fn reschedule(target: &Remote) -> io::Result<()> {
                 "the target context was dropped",
             )));
         }
-        let mut executor = home.executor.lock().unwrap_or_else(PoisonError::into_inner);
-        if Arc::ptr_eq(&executor, &target) {
+        if !home.move_to(&target) {
             return Poll::Ready(Ok(()));
         }
-        *executor = Arc::clone(&target);
-        // Release pairs with the Acquire load in `schedule_movable`.
-        home.id.store(target.context_id(), Ordering::Release);
-        drop(executor);
         moved = true;
         // Our next run happens where the schedule function now sends us.
         cx.waker().wake_by_ref();

@@ -4,7 +4,6 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use super::open::{resolve_engine, OpenOptions};
@@ -43,6 +42,7 @@ enum Transfer {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum IoEngine {
     /// io_uring if the kernel allows it (the context's own ring, or its user-SQE ring on epoll/poll), else
     /// the thread pool. Resolved when the file is opened.
@@ -52,24 +52,6 @@ pub enum IoEngine {
     IoUring,
     /// `pread`/`pwrite` on the context's blocking thread pool.
     ThreadPool,
-}
-
-impl IoEngine {
-    pub(super) fn to_u8(self) -> u8 {
-        match self {
-            IoEngine::Auto => 0,
-            IoEngine::IoUring => 1,
-            IoEngine::ThreadPool => 2,
-        }
-    }
-
-    fn from_u8(v: u8) -> IoEngine {
-        match v {
-            1 => IoEngine::IoUring,
-            2 => IoEngine::ThreadPool,
-            _ => IoEngine::Auto,
-        }
-    }
 }
 
 /// A file for block I/O on the current context's ring. See the [module docs](super) for the engines and
@@ -98,7 +80,7 @@ impl IoEngine {
 pub struct File {
     pub(super) fd: Arc<OwnedFd>,
     pub(super) direct: bool,
-    pub(super) engine: AtomicU8,
+    pub(super) engine: IoEngine,
 }
 
 impl fmt::Debug for File {
@@ -203,7 +185,7 @@ impl File {
         Ok(File {
             fd: Arc::new(OwnedFd::from(file)),
             direct: flags >= 0 && flags & libc::O_DIRECT != 0,
-            engine: AtomicU8::new(engine.to_u8()),
+            engine,
         })
     }
 
@@ -227,7 +209,7 @@ impl File {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn engine(&self) -> IoEngine {
-        IoEngine::from_u8(self.engine.load(Ordering::Relaxed))
+        self.engine
     }
 
     /// The file size in bytes.
