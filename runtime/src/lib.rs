@@ -38,6 +38,110 @@
 //! }
 //! # Ok::<(), std::io::Error>(())
 //! ```
+//!
+//! ## Coming from tokio
+//!
+//! | tokio | aioctx, or the crate that has it |
+//! |---|---|
+//! | `#[tokio::main]`, `#[tokio::test]` | [`#[aioctx::main]`](macro@main), [`#[aioctx::test]`](macro@test) (`backend = "all"` runs a test on each backend) |
+//! | current-thread `Runtime::block_on` | [`AioContext::new`]`()?.`[`block_on`](AioContext::block_on)`(fut)` |
+//! | multi-thread runtime | one [`IoThread`] per core; [`Remote::spawn`] onto one, [`reschedule`] to move |
+//! | `Handle::current()` | [`with_current`]`(\|ctx\| ..)`, then [`AioContext::remote`] for other threads |
+//! | `tokio::spawn`, `task::spawn_local`, `LocalSet` | [`spawn`] (`Send`), [`spawn_local`]: every context runs `!Send` tasks |
+//! | `task::JoinSet` | [`task::JoinSet`] |
+//! | `task::spawn_blocking`, `task::yield_now` | [`spawn_blocking`], [`yield_now`] |
+//! | `time::{sleep, timeout, interval, Instant}`, `time::pause` | [`time`]: the same, with nanosecond timers; [`time::pause`], [`Builder::start_paused`] |
+//! | `net::{TcpListener, TcpStream, UnixListener, UnixStream}` | [`net`]: the same; streams implement `futures::io::AsyncRead`/`AsyncWrite` |
+//! | `io::AsyncReadExt`, `AsyncWriteExt`, `io::copy` | [`futures::io`]'s: `AsyncReadExt`, `AsyncWriteExt`, `copy` |
+//! | `TcpStream::split`, `into_split`, `io::split` | `&TcpStream` is `AsyncRead + AsyncWrite`: share the stream (an `Rc`) between a reader and a writer task |
+//! | `io::unix::AsyncFd` | [`io::Async`] |
+//! | `signal::unix::signal` | [`signal::signal`] |
+//! | `fs::File` | [`fs::File`]: positional I/O on io_uring with owned buffers ([`fs::IoBuf`]) or [`fs::IoMemory`] |
+//! | `sync::mpsc`, `sync::oneshot` | [`futures::channel::mpsc`], [`futures::channel::oneshot`] |
+//! | `select!`, `join!`, `try_join!` | [`futures::select!`], [`futures::join!`], [`futures::try_join!`] |
+//! | `sync::Mutex` | [`sync::Mutex`] (fair, hands the lock over in order) |
+//! | `sync::{RwLock, Semaphore, Barrier}` | [`async-lock`](https://docs.rs/async-lock)'s `RwLock`, `Semaphore`, `Barrier` |
+//! | `sync::Notify` | [`event-listener`](https://docs.rs/event-listener)'s `Event` |
+//! | `sync::broadcast`, `sync::watch` | [`async-broadcast`](https://docs.rs/async-broadcast); for a watched value, a `futures` channel of capacity 1 or `event-listener` plus a cell |
+//!
+//! Channels and `select!` come from `futures` and work across contexts and threads:
+//!
+//! ```
+//! use futures::{channel::mpsc, SinkExt, StreamExt};
+//! let io = aioctx::IoThread::spawn("producer")?;
+//! let (mut tx, mut rx) = mpsc::channel::<u32>(8);
+//! io.remote().spawn(async move {
+//!     for i in 0..3 {
+//!         tx.send(i).await.unwrap();
+//!     }
+//! });
+//! let ctx = aioctx::AioContext::new()?;
+//! let got: Vec<u32> = ctx.block_on(async {
+//!     let mut got = Vec::new();
+//!     while let Some(i) = rx.next().await {
+//!         got.push(i);
+//!     }
+//!     got
+//! });
+//! assert_eq!(got, [0, 1, 2]);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! A `select!` between a message and a deadline, and a semaphore from `async-lock` bounding how many
+//! tasks work at once:
+//!
+//! ```
+//! use std::{cell::Cell, rc::Rc, time::Duration};
+//! use futures::{channel::oneshot, FutureExt};
+//! let ctx = aioctx::AioContext::builder().start_paused(true).build()?;
+//! ctx.block_on(async {
+//!     let (_keep, never) = oneshot::channel::<()>();
+//!     let outcome = futures::select! {
+//!         _ = never.fuse() => "message",
+//!         _ = aioctx::time::sleep(Duration::from_secs(5)).fuse() => "deadline",
+//!     };
+//!     assert_eq!(outcome, "deadline");
+//!
+//!     let permits = Rc::new(async_lock::Semaphore::new(2));
+//!     let (running, peak) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+//!     let mut set = aioctx::task::JoinSet::new();
+//!     for _ in 0..6 {
+//!         let (permits, running, peak) = (permits.clone(), running.clone(), peak.clone());
+//!         set.spawn_local(async move {
+//!             let _permit = permits.acquire().await;
+//!             running.set(running.get() + 1);
+//!             peak.set(peak.get().max(running.get()));
+//!             aioctx::time::sleep(Duration::from_millis(1)).await;
+//!             running.set(running.get() - 1);
+//!         });
+//!     }
+//!     while set.join_next().await.is_some() {}
+//!     assert_eq!(peak.get(), 2);
+//! });
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! `Notify` is `event-listener`'s `Event`:
+//!
+//! ```
+//! use std::rc::Rc;
+//! let ctx = aioctx::AioContext::new()?;
+//! ctx.block_on(async {
+//!     let event = Rc::new(event_listener::Event::new());
+//!     let waiter = aioctx::spawn_local({
+//!         let event = event.clone();
+//!         async move {
+//!             let listener = event.listen();
+//!             listener.await;
+//!             "notified"
+//!         }
+//!     });
+//!     aioctx::yield_now().await; // the waiter listens
+//!     event.notify(1);
+//!     assert_eq!(waiter.await.unwrap(), "notified");
+//! });
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
 #![warn(missing_docs, missing_debug_implementations, unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -55,11 +159,12 @@ mod timers;
 // The loop:
 mod context;
 // The executor:
-mod task;
+pub mod task;
 // Futures on the loop:
 pub mod fs;
 pub mod io;
 pub mod net;
+pub mod signal;
 pub mod sync;
 pub mod time;
 // Threads:
@@ -69,8 +174,8 @@ mod iothread;
 mod loom_models;
 
 pub use context::{
-    AioContext, Bh, Builder, EnterGuard, FdHandlers, FdRegistration, PollParams, Remote, RemoteBh,
-    SqeCompletion, Stats,
+    try_with_current, with_current, AioContext, Bh, Builder, EnterGuard, FdHandlers,
+    FdRegistration, PollParams, Remote, RemoteBh, SqeCompletion, Stats,
 };
 pub use fdmon::Backend;
 /// The `io-uring` crate aioctx builds on, re-exported so that SQEs for

@@ -12,7 +12,7 @@
 //!   home thread), `FdRegistration`, `time::Timer` and `time::TimerHandle` (a weak reference to the
 //!   home thread's state), and everything registered with the current context's fd monitor:
 //!   `io::Async`, `io::NotifierWaiter` and the four socket types (on an IOThread, create them inside
-//!   `Remote::spawn_local`). The futures of their async methods borrow them, or build one
+//!   `Remote::spawn_local_with`). The futures of their async methods borrow them, or build one
 //!   (`TcpStream::connect`, `EventNotifier::wait`), so they are `!Send + !Sync` too.
 //! - Cross-thread handles and plain values are `Send + Sync`: `Remote`, `RemoteBh`,
 //!   `time::VirtualClock`, `EventNotifier` (an eventfd behind an `Arc`), `IoThread`, the builders, the
@@ -29,10 +29,14 @@
 //! - `sync::Mutex<T>` is `Send + Sync` when `T: Send` (as `std::sync::Mutex`); `Lock<'_, T>` is too;
 //!   `MutexGuard<'_, T>` is `Send` when `T: Send + Sync` and `Sync` when `T: Sync`.
 //! - `fs::File` is `Send + Sync` (an `Arc`'d fd) and so are the futures of its methods and of
-//!   `OpenOptions::open`, so that `Send` tasks can do block I/O and `reschedule` between contexts;
-//!   except `readv_at` and `writev_at`, whose futures are `!Send + !Sync` (they keep an array of
-//!   `iovec`s, raw pointers, across their await), and the `unsafe` raw functions, which take raw
-//!   pointers.
+//!   `OpenOptions::open`, so that `Send` tasks can do block I/O and `reschedule` between contexts
+//!   (`readv_at`, `writev_at`, `read_to_memory` and `write_from_memory` included: their iovec arrays
+//!   travel in a `Send + Sync` wrapper); except the `unsafe` raw functions, which take raw pointers.
+//!   `MemoryBuf` and `MemRange` are `Send + Sync`.
+//! - `task::JoinSet<T>` follows `JoinHandle<T>`. `signal::Signal` is `!Send + !Sync`, like the other
+//!   types registered with the current context; `net::Incoming` borrows a listener and
+//!   `net::IntoStdError<S>` holds a stream, so they are `!Send + !Sync` too. `net::lookup_host`'s
+//!   future is `Send + Sync` (the lookup runs on the pool; the future only waits for it).
 //! - `reschedule`'s future is `Send + Sync`: it is awaited inside the `Send` task it moves.
 //! - Futures of `async fn`s are `!Unpin`; the named future types above are `Unpin`.
 
@@ -190,6 +194,9 @@ mod task {
     assert_value!(JoinHandle<YY>: Send & Sync & Unpin);
     assert_value!(JoinHandle<YN>: Send & Sync & Unpin);
     assert_value!(JoinHandle<NN>: !Send & !Sync & Unpin);
+    assert_value!(aioctx::task::JoinSet<YY>: Send & Sync & Unpin);
+    assert_value!(aioctx::task::JoinSet<NN>: !Send & !Sync & Unpin);
+    async_assert_fn!(aioctx::task::JoinSet<YY>::join_next(_): Send & Sync & !Unpin);
 
     async_assert_fn!(aioctx::yield_now(): Send & Sync & Unpin);
     async_assert_fn!(aioctx::reschedule(&Remote): Send & Sync & !Unpin);
@@ -308,6 +315,21 @@ mod net {
     async_assert_fn!(aioctx::net::UnixStream::connect(&str): !Send & !Sync & !Unpin);
     async_assert_fn!(aioctx::net::UnixStream::readable(_): !Send & !Sync & !Unpin);
     async_assert_fn!(aioctx::net::UnixStream::writable(_): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::TcpStream::peek(_, &mut [u8]): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UnixStream::peek(_, &mut [u8]): !Send & !Sync & !Unpin);
+    assert_value!(Incoming<'_, TcpListener>: !Send & !Sync & Unpin);
+    assert_value!(Incoming<'_, UnixListener>: !Send & !Sync & Unpin);
+    assert_value!(IntoStdError<TcpStream>: !Send & !Sync & Unpin);
+    async_assert_fn!(aioctx::net::lookup_host(&str): Send & Sync & !Unpin);
+    async_assert_fn!(aioctx::net::TcpStream::connect(&str): !Send & !Sync & !Unpin);
+}
+
+mod signal {
+    use super::*;
+    use aioctx::signal::*;
+
+    assert_value!(Signal: !Send & !Sync & Unpin);
+    async_assert_fn!(aioctx::signal::Signal::recv(_): !Send & !Sync & !Unpin);
 }
 
 mod fs {
@@ -315,6 +337,14 @@ mod fs {
     use aioctx::fs::*;
 
     assert_value!(AlignedBuf: Send & Sync & Unpin);
+    assert_value!(MemoryBuf: Send & Sync & Unpin);
+    assert_value!(MemRange: Send & Sync & Unpin);
+    async_assert_fn!(
+        aioctx::fs::File::read_to_memory<MemoryBuf>(_, &std::sync::Arc<MemoryBuf>, &[MemRange], u64): Send & Sync & !Unpin
+    );
+    async_assert_fn!(
+        aioctx::fs::File::write_from_memory<MemoryBuf>(_, &std::sync::Arc<MemoryBuf>, &[MemRange], u64): Send & Sync & !Unpin
+    );
     assert_value!(File: Send & Sync & Unpin);
     assert_value!(IoEngine: Send & Sync & Unpin);
     assert_value!(OpenOptions: Send & Sync & Unpin);
@@ -338,10 +368,10 @@ mod fs {
         aioctx::fs::File::write_all_at<Vec<u8>>(_, Vec<u8>, u64): Send & Sync & !Unpin
     );
     async_assert_fn!(
-        aioctx::fs::File::readv_at<Vec<u8>>(_, Vec<Vec<u8>>, u64): !Send & !Sync & !Unpin
+        aioctx::fs::File::readv_at<Vec<u8>>(_, Vec<Vec<u8>>, u64): Send & Sync & !Unpin
     );
     async_assert_fn!(
-        aioctx::fs::File::writev_at<Vec<u8>>(_, Vec<Vec<u8>>, u64): !Send & !Sync & !Unpin
+        aioctx::fs::File::writev_at<Vec<u8>>(_, Vec<Vec<u8>>, u64): Send & Sync & !Unpin
     );
     async_assert_fn!(aioctx::fs::File::sync_all(_): Send & Sync & !Unpin);
     async_assert_fn!(aioctx::fs::File::sync_data(_): Send & Sync & !Unpin);

@@ -28,7 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("loop", &["context"]),
     ("executor", &["task"]),
-    ("futures", &["io", "fs", "net", "sync", "time"]),
+    ("futures", &["io", "fs", "net", "signal", "sync", "time"]),
     ("threads", &["iothread"]),
 ];
 

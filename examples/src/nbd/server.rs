@@ -115,6 +115,14 @@ pub(crate) type ShutdownSignal = Shared<oneshot::Receiver<()>>;
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     sender: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+    signals: Arc<Mutex<SignalWatch>>,
+}
+
+/// Whether SIGINT/SIGTERM should stop the server, and the context `serve` runs on while it runs.
+#[derive(Debug, Default)]
+struct SignalWatch {
+    requested: bool,
+    serving: Option<aioctx::Remote>,
 }
 
 impl ShutdownHandle {
@@ -127,27 +135,49 @@ impl ShutdownHandle {
         }
     }
 
-    /// Shuts down on the first SIGINT or SIGTERM, from a thread of its own (the signal handler only
-    /// writes to a pipe); a second signal exits the process at once with status 128 + its number.
+    /// Shuts down on the first SIGINT or SIGTERM; a second one exits the process at once with status
+    /// 128 + its number. The signals are received on the context `serve` runs its accept loop on
+    /// (`aioctx::signal`, no helper thread). Called while `serve` runs, the handlers are installed
+    /// when this returns; called before, `serve` installs them first thing.
     pub fn on_termination_signals(&self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-        let stop = self.clone();
-        std::thread::Builder::new()
-            .name("nbd-signals".into())
-            .spawn(move || {
-                let mut received = signals.forever();
-                if received.next().is_some() {
-                    eprintln!("nbd-server: stopping (finishing in-flight requests)");
-                    stop.shutdown();
-                }
-                if let Some(signal) = received.next() {
-                    eprintln!("nbd-server: second signal, exiting now");
-                    std::process::exit(128 + signal);
-                }
-            })?;
-        Ok(())
+        let serving = {
+            let mut watch = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+            watch.requested = true;
+            watch.serving.clone()
+        };
+        match serving {
+            Some(remote) => {
+                let stop = self.clone();
+                remote.call(move || watch_termination_signals(stop))?
+            }
+            None => Ok(()),
+        }
     }
+}
+
+/// On the current context: the first SIGINT or SIGTERM stops the server, a second one exits.
+fn watch_termination_signals(stop: ShutdownHandle) -> io::Result<()> {
+    use aioctx::signal::signal;
+    let mut int = signal(libc::SIGINT)?;
+    let mut term = signal(libc::SIGTERM)?;
+    drop(aioctx::spawn_local(async move {
+        let mut first = true;
+        loop {
+            let signum = futures::select_biased! {
+                _ = int.recv().fuse() => libc::SIGINT,
+                _ = term.recv().fuse() => libc::SIGTERM,
+            };
+            if first {
+                eprintln!("nbd-server: stopping (finishing in-flight requests)");
+                stop.shutdown();
+                first = false;
+            } else {
+                eprintln!("nbd-server: second signal, exiting now");
+                std::process::exit(128 + signum);
+            }
+        }
+    }));
+    Ok(())
 }
 
 enum Listener {
@@ -235,6 +265,7 @@ impl Server {
             uri,
             handle: ShutdownHandle {
                 sender: Arc::new(Mutex::new(Some(sender))),
+                signals: Arc::default(),
             },
             signal: receiver.shared(),
             max_connections: config.max_connections.max(1),
@@ -290,16 +321,31 @@ impl Server {
             Listener::Unix(_, path) => Some(path.clone()),
             Listener::Tcp(_) => None,
         };
+        let signals = Arc::clone(&self.handle.signals);
+        let requested = {
+            let mut watch = signals.lock().unwrap_or_else(|e| e.into_inner());
+            watch.serving = Some(ctx.remote());
+            watch.requested
+        };
         let result = ctx.block_on(async {
+            if requested {
+                watch_termination_signals(self.handle.clone())?;
+            }
             let accept = AcceptOn::new(listener)?;
             self.accept_loop(accept).await
         });
         if let Some(path) = socket_path {
             let _ = std::fs::remove_file(path);
         }
-        result?;
-        let export = Arc::clone(&self.export);
-        ctx.block_on(async move { export.flush().await })
+        let flushed = match result {
+            Ok(()) => {
+                let export = Arc::clone(&self.export);
+                ctx.block_on(async move { export.flush().await })
+            }
+            Err(e) => Err(e),
+        };
+        signals.lock().unwrap_or_else(|e| e.into_inner()).serving = None;
+        flushed
     }
 
     async fn accept_loop(&self, accept: AcceptOn) -> io::Result<()> {

@@ -10,9 +10,10 @@
 //!   implicit: the guest kicks only when its avail index crosses the `avail_event` the device last
 //!   published, so a polling device that does not re-publish it gets at most one kick; without
 //!   EVENT_IDX it is the used ring's `VRING_USED_F_NO_NOTIFY` flag.
-//! - Each chain is parsed by [`request::parse`] and runs as its own task: block
-//!   I/O with `aioctx::fs::File`'s raw API straight into guest memory, then the status byte, the used
-//!   ring, and the irqfd only when `Queue::needs_notification` says the guest wants an interrupt.
+//! - Each chain is parsed by [`request::parse`] and runs as its own task: block I/O with
+//!   `aioctx::fs::File::read_to_memory`/`write_from_memory` straight into guest memory ([`GuestRam`]
+//!   makes those calls safe), then the status byte, the used ring, and the irqfd only when
+//!   `Queue::needs_notification` says the guest wants an interrupt.
 //! - Malformed chains complete with their error status and the device goes on serving.
 
 use std::cell::{Cell, RefCell};
@@ -28,8 +29,10 @@ use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use aioctx::fs::MemRange;
+
 use super::request::{self, Limits, Op, Rejected, Request, Segment, ID_BYTES};
-use super::{GuestMemory, QueueConfig};
+use super::{GuestMemory, GuestRam, QueueConfig};
 
 /// Counters the device keeps, readable from any thread.
 #[derive(Debug, Default)]
@@ -69,8 +72,27 @@ pub fn make_queue(mem: &GuestMemory, config: &QueueConfig) -> io::Result<Queue> 
     Ok(queue)
 }
 
-/// The iovecs of validated guest segments: host addresses of guest memory, split where a segment
-/// crosses regions. Fails if a segment is not (or no longer) inside guest memory.
+/// The guest ranges of validated segments, split where a segment crosses regions (each range lies in
+/// one region, as [`GuestRam`] requires). Fails if a segment is not (or no longer) inside guest memory.
+pub fn guest_ranges(mem: &GuestMemory, data: &[Segment]) -> io::Result<Vec<MemRange>> {
+    let mut ranges = Vec::with_capacity(data.len());
+    for seg in data {
+        let mut addr = seg.addr.0;
+        for slice in mem.get_slices(seg.addr, seg.len as usize) {
+            let slice = slice.map_err(|e| io::Error::other(format!("guest segment: {e}")))?;
+            ranges.push(MemRange {
+                addr,
+                len: slice.len(),
+            });
+            addr += slice.len() as u64;
+        }
+    }
+    Ok(ranges)
+}
+
+/// The iovecs of validated guest segments (host addresses, split where a segment crosses regions), for
+/// a device that makes its own syscalls, such as the tokio twin in `benches`. Fails if a segment is not
+/// (or no longer) inside guest memory.
 pub fn guest_iovecs(mem: &GuestMemory, data: &[Segment]) -> io::Result<Vec<libc::iovec>> {
     let mut iov = Vec::with_capacity(data.len());
     for seg in data {
@@ -156,6 +178,8 @@ pub fn take_chains(
 /// State shared by the serving task, its request tasks and the poll hooks, on the IoThread.
 struct Shared {
     mem: Arc<GuestMemory>,
+    /// The same memory, for block I/O (each operation keeps an `Arc` of it until it completes).
+    ram: Arc<GuestRam>,
     queue: RefCell<Queue>,
     /// The loop is busy-polling (between `poll_begin` and `poll_end`): notifications stay disabled.
     polling: Cell<bool>,
@@ -236,8 +260,8 @@ impl Shared {
         match &req.op {
             Op::Read | Op::Write => {
                 let write = req.op == Op::Write;
-                let mut iov = guest_iovecs(&self.mem, &req.data)?;
-                self.transfer(&mut iov, req.offset, write).await?;
+                let mut ranges = guest_ranges(&self.mem, &req.data)?;
+                self.transfer(&mut ranges, req.offset, write).await?;
                 Ok(if write { 0 } else { req.data_len as u32 })
             }
             Op::Flush => self.disk.sync_data().await.map(|()| 0),
@@ -291,32 +315,17 @@ impl Shared {
     /// preadv/pwritev between the disk and guest memory, resubmitting the rest after a short transfer.
     async fn transfer(
         &self,
-        iov: &mut [libc::iovec],
+        ranges: &mut [MemRange],
         mut offset: u64,
         write: bool,
     ) -> io::Result<()> {
         let mut first = 0;
-        while first < iov.len() {
-            let rest = &iov[first..];
-            // SAFETY: every iovec was made by `guest_iovecs` from a segment the parser checked to lie
-            // inside a region of `self.mem`, and `self` (so the `Arc` keeping that mmap alive) outlives
-            // this await: the request task holds an `Rc<Shared>` until the operation completed. If the
-            // task is dropped mid-operation (only when the IoThread's context is torn down), the
-            // `VirtioBlkDevice` handle still holds its own `Arc` of guest memory until the IoThread has
-            // been joined, and the context waits for or leaks the in-flight operation before that. The
-            // iovec array lives in this task's frame for as long. The guest does not touch a buffer
-            // it has handed to the device until the chain is on the used ring (virtio's contract; a
-            // guest that does only corrupts its own data).
-            let n = unsafe {
-                if write {
-                    self.disk
-                        .writev_at_raw(rest.as_ptr(), rest.len(), offset)
-                        .await?
-                } else {
-                    self.disk
-                        .readv_at_raw(rest.as_ptr(), rest.len(), offset)
-                        .await?
-                }
+        while first < ranges.len() {
+            let rest = &ranges[first..];
+            let n = if write {
+                self.disk.write_from_memory(&self.ram, rest, offset).await?
+            } else {
+                self.disk.read_to_memory(&self.ram, rest, offset).await?
             };
             if n == 0 {
                 return Err(io::Error::new(
@@ -326,14 +335,13 @@ impl Shared {
             }
             offset += n as u64;
             let mut left = n;
-            while first < iov.len() && left >= iov[first].iov_len {
-                left -= iov[first].iov_len;
+            while first < ranges.len() && left >= ranges[first].len {
+                left -= ranges[first].len;
                 first += 1;
             }
             if left > 0 {
-                // SAFETY: `left` < this iovec's length, so the new base stays inside its segment.
-                iov[first].iov_base = unsafe { iov[first].iov_base.cast::<u8>().add(left) }.cast();
-                iov[first].iov_len -= left;
+                ranges[first].addr += left as u64;
+                ranges[first].len -= left;
             }
         }
         Ok(())
@@ -449,7 +457,7 @@ pub struct VirtioBlkDevice {
     kick: EventNotifier,
     task: Option<JoinHandle<io::Result<()>>>,
     counters: Arc<DeviceCounters>,
-    /// Keeps guest memory mapped until the device task is gone (see the SAFETY note in `transfer`).
+    /// Keeps guest memory mapped while the device runs (operations in flight hold their own `Arc`).
     _mem: Arc<GuestMemory>,
 }
 
@@ -485,6 +493,7 @@ impl VirtioBlkDevice {
                 // The file resolves its I/O engine on the IoThread's context.
                 let disk = aioctx::fs::File::from_std(disk)?;
                 let shared = Rc::new(Shared {
+                    ram: Arc::new(GuestRam(mem.clone())),
                     mem,
                     queue: RefCell::new(q),
                     polling: Cell::new(false),

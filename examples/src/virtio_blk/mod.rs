@@ -14,6 +14,9 @@
 //!
 //! Guest memory and the split virtqueue come from the rust-vmm crates `vm-memory` and `virtio-queue`.
 
+use std::io;
+use std::sync::Arc;
+
 pub mod bench;
 pub mod device;
 pub mod guest;
@@ -41,3 +44,33 @@ pub struct QueueConfig {
 
 /// The guest memory type the device model uses: anonymous mmaped regions, no dirty bitmap.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// Guest memory as [`aioctx::fs::IoMemory`]: block I/O goes straight into guest RAM with safe calls.
+/// An `MemRange` is a guest address and a length inside one region.
+#[derive(Clone, Debug)]
+pub struct GuestRam(pub Arc<GuestMemory>);
+
+// SAFETY: the regions of a `GuestMemoryMmap` are mmaps owned (through `Arc`s) by the memory, which
+// this value keeps alive: they stay mapped, at the same host addresses, until the last `GuestRam`
+// and every other owner is gone. `host_range` returns a pointer only for a range that
+// `get_slice` confirms lies inside one region. Rust code reaches guest memory only through
+// vm-memory's volatile accessors, so the kernel writing it during an operation breaks no aliasing
+// rule; that the guest itself may touch a buffer it handed to the device is virtio's contract (a
+// guest that does only corrupts its own data). With the `()` bitmap there is no dirty tracking the
+// kernel's writes would bypass.
+unsafe impl aioctx::fs::IoMemory for GuestRam {
+    fn host_range(&self, range: aioctx::fs::MemRange) -> io::Result<std::ptr::NonNull<u8>> {
+        use vm_memory::GuestMemoryBackend;
+        let slice = self
+            .0
+            .get_slice(vm_memory::GuestAddress(range.addr), range.len)
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("guest range {range:?}: {e}"),
+                )
+            })?;
+        std::ptr::NonNull::new(slice.ptr_guard_mut().as_ptr())
+            .ok_or_else(|| io::Error::other("a guest region at host address 0"))
+    }
+}

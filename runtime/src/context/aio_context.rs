@@ -393,6 +393,63 @@ impl fmt::Debug for EnterGuard<'_> {
     }
 }
 
+/// Runs `f` with the context that runs on this thread right now (QEMU's
+/// `qemu_get_current_aio_context()`, tokio's `Handle::current()`): the innermost one polling, running
+/// `block_on` or entered with [`AioContext::enter`]. From any task, bottom half, timer or fd handler,
+/// including on an [`IoThread`](crate::IoThread), `f` reaches that context's full callback API:
+/// [`bh`](AioContext::bh), [`timer`](AioContext::timer), [`set_fd_handler`](AioContext::set_fd_handler),
+/// [`set_event_notifier`](AioContext::set_event_notifier), [`add_sqe`](AioContext::add_sqe),
+/// [`remote`](AioContext::remote), [`stats`](AioContext::stats). A nested context (a `block_on` inside
+/// a callback of another one) is the one `f` sees until it returns.
+///
+/// # Panics
+///
+/// Outside a thread that runs a context; [`try_with_current`] returns `None` there instead.
+///
+/// ```
+/// use std::{cell::Cell, rc::Rc};
+/// let io = aioctx::IoThread::spawn("current")?;
+/// let ran = io.remote().spawn_local_with(|| async {
+///     // A task on the IOThread creates a bottom half on its own loop.
+///     let hits = Rc::new(Cell::new(0));
+///     let bh = aioctx::with_current(|ctx| ctx.bh({ let h = hits.clone(); move || h.set(h.get() + 1) }));
+///     bh.schedule();
+///     aioctx::yield_now().await; // the BH runs at the next iteration
+///     hits.get()
+/// });
+/// assert_eq!(ran.join_blocking().unwrap(), 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[track_caller]
+pub fn with_current<R>(f: impl FnOnce(&AioContext) -> R) -> R {
+    try_with_current(f).unwrap_or_else(|| {
+        panic!(
+            "aioctx::with_current called outside an aioctx context: call it from a task, a callback, \
+             block_on or inside AioContext::enter, or use aioctx::try_with_current"
+        )
+    })
+}
+
+/// Runs `f` with the context that runs on this thread right now (see [`with_current`]), or returns
+/// `None` if there is none.
+///
+/// ```
+/// assert!(aioctx::try_with_current(|_| ()).is_none()); // no context on this thread yet
+/// let ctx = aioctx::AioContext::new()?;
+/// let backend = ctx.block_on(async { aioctx::try_with_current(|ctx| ctx.backend()) });
+/// assert_eq!(backend, Some(ctx.backend()));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn try_with_current<R>(f: impl FnOnce(&AioContext) -> R) -> Option<R> {
+    current::with_current(|home| {
+        // SAFETY: `AioContext` is `repr(transparent)` over `Rc<HomeState>`, so a reference to one is a
+        // valid reference to the other. The reference lends the context only for `f`: no owned
+        // `AioContext` is made, so its `Drop` (the teardown) never runs for it.
+        let ctx = unsafe { &*(home as *const Rc<HomeState>).cast::<AioContext>() };
+        f(ctx)
+    })
+}
+
 impl AioContext {
     /// Wraps a freshly built state (see `task/`, which builds contexts with their executor).
     pub(crate) fn from_home(home: Rc<HomeState>) -> AioContext {

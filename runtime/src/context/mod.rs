@@ -63,7 +63,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
-pub use aio_context::{AioContext, EnterGuard};
+pub use aio_context::{try_with_current, with_current, AioContext, EnterGuard};
 pub use bh::{Bh, RemoteBh};
 pub use builder::Builder;
 pub use fd_handlers::{FdHandlers, FdRegistration};

@@ -39,9 +39,11 @@
 
 mod buf;
 mod file;
+mod memory;
 mod open;
 mod req;
 
 pub use buf::{AlignedBuf, IoBuf, IoBufMut};
 pub use file::{File, IoEngine};
+pub use memory::{IoMemory, MemRange, MemoryBuf};
 pub use open::OpenOptions;

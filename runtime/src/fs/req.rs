@@ -130,12 +130,15 @@ impl Req {
 
 /// An operation's own copy of its iovec array; only the kernel reads it (through the SQE or the
 /// pool's syscall), so it must live as long as the operation's resources.
-pub(super) struct IoVecs(#[allow(dead_code)] pub(super) Vec<libc::iovec>);
+pub(super) struct IoVecs(pub(super) Vec<libc::iovec>);
 
 // SAFETY: the iovecs point either into heap buffers that travel with them (in the same operation's
 // resources), or into caller memory that the raw API's contract keeps valid and unaliased until the
 // operation completes; sending the array to the pool's thread shares nothing else.
 unsafe impl Send for IoVecs {}
+// SAFETY: `&IoVecs` only reads the array of plain `iovec` values; nothing reaches the memory they
+// point to through it.
+unsafe impl Sync for IoVecs {}
 
 /// The thread-pool engine: the syscall runs on the context's pool, the resources travel with it and
 /// come back even if the job is cancelled before it starts.

@@ -456,34 +456,48 @@ impl<T: AsRawFd> Async<T> {
         }
     }
 
-    fn poll_io<R>(
+    /// Runs `op` on `self`'s I/O object in direction `read` (see [`poll_io`]).
+    fn poll_io_mut<R>(
         &mut self,
         cx: &mut Context<'_>,
         read: bool,
         mut op: impl FnMut(&mut T) -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
-        let dir = self.source.direction(read);
-        loop {
-            // Interest stays armed while blocked (a waker is registered), so the level-triggered
-            // handler reports the fd as soon as it is ready: skipping the syscall loses nothing.
-            if dir.blocked.get() {
-                match self.source.poll_ready(cx, read) {
-                    Poll::Ready(Ok(())) => dir.blocked.set(false),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
+        let Async { source, io } = self;
+        poll_io(source, cx, read, || {
+            op(io.as_mut().expect("present until into_inner"))
+        })
+    }
+}
+
+/// Runs a non-blocking I/O attempt `op` in direction `read`, waiting for readiness when it would block.
+fn poll_io<R>(
+    source: &Source,
+    cx: &mut Context<'_>,
+    read: bool,
+    mut op: impl FnMut() -> io::Result<R>,
+) -> Poll<io::Result<R>> {
+    let dir = source.direction(read);
+    loop {
+        // Interest stays armed while blocked (a waker is registered), so the level-triggered
+        // handler reports the fd as soon as it is ready: skipping the syscall loses nothing.
+        if dir.blocked.get() {
+            match source.poll_ready(cx, read) {
+                Poll::Ready(Ok(())) => dir.blocked.set(false),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
-            match op(self.io.as_mut().expect("present until into_inner")) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dir.blocked.set(true),
-                other => {
-                    // This op consumed the readiness the handler reported: forget it, or the next
-                    // op's WouldBlock would take the stale flag for fresh readiness and retry the
-                    // syscall once more before waiting.
-                    if other.is_ok() {
-                        dir.ready.set(false);
-                    }
-                    return Poll::Ready(other);
+        }
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dir.blocked.set(true),
+            other => {
+                // This op consumed the readiness the handler reported: forget it, or the next
+                // op's WouldBlock would take the stale flag for fresh readiness and retry the
+                // syscall once more before waiting.
+                if other.is_ok() {
+                    dir.ready.set(false);
                 }
+                return Poll::Ready(other);
             }
         }
     }
@@ -514,7 +528,7 @@ impl<T: AsRawFd + Read + Unpin> futures::io::AsyncRead for Async<T> {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, true, |io| io.read(buf))
+        self.poll_io_mut(cx, true, |io| io.read(buf))
     }
 
     fn poll_read_vectored(
@@ -522,7 +536,7 @@ impl<T: AsRawFd + Read + Unpin> futures::io::AsyncRead for Async<T> {
         cx: &mut Context<'_>,
         bufs: &mut [io::IoSliceMut<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, true, |io| io.read_vectored(bufs))
+        self.poll_io_mut(cx, true, |io| io.read_vectored(bufs))
     }
 }
 
@@ -532,7 +546,7 @@ impl<T: AsRawFd + Write + Unpin> futures::io::AsyncWrite for Async<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, false, |io| io.write(buf))
+        self.poll_io_mut(cx, false, |io| io.write(buf))
     }
 
     fn poll_write_vectored(
@@ -540,11 +554,110 @@ impl<T: AsRawFd + Write + Unpin> futures::io::AsyncWrite for Async<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, false, |io| io.write_vectored(bufs))
+        self.poll_io_mut(cx, false, |io| io.write_vectored(bufs))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_io(cx, false, |io| io.flush())
+        self.poll_io_mut(cx, false, |io| io.flush())
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+/// Reads through a shared reference, as `std` allows for sockets (`&TcpStream: Read`): one task may
+/// read while another writes the same `Async`, with no lock. (Two readers at once would take turns
+/// waking each other: the read direction keeps one waker.)
+///
+/// ```
+/// use futures::{AsyncReadExt, AsyncWriteExt};
+/// use aioctx::io::Async;
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let (a, b) = std::os::unix::net::UnixStream::pair()?;
+///     let (a, b) = (Async::new(a)?, Async::new(b)?);
+///     let (mut reader, mut writer) = (&b, &b);
+///     (&a).write_all(b"ping").await?;
+///     let mut buf = [0; 4];
+///     reader.read_exact(&mut buf).await?;
+///     writer.write_all(b"pong").await?;
+///     (&a).read_exact(&mut buf).await?;
+///     assert_eq!(&buf, b"pong");
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+impl<T: AsRawFd> futures::io::AsyncRead for &Async<T>
+where
+    for<'a> &'a T: Read,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this: &Async<T> = *self;
+        poll_io(&this.source, cx, true, || this.get_ref().read(buf))
+    }
+
+    fn poll_read_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this: &Async<T> = *self;
+        poll_io(&this.source, cx, true, || {
+            this.get_ref().read_vectored(bufs)
+        })
+    }
+}
+
+/// Writes through a shared reference (see the `AsyncRead` impl for `&Async<T>`).
+///
+/// ```
+/// use futures::{AsyncReadExt, AsyncWriteExt};
+/// use aioctx::io::Async;
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let (a, b) = std::os::unix::net::UnixStream::pair()?;
+///     let (a, b) = (Async::new(a)?, Async::new(b)?);
+///     (&a).write_all(b"shared").await?;
+///     (&a).flush().await?;
+///     let mut buf = [0; 6];
+///     (&b).read_exact(&mut buf).await?;
+///     assert_eq!(&buf, b"shared");
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+impl<T: AsRawFd> futures::io::AsyncWrite for &Async<T>
+where
+    for<'a> &'a T: Write,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this: &Async<T> = *self;
+        poll_io(&this.source, cx, false, || this.get_ref().write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this: &Async<T> = *self;
+        poll_io(&this.source, cx, false, || {
+            this.get_ref().write_vectored(bufs)
+        })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this: &Async<T> = *self;
+        poll_io(&this.source, cx, false, || this.get_ref().flush())
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

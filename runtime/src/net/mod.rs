@@ -39,10 +39,12 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod addr;
 mod recv;
 mod tcp;
 mod unix;
 
+pub use addr::{lookup_host, ToSocketAddrs};
 pub use tcp::{TcpListener, TcpStream};
 pub use unix::{UnixListener, UnixStream};
 
@@ -70,15 +72,77 @@ async fn connect(socket: Socket, addr: &SockAddr) -> io::Result<Async<Socket>> {
     Ok(socket)
 }
 
+/// Why [`TcpStream::into_std`] or [`UnixStream::into_std`] gave the stream back: it holds received
+/// bytes not read yet, or a receive is in flight on the io_uring ring, and handing the socket over now
+/// would lose them. Read until nothing is buffered (or drop the stream) instead.
+///
+/// ```
+/// use futures::{AsyncReadExt, AsyncWriteExt};
+/// use aioctx::net::UnixStream;
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.block_on(async {
+///     let (mut a, b) = UnixStream::pair()?;
+///     a.write_all(b"left over").await?;
+///     let mut byte = [0; 1];
+///     (&b).read_exact(&mut byte).await?; // on io_uring, the rest waits in b's buffer
+///     match b.into_std() {
+///         Ok(_std) => {} // readiness backends buffer nothing
+///         Err(e) => {
+///             let b = e.into_inner(); // nothing is lost: the stream comes back
+///             let mut rest = [0; 8];
+///             (&b).read_exact(&mut rest).await?;
+///             assert_eq!(&rest, b"eft over");
+///         }
+///     }
+///     Ok::<_, std::io::Error>(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct IntoStdError<S> {
+    // Boxed: a stream is large, and errors should be small.
+    stream: Box<S>,
+}
+
+impl<S> IntoStdError<S> {
+    /// The stream, unchanged.
+    ///
+    /// See [`IntoStdError`] for an example.
+    pub fn into_inner(self) -> S {
+        *self.stream
+    }
+}
+
+impl<S> std::fmt::Debug for IntoStdError<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntoStdError").finish_non_exhaustive()
+    }
+}
+
+impl<S> std::fmt::Display for IntoStdError<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the stream holds received bytes not read yet (or a receive in flight); \
+             read them before into_std",
+        )
+    }
+}
+
+impl<S> std::error::Error for IntoStdError<S> {}
+
+impl<S> From<IntoStdError<S>> for io::Error {
+    fn from(e: IntoStdError<S>) -> io::Error {
+        io::Error::new(io::ErrorKind::WouldBlock, e.to_string())
+    }
+}
+
 /// What both stream types share: shutdown, readiness, the fd, and the futures-io traits (reads
-/// through [`recv::Recv`], completion-based on io_uring).
+/// through `recv::Recv`, completion-based on io_uring).
 ///
 /// `$connected_pair` is hidden doctest code that makes two connected streams `a` and `b` of `$ty`
 /// inside an async block, so that each type's docs show its own type.
 macro_rules! stream_io_impls {
     ($ty:ty, $io:ty, $connected_pair:literal) => {
         impl $ty {
-            /// Wraps a registered socket, with RECVs if the current context runs io_uring.
             fn wrap(inner: $crate::io::Async<$io>) -> $ty {
                 Self {
                     inner,
@@ -86,19 +150,17 @@ macro_rules! stream_io_impls {
                 }
             }
 
-            /// Shuts down reading, writing or both.
-            ///
-            /// Shutting down writing sends end-of-stream while the stream can still read (`a` and `b` are
-            /// the two ends of a connection):
+            /// Shuts down the read half, the write half or both (`shutdown(2)`); the peer sees end of
+            /// stream after a write shutdown.
             ///
             /// ```
-            /// use futures::AsyncReadExt;
+            /// # use futures::AsyncReadExt;
             /// # let ctx = aioctx::AioContext::new()?;
             /// # ctx.block_on(async {
             #[doc = $connected_pair]
             /// a.shutdown(std::net::Shutdown::Write)?;
             /// let mut rest = Vec::new();
-            /// b.read_to_end(&mut rest).await?; // ends: `a` will write no more
+            /// b.read_to_end(&mut rest).await?; // end of stream at once
             /// assert!(rest.is_empty());
             /// # Ok::<_, std::io::Error>(())
             /// # })?;
@@ -108,20 +170,16 @@ macro_rules! stream_io_impls {
                 self.inner.get_ref().shutdown(how)
             }
 
-            /// Waits until readable: data is buffered or the socket is readable (or hung up, or in
-            /// error).
-            ///
-            /// With `a` and `b` the two ends of a connection:
+            /// Waits until a read would not block (received bytes are buffered or the socket is
+            /// readable).
             ///
             /// ```
-            /// use futures::{AsyncReadExt, AsyncWriteExt};
+            /// # use futures::AsyncWriteExt;
             /// # let ctx = aioctx::AioContext::new()?;
             /// # ctx.block_on(async {
             #[doc = $connected_pair]
             /// a.write_all(b"x").await?;
-            /// b.readable().await?; // a read now returns at once
-            /// let mut buf = [0; 1];
-            /// assert_eq!(b.read(&mut buf).await?, 1);
+            /// b.readable().await?;
             /// # Ok::<_, std::io::Error>(())
             /// # })?;
             /// # Ok::<(), std::io::Error>(())
@@ -130,23 +188,70 @@ macro_rules! stream_io_impls {
                 std::future::poll_fn(|cx| self.recv.poll_readable(cx, &self.inner)).await
             }
 
-            /// Waits until writable.
-            ///
-            /// With `a` and `b` the two ends of a connection:
+            /// Waits until a write would not block.
             ///
             /// ```
-            /// use futures::AsyncWriteExt;
             /// # let ctx = aioctx::AioContext::new()?;
             /// # ctx.block_on(async {
             #[doc = $connected_pair]
-            /// a.writable().await?; // a fresh stream has room in its send buffer
-            /// assert_eq!(a.write(b"x").await?, 1);
+            /// a.writable().await?; // a fresh socket has buffer space
+            /// # let _ = &mut b;
             /// # Ok::<_, std::io::Error>(())
             /// # })?;
             /// # Ok::<(), std::io::Error>(())
             /// ```
             pub async fn writable(&self) -> std::io::Result<()> {
                 self.inner.writable().await
+            }
+
+            /// Receives bytes into `buf` without consuming them: the next read returns them again.
+            /// Waits until at least one byte (or end of stream, then 0) is there.
+            ///
+            /// ```
+            /// # use futures::{AsyncReadExt, AsyncWriteExt};
+            /// # let ctx = aioctx::AioContext::new()?;
+            /// # ctx.block_on(async {
+            #[doc = $connected_pair]
+            /// a.write_all(b"hello").await?;
+            /// let mut peeked = [0; 5];
+            /// let n = b.peek(&mut peeked).await?;
+            /// assert_eq!(&peeked[..n], &b"hello"[..n]);
+            /// let mut read = [0; 5];
+            /// b.read_exact(&mut read).await?;
+            /// assert_eq!(&read, b"hello"); // peeking consumed nothing
+            /// # Ok::<_, std::io::Error>(())
+            /// # })?;
+            /// # Ok::<(), std::io::Error>(())
+            /// ```
+            pub async fn peek(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+                std::future::poll_fn(|cx| self.recv.poll_peek(cx, &self.inner, buf)).await
+            }
+
+            /// The std stream, deregistered from the context (still non-blocking). On the io_uring
+            /// backend a stream may hold received bytes not read yet, or a receive in flight; then
+            /// the stream comes back in the error (see [`IntoStdError`](crate::net::IntoStdError)) so
+            /// nothing is lost.
+            ///
+            /// ```
+            /// # let ctx = aioctx::AioContext::new()?;
+            /// # ctx.block_on(async {
+            #[doc = $connected_pair]
+            /// let std_stream = a.into_std()?; // nothing read yet: nothing buffered
+            /// std_stream.set_nonblocking(false)?;
+            /// # let _ = &mut b;
+            /// # Ok::<_, std::io::Error>(())
+            /// # })?;
+            /// # Ok::<(), std::io::Error>(())
+            /// ```
+            pub fn into_std(self) -> Result<$io, $crate::net::IntoStdError<$ty>> {
+                if self.recv.holds_data() {
+                    return Err($crate::net::IntoStdError {
+                        stream: Box::new(self),
+                    });
+                }
+                let Self { inner, recv } = self;
+                drop(recv);
+                Ok(inner.into_inner())
             }
         }
 
@@ -156,49 +261,106 @@ macro_rules! stream_io_impls {
             }
         }
 
+        impl std::os::fd::AsFd for $ty {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                self.inner.as_fd()
+            }
+        }
+
         impl futures::io::AsyncRead for $ty {
             fn poll_read(
-                mut self: std::pin::Pin<&mut Self>,
+                self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
                 buf: &mut [u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                let this = &mut *self;
-                let mut bufs = [std::io::IoSliceMut::new(buf)];
-                this.recv.poll_read(cx, &mut this.inner, &mut bufs)
+                std::pin::Pin::new(&mut &*self).poll_read(cx, buf)
             }
 
             fn poll_read_vectored(
-                mut self: std::pin::Pin<&mut Self>,
+                self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
                 bufs: &mut [std::io::IoSliceMut<'_>],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                let this = &mut *self;
-                this.recv.poll_read(cx, &mut this.inner, bufs)
+                std::pin::Pin::new(&mut &*self).poll_read_vectored(cx, bufs)
+            }
+        }
+
+        /// Reads through a shared reference: one task may read while another writes the same
+        /// stream, with no lock (at most one reader at a time: the read side keeps one waker).
+        impl futures::io::AsyncRead for &$ty {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                let mut bufs = [std::io::IoSliceMut::new(buf)];
+                self.recv.poll_read(cx, &self.inner, &mut bufs)
+            }
+
+            fn poll_read_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &mut [std::io::IoSliceMut<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.recv.poll_read(cx, &self.inner, bufs)
             }
         }
 
         impl futures::io::AsyncWrite for $ty {
             fn poll_write(
-                mut self: std::pin::Pin<&mut Self>,
+                self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
                 buf: &[u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+                std::pin::Pin::new(&mut &*self).poll_write(cx, buf)
             }
 
             fn poll_write_vectored(
-                mut self: std::pin::Pin<&mut Self>,
+                self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
                 bufs: &[std::io::IoSlice<'_>],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+                std::pin::Pin::new(&mut &*self).poll_write_vectored(cx, bufs)
             }
 
             fn poll_flush(
-                mut self: std::pin::Pin<&mut Self>,
+                self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+                std::pin::Pin::new(&mut &*self).poll_flush(cx)
+            }
+
+            fn poll_close(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut &*self).poll_close(cx)
+            }
+        }
+
+        /// Writes through a shared reference (see the `AsyncRead` impl for `&` this type).
+        impl futures::io::AsyncWrite for &$ty {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut &self.inner).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut &self.inner).poll_write_vectored(cx, bufs)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut &self.inner).poll_flush(cx)
             }
 
             fn poll_close(
@@ -211,3 +373,34 @@ macro_rules! stream_io_impls {
     };
 }
 pub(crate) use stream_io_impls;
+
+/// The connections a listener accepts, as a [`Stream`](futures::Stream) (see
+/// [`TcpListener::incoming`] and [`UnixListener::incoming`]). It never ends; an accept error is an item.
+#[must_use = "streams do nothing unless polled"]
+pub struct Incoming<'a, L> {
+    listener: &'a L,
+}
+
+impl<L> std::fmt::Debug for Incoming<'_, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").finish_non_exhaustive()
+    }
+}
+
+/// Accepts on a non-blocking listener `io` with `accept`, waiting for readiness when none is pending.
+fn poll_accept<T: std::os::fd::AsRawFd, S>(
+    io: &Async<T>,
+    cx: &mut std::task::Context<'_>,
+    mut accept: impl FnMut(&T) -> io::Result<S>,
+) -> std::task::Poll<io::Result<S>> {
+    loop {
+        match accept(io.get_ref()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match io.poll_readable(cx) {
+                std::task::Poll::Ready(Ok(())) => continue,
+                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            },
+            other => return std::task::Poll::Ready(other),
+        }
+    }
+}

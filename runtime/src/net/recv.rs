@@ -113,11 +113,12 @@ impl Recv {
     pub(crate) fn poll_read<T>(
         &self,
         cx: &mut Context<'_>,
-        io: &mut Async<T>,
+        io: &Async<T>,
         bufs: &mut [io::IoSliceMut<'_>],
     ) -> Poll<io::Result<usize>>
     where
-        T: AsRawFd + AsFd + io::Read + Unpin,
+        T: AsRawFd + AsFd,
+        for<'a> &'a T: io::Read,
     {
         let mut state = self.state.borrow_mut();
         if state.ring.is_none() && state.filled == state.pos {
@@ -128,38 +129,66 @@ impl Recv {
         if wanted == 0 {
             return Poll::Ready(Ok(0));
         }
-        loop {
-            if state.pos < state.filled {
-                return Poll::Ready(Ok(state.copy_out(bufs)));
+        match state.poll_fill(cx, io, wanted) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Filled::Data) => Poll::Ready(Ok(state.copy_out(bufs))),
+            Poll::Ready(Filled::Ended) => {
+                let ended = state.ended.take().expect("poll_fill saw it");
+                Poll::Ready(ended.map(|()| 0))
             }
-            if let Some(ended) = state.ended.take() {
-                return Poll::Ready(ended.map(|()| 0));
-            }
-            if state.op.is_some() {
-                if state.poll_op(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                continue;
-            }
-            let ring = state.ring.as_ref().and_then(Weak::upgrade);
-            if ring.is_some() && state.fd.is_none() {
-                // Out of fds (EMFILE) for the duplicate: this stream stays on readiness reads,
-                // which need none, rather than failing the read.
-                state.fd = io.as_fd().try_clone_to_owned().ok().map(Arc::new);
-            }
-            // The fd travels with the RECV and comes back with its completion (`poll_op`).
-            let (Some(ring), Some(fd)) = (ring, state.fd.take()) else {
-                // The context is gone, or no fd for RECVs: plain readiness I/O from now on.
-                state.ring = None;
+            Poll::Ready(Filled::Readiness) => {
                 drop(state);
-                return readiness_read(io, cx, bufs);
-            };
-            state.start(&ring, fd, wanted);
+                readiness_read(io, cx, bufs)
+            }
         }
     }
 
-    /// Readiness for `readable()`: buffered data or a reported end count as readable; with a RECV in
-    /// flight, its completion is the readiness.
+    /// Copies received bytes into `buf` without consuming them: the next read sees them again. On
+    /// the io_uring backend the bytes come through the stream's RECV buffer (a RECV is started if none
+    /// is buffered); elsewhere `recv(MSG_PEEK)` reads them in place.
+    pub(crate) fn poll_peek<T>(
+        &self,
+        cx: &mut Context<'_>,
+        io: &Async<T>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>>
+    where
+        T: AsRawFd + AsFd,
+    {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut state = self.state.borrow_mut();
+        if state.ring.is_none() && state.filled == state.pos {
+            drop(state);
+            return readiness_peek(io, cx, buf);
+        }
+        match state.poll_fill(cx, io, buf.len()) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Filled::Data) => {
+                let available = &state.buf[state.pos..state.filled];
+                let n = available.len().min(buf.len());
+                buf[..n].copy_from_slice(&available[..n]);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Filled::Ended) => Poll::Ready(match state.ended.as_ref() {
+                Some(Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+                _ => Ok(0),
+            }),
+            Poll::Ready(Filled::Readiness) => {
+                drop(state);
+                readiness_peek(io, cx, buf)
+            }
+        }
+    }
+
+    /// Whether received bytes wait in the stream's buffer, or a receive is in flight (so handing the
+    /// socket elsewhere would lose or reorder data).
+    pub(crate) fn holds_data(&self) -> bool {
+        let state = self.state.borrow();
+        state.pos < state.filled || state.op.is_some()
+    }
+
     pub(crate) fn poll_readable<T: AsRawFd>(
         &self,
         cx: &mut Context<'_>,
@@ -177,7 +206,54 @@ impl Recv {
     }
 }
 
+/// What [`State::poll_fill`] found.
+enum Filled {
+    /// Received bytes wait in the buffer.
+    Data,
+    /// The stream ended (end of file or an error, in `ended`).
+    Ended,
+    /// No ring any more (or no fd for RECVs): read with readiness from now on.
+    Readiness,
+}
+
 impl State {
+    /// Makes received bytes available in the buffer, starting a RECV of up to `wanted` bytes if none
+    /// is in flight, or says why there will be none.
+    fn poll_fill<T: AsFd + AsRawFd>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &Async<T>,
+        wanted: usize,
+    ) -> Poll<Filled> {
+        loop {
+            if self.pos < self.filled {
+                return Poll::Ready(Filled::Data);
+            }
+            if self.ended.is_some() {
+                return Poll::Ready(Filled::Ended);
+            }
+            if self.op.is_some() {
+                if self.poll_op(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                continue;
+            }
+            let ring = self.ring.as_ref().and_then(Weak::upgrade);
+            if ring.is_some() && self.fd.is_none() {
+                // Out of fds (EMFILE) for the duplicate: this stream stays on readiness reads,
+                // which need none, rather than failing the read.
+                self.fd = io.as_fd().try_clone_to_owned().ok().map(Arc::new);
+            }
+            // The fd travels with the RECV and comes back with its completion (`poll_op`).
+            let (Some(ring), Some(fd)) = (ring, self.fd.take()) else {
+                // The context is gone, or no fd for RECVs: plain readiness I/O from now on.
+                self.ring = None;
+                return Poll::Ready(Filled::Readiness);
+            };
+            self.start(&ring, fd, wanted);
+        }
+    }
+
     fn copy_out(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> usize {
         let mut copied = 0;
         for buf in bufs {
@@ -273,16 +349,48 @@ impl Drop for Recv {
 
 /// A readiness-based read: `read(2)`-style for one buffer (cheaper in the kernel than `readv`),
 /// vectored otherwise.
+/// `recv(MSG_PEEK)` when the socket is readable.
+fn readiness_peek<T: AsRawFd>(
+    io: &Async<T>,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    loop {
+        // SAFETY: `buf` is a live, writable slice of `buf.len()` bytes; recv writes at most that many.
+        let n = unsafe {
+            libc::recv(
+                io.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK,
+            )
+        };
+        if n >= 0 {
+            return Poll::Ready(Ok(n as usize));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::WouldBlock => match io.poll_readable(cx) {
+                Poll::Ready(Ok(())) => continue,
+                other => return other.map(|r| r.map(|()| 0)),
+            },
+            io::ErrorKind::Interrupted => continue,
+            _ => return Poll::Ready(Err(err)),
+        }
+    }
+}
+
 fn readiness_read<T>(
-    io: &mut Async<T>,
+    mut io: &Async<T>,
     cx: &mut Context<'_>,
     bufs: &mut [io::IoSliceMut<'_>],
 ) -> Poll<io::Result<usize>>
 where
-    T: AsRawFd + io::Read + Unpin,
+    T: AsRawFd,
+    for<'a> &'a T: io::Read,
 {
     match bufs {
-        [buf] => futures::io::AsyncRead::poll_read(Pin::new(io), cx, buf),
-        _ => futures::io::AsyncRead::poll_read_vectored(Pin::new(io), cx, bufs),
+        [buf] => futures::io::AsyncRead::poll_read(Pin::new(&mut io), cx, buf),
+        _ => futures::io::AsyncRead::poll_read_vectored(Pin::new(&mut io), cx, bufs),
     }
 }

@@ -1,12 +1,15 @@
 //! TCP sockets.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::{connect, stream_io_impls};
+use super::addr::{resolve, resolve_now, ToSocketAddrs};
+use super::{connect, poll_accept, stream_io_impls, Incoming};
 use crate::io::Async;
 
 /// A TCP listener on the current context.
@@ -36,6 +39,11 @@ pub struct TcpListener {
 impl TcpListener {
     /// Binds to `addr` (the first address it resolves to that binds) with `SO_REUSEADDR`.
     ///
+    /// `bind` is synchronous, like `std`'s: a host name (`"localhost:8080"`) is resolved on the
+    /// context's blocking pool while the caller waits, and no iteration of the loop runs meanwhile. A
+    /// literal address needs no resolver. To keep the loop running during a slow lookup, resolve
+    /// first with [`lookup_host`](super::lookup_host)`.await` and bind an address it returns.
+    ///
     /// Port 0 lets the kernel pick a free port:
     ///
     /// ```
@@ -47,7 +55,7 @@ impl TcpListener {
     /// ```
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
         let mut last = None;
-        for addr in addr.to_socket_addrs()? {
+        for addr in resolve_now(&addr)? {
             let socket = Socket::new(
                 Domain::for_address(addr),
                 Type::STREAM.cloexec(),
@@ -124,9 +132,62 @@ impl TcpListener {
     }
 }
 
+impl TcpListener {
+    /// The accepted connections as a [`Stream`](futures::Stream).
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use aioctx::net::{TcpListener, TcpStream};
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let listener = TcpListener::bind("127.0.0.1:0")?;
+    ///     let _client = TcpStream::connect(listener.local_addr()?).await?;
+    ///     let mut incoming = listener.incoming();
+    ///     let conn = incoming.next().await.expect("never ends")?;
+    ///     assert_eq!(conn.local_addr()?, listener.local_addr()?);
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn incoming(&self) -> Incoming<'_, TcpListener> {
+        Incoming { listener: self }
+    }
+
+    /// The std listener, deregistered from the context (still non-blocking).
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let _guard = ctx.enter();
+    /// let listener = aioctx::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
+    /// let std_listener = listener.into_std()?;
+    /// assert_eq!(std_listener.local_addr()?, addr);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn into_std(self) -> io::Result<std::net::TcpListener> {
+        Ok(self.inner.into_inner())
+    }
+}
+
+impl futures::Stream for Incoming<'_, TcpListener> {
+    type Item = io::Result<TcpStream>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        poll_accept(&self.listener.inner, cx, |l| l.accept()).map(|accepted| {
+            Some(accepted.and_then(|(stream, _)| Ok(TcpStream::wrap(Async::new(stream)?))))
+        })
+    }
+}
+
 impl AsRawFd for TcpListener {
     fn as_raw_fd(&self) -> RawFd {
         self.inner.as_raw_fd()
+    }
+}
+
+impl AsFd for TcpListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
     }
 }
 
@@ -157,7 +218,9 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
-    /// Connects to `addr` (trying each resolved address in turn) without blocking the loop.
+    /// Connects to `addr` (trying each resolved address in turn) without blocking the loop: a host
+    /// name is resolved on the context's blocking pool (see [`ToSocketAddrs`]), a literal address
+    /// needs no resolver.
     ///
     /// ```
     /// use aioctx::net::{TcpListener, TcpStream};
@@ -172,7 +235,7 @@ impl TcpStream {
     /// ```
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         let mut last = None;
-        for addr in addr.to_socket_addrs()? {
+        for addr in resolve(&addr).await? {
             let socket = Socket::new(
                 Domain::for_address(addr),
                 Type::STREAM.cloexec(),

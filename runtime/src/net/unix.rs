@@ -1,13 +1,15 @@
 //! Unix-domain stream sockets.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::{connect, stream_io_impls};
+use super::{connect, poll_accept, stream_io_impls, Incoming};
 use crate::io::Async;
 
 /// A Unix-domain listener on the current context.
@@ -114,9 +116,69 @@ impl UnixListener {
     }
 }
 
+impl UnixListener {
+    /// The accepted connections as a [`Stream`](futures::Stream).
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use aioctx::net::{UnixListener, UnixStream};
+    /// let dir = std::env::temp_dir().join(format!("aioctx-doc-incoming-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// std::fs::create_dir(&dir)?;
+    /// let path = dir.join("sock");
+    /// let ctx = aioctx::AioContext::new()?;
+    /// ctx.block_on(async {
+    ///     let listener = UnixListener::bind(&path)?;
+    ///     let _client = UnixStream::connect(&path).await?;
+    ///     let conn = listener.incoming().next().await.expect("never ends")?;
+    ///     assert!(conn.peer_addr()?.is_unnamed());
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn incoming(&self) -> Incoming<'_, UnixListener> {
+        Incoming { listener: self }
+    }
+
+    /// The std listener, deregistered from the context (still non-blocking).
+    ///
+    /// ```
+    /// let dir = std::env::temp_dir().join(format!("aioctx-doc-unix-into-std-{}", std::process::id()));
+    /// # let _ = std::fs::remove_dir_all(&dir);
+    /// std::fs::create_dir(&dir)?;
+    /// let ctx = aioctx::AioContext::new()?;
+    /// let _guard = ctx.enter();
+    /// let listener = aioctx::net::UnixListener::bind(dir.join("sock"))?;
+    /// let std_listener = listener.into_std()?;
+    /// assert!(std_listener.local_addr()?.as_pathname().is_some());
+    /// std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn into_std(self) -> io::Result<std::os::unix::net::UnixListener> {
+        Ok(self.inner.into_inner())
+    }
+}
+
+impl futures::Stream for Incoming<'_, UnixListener> {
+    type Item = io::Result<UnixStream>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        poll_accept(&self.listener.inner, cx, |l| l.accept()).map(|accepted| {
+            Some(accepted.and_then(|(stream, _)| Ok(UnixStream::wrap(Async::new(stream)?))))
+        })
+    }
+}
+
 impl AsRawFd for UnixListener {
     fn as_raw_fd(&self) -> RawFd {
         self.inner.as_raw_fd()
+    }
+}
+
+impl AsFd for UnixListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
     }
 }
 

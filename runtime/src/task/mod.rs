@@ -1,8 +1,9 @@
-//! The executor: tasks that the context's loop polls as one step of every iteration.
+//! The executor: tasks that the context's loop polls as one step of every iteration. Its public items
+//! are also at the crate root (`aioctx::spawn`, `aioctx::JoinHandle`, ...); [`JoinSet`] is here.
 //!
-//! This layer sits above the loop. Every context is built with an [`Executor`](executor::Executor),
+//! This layer sits above the loop. Every context is built with an `Executor`,
 //! which the loop knows only as its `TaskStep` hook. A task is an [`async_task`] cell whose schedule
-//! function pushes its `Runnable` onto the executor's run queues (see [`queue`]). The task step runs
+//! function pushes its `Runnable` onto the executor's run queues (`queue.rs`). The task step runs
 //! the tasks that were ready when it began (the slice rule, as for BHs), so a task that keeps waking
 //! itself cannot starve fds and timers, and a chain of tasks waking each other grows no stack: every
 //! wake is a queue push. The step runs after fd handlers and timers, so a task woken by a readiness
@@ -20,12 +21,14 @@ pub(crate) mod blocking;
 mod context_api;
 mod executor;
 mod join;
+mod join_set;
 pub(crate) mod queue;
 mod spawn;
 mod yield_now;
 
 pub use blocking::spawn_blocking;
 pub use join::{JoinError, JoinHandle, PanicPayload};
+pub use join_set::JoinSet;
 pub use spawn::{reschedule, spawn, spawn_local};
 pub use yield_now::{yield_now, YieldNow};
 

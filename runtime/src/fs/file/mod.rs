@@ -302,7 +302,11 @@ impl File {
     /// Runs one operation on the file's engine (on the ring, resubmitted as
     /// [`Op::submit_until_done`] says). `keep` holds whatever
     /// memory the operation points to; it comes back with the result.
-    async fn run<K: Send + 'static>(&self, req: Req, keep: K) -> (io::Result<usize>, K) {
+    pub(in crate::fs) async fn run<K: Send + 'static>(
+        &self,
+        req: Req,
+        keep: K,
+    ) -> (io::Result<usize>, K) {
         let keep = (Arc::clone(&self.fd), keep);
         let (res, (_, keep)) = match self.engine() {
             IoEngine::ThreadPool => run_blocking(req, keep).await,
@@ -550,24 +554,26 @@ impl File {
         mut bufs: Vec<B>,
         offset: u64,
     ) -> (io::Result<usize>, Vec<B>) {
-        let iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.stable_mut_ptr().cast(),
-                iov_len: b.bytes_total(),
-            })
-            .collect();
-        for iov in &iovs {
+        // Built straight into `IoVecs` (Send + Sync), so that the future is Send + Sync as well.
+        let iovs = IoVecs(
+            bufs.iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.stable_mut_ptr().cast(),
+                    iov_len: b.bytes_total(),
+                })
+                .collect(),
+        );
+        for iov in &iovs.0 {
             if let Err(e) = self.check_direct(iov.iov_base as usize, iov.iov_len, offset) {
                 return (Err(e), bufs);
             }
         }
         let req = Req::Readv {
-            iov: iovs.as_ptr() as usize,
-            count: iovs.len(),
+            iov: iovs.0.as_ptr() as usize,
+            count: iovs.0.len(),
             off: offset,
         };
-        let (res, (mut bufs, _iovs)) = self.run(req, (bufs, IoVecs(iovs))).await;
+        let (res, (mut bufs, _iovs)) = self.run(req, (bufs, iovs)).await;
         if let Ok(mut left) = res {
             for b in &mut bufs {
                 let n = left.min(b.bytes_total());
@@ -600,24 +606,26 @@ impl File {
         bufs: Vec<B>,
         offset: u64,
     ) -> (io::Result<usize>, Vec<B>) {
-        let iovs: Vec<libc::iovec> = bufs
-            .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.stable_ptr() as *mut _,
-                iov_len: b.bytes_init(),
-            })
-            .collect();
-        for iov in &iovs {
+        // Built straight into `IoVecs` (Send + Sync), so that the future is Send + Sync as well.
+        let iovs = IoVecs(
+            bufs.iter()
+                .map(|b| libc::iovec {
+                    iov_base: b.stable_ptr() as *mut _,
+                    iov_len: b.bytes_init(),
+                })
+                .collect(),
+        );
+        for iov in &iovs.0 {
             if let Err(e) = self.check_direct(iov.iov_base as usize, iov.iov_len, offset) {
                 return (Err(e), bufs);
             }
         }
         let req = Req::Writev {
-            iov: iovs.as_ptr() as usize,
-            count: iovs.len(),
+            iov: iovs.0.as_ptr() as usize,
+            count: iovs.0.len(),
             off: offset,
         };
-        let (res, (bufs, _iovs)) = self.run(req, (bufs, IoVecs(iovs))).await;
+        let (res, (bufs, _iovs)) = self.run(req, (bufs, iovs)).await;
         (res, bufs)
     }
 
