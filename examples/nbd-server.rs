@@ -45,9 +45,12 @@ struct Args {
     /// The IOThreads' busy-polling budget in nanoseconds (0 disables polling).
     #[arg(long)]
     poll_max_ns: Option<u64>,
-    /// Connections served at once.
-    #[arg(long, default_value_t = 256)]
+    /// Connections served at once; more are closed at once (0: no limit).
+    #[arg(long, default_value_t = 0)]
     max_connections: usize,
+    /// Seconds a client may take for the handshake before it is dropped (0: no limit).
+    #[arg(long, default_value_t = 10.0)]
+    handshake_limit: f64,
     /// Seconds a closing connection waits for its in-flight requests before aborting them.
     #[arg(long, default_value_t = 10.0)]
     drain_timeout: f64,
@@ -68,7 +71,15 @@ fn main() -> ExitCode {
         read_only: args.read_only,
         direct: args.direct,
         poll_max_ns: args.poll_max_ns,
-        max_connections: args.max_connections,
+        max_connections: (args.max_connections > 0).then_some(args.max_connections),
+        handshake_limit: match Duration::try_from_secs_f64(args.handshake_limit) {
+            Ok(limit) if limit.is_zero() => None,
+            Ok(limit) => Some(limit),
+            Err(e) => {
+                eprintln!("nbd-server: --handshake-limit: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
         drain_timeout: match Duration::try_from_secs_f64(args.drain_timeout) {
             Ok(timeout) => timeout,
             Err(e) => {

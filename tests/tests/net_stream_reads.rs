@@ -186,6 +186,49 @@ per_backend! {
         }
     }
 
+    // One fd per socket: 200 streams, each with a read waiting (a RECV in flight on io_uring, which
+    // keeps its socket open by sharing it, not by a duplicate fd), cost 200 fds and a few for the
+    // context, not 400.
+    fn streams_with_reads_in_flight_cost_one_fd_each(backend) {
+        // Counted in a child process: the other tests of this binary open fds meanwhile.
+        let name = tests::per_backend_test_name(module_path!(), backend);
+        if tests::child_expectation(&name).is_none() {
+            return tests::run_in_child(&name, &[]);
+        }
+        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let ctx = context(backend);
+        ctx.block_on(async {
+            let before = open_fds();
+            let mut ends = Vec::new();
+            let mut readers = Vec::new();
+            for _ in 0..100 {
+                let (a, b) = aioctx::net::UnixStream::pair().unwrap();
+                let a = std::rc::Rc::new(a);
+                readers.push(aioctx::spawn_local({
+                    let a = a.clone();
+                    async move {
+                        let mut byte = [0u8; 1];
+                        (&*a).read(&mut byte).await
+                    }
+                }));
+                ends.push((a, b));
+            }
+            for _ in 0..3 {
+                aioctx::yield_now().await; // every read is waiting, its RECV submitted
+            }
+            let used = open_fds() - before;
+            assert!(
+                (200..=216).contains(&used),
+                "200 streams with reads waiting use {used} fds"
+            );
+            for r in &readers {
+                assert!(!r.is_finished(), "a read finished with nothing to read");
+            }
+            drop(readers);
+            drop(ends);
+        });
+    }
+
     // A reset from the peer while a read waits surfaces as ECONNRESET.
     fn a_reset_from_the_peer_is_an_error(backend) {
         let ctx = context(backend);

@@ -29,9 +29,6 @@ const MAX_REQUESTS: usize = 64;
 /// Payload bytes (read data and write payloads) of one connection held at once, unless a single
 /// request needs more (up to [`proto::MAX_PAYLOAD`]).
 const MAX_BYTES: usize = 64 * 1024 * 1024;
-/// How long a client may take to choose an export.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// What a connection shares with the server.
 pub(crate) struct Shared {
     pub(crate) export: Arc<Export>,
@@ -39,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) activity: Arc<Activity>,
     /// How long a closing connection waits for its in-flight requests before it aborts them.
     pub(crate) drain_timeout: Duration,
+    /// How long the handshake may take (`None`: no limit).
+    pub(crate) handshake_limit: Option<Duration>,
 }
 
 /// Serves one connection until the client disconnects, breaks the protocol, or the server shuts down
@@ -52,11 +51,23 @@ where
         shutdown,
         activity,
         drain_timeout,
+        handshake_limit,
     } = shared;
-    let negotiated = aioctx::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, &export));
+    let negotiated = async {
+        match handshake_limit {
+            Some(limit) => aioctx::time::timeout(limit, handshake(&mut stream, &export))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("handshake not done within {limit:?} (--handshake-limit)"),
+                    )
+                })?,
+            None => handshake(&mut stream, &export).await,
+        }
+    };
     let outcome = match future::select(Box::pin(negotiated), shutdown.clone()).await {
-        Either::Left((Ok(outcome), _)) => outcome,
-        Either::Left((Err(elapsed), _)) => Err(elapsed.into()),
+        Either::Left((outcome, _)) => outcome,
         Either::Right(_) => return Ok(()),
     };
     match outcome {

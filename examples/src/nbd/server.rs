@@ -48,9 +48,14 @@ pub struct Config {
     pub direct: bool,
     /// The IOThreads' busy-polling budget (`None`: the IOThread default).
     pub poll_max_ns: Option<u64>,
-    /// Connections served at once; more are accepted and closed at once. With the per-connection
-    /// budget (64 requests, 64 MiB of buffers) this bounds what clients can make the server allocate.
-    pub max_connections: usize,
+    /// Connections served at once (`None`: no limit, as qemu-nbd with `--shared=0`); more are
+    /// accepted and closed at once, with a log line. With the per-connection budget (64 requests,
+    /// 64 MiB of buffers) a limit bounds what clients can make the server allocate.
+    pub max_connections: Option<usize>,
+    /// How long a client may take to finish the handshake before it is dropped (`None`: no limit). A
+    /// client that connects and stalls would otherwise pin a connection slot and its fd for ever;
+    /// qemu-nbd's default `--handshake-limit` is 10 s too.
+    pub handshake_limit: Option<Duration>,
     /// How long a closing connection (client EOF, `DISC`, shutdown) waits for its in-flight requests
     /// to be answered before aborting them: a client that never reads its replies cannot pin them.
     pub drain_timeout: Duration,
@@ -67,7 +72,8 @@ impl Default for Config {
             read_only: false,
             direct: false,
             poll_max_ns: None,
-            max_connections: 256,
+            max_connections: None,
+            handshake_limit: Some(Duration::from_secs(10)),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -208,7 +214,8 @@ pub struct Server {
     uri: String,
     handle: ShutdownHandle,
     signal: ShutdownSignal,
-    max_connections: usize,
+    max_connections: Option<usize>,
+    handshake_limit: Option<Duration>,
     drain_timeout: Duration,
     activity: Arc<Activity>,
     /// Removed on drop, after the IOThreads stopped.
@@ -268,7 +275,8 @@ impl Server {
                 signals: Arc::default(),
             },
             signal: receiver.shared(),
-            max_connections: config.max_connections.max(1),
+            max_connections: config.max_connections.map(|n| n.max(1)),
+            handshake_limit: config.handshake_limit,
             drain_timeout: config.drain_timeout,
             activity: Arc::default(),
             temp_file,
@@ -352,22 +360,47 @@ impl Server {
         let mut connections: FuturesUnordered<JoinHandle<io::Result<()>>> = FuturesUnordered::new();
         let mut next_thread = 0;
         let mut shutdown = self.signal.clone();
+        let mut limit = FdLimitBackoff::default();
         loop {
+            // At the process's fd limit, accepting is paused until a connection ends (freeing its fd)
+            // or the backoff elapses: the listener stays readable meanwhile, so accepting at once
+            // would spin.
+            let pause = limit.pause();
+            let paused = limit.paused();
+            let next = async {
+                if paused {
+                    std::future::pending().await
+                } else {
+                    accept.next().await
+                }
+            };
             futures::select_biased! {
                 _ = (&mut shutdown).fuse() => break,
-                done = connections.select_next_some() => log_connection_end(done),
-                accepted = accept.next().fuse() => {
+                done = connections.select_next_some() => {
+                    log_connection_end(done);
+                    limit.connection_ended();
+                }
+                () = pause.fuse() => limit.retry(),
+                accepted = next.fuse() => {
                     let stream = match accepted {
                         Ok(stream) => stream,
+                        Err(e) if is_fd_limit(&e) => {
+                            limit.hit(&e, connections.len());
+                            continue;
+                        }
                         Err(e) => {
-                            // Out of fds or memory: say so and breathe instead of spinning.
+                            // The connection went away before it was accepted (ECONNABORTED) or a
+                            // transient failure: the next accept is independent of it.
                             eprintln!("nbd-server: accept: {e}");
-                            aioctx::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         }
                     };
-                    if connections.len() >= self.max_connections {
-                        eprintln!("nbd-server: refusing a connection: {} served", connections.len());
+                    limit.accepted();
+                    if self.max_connections.is_some_and(|max| connections.len() >= max) {
+                        eprintln!(
+                            "nbd-server: refusing a connection: {} served (--max-connections)",
+                            connections.len()
+                        );
                         continue;
                     }
                     let thread = &self.threads[next_thread % self.threads.len()];
@@ -389,6 +422,7 @@ impl Server {
             shutdown: self.signal.clone(),
             activity: Arc::clone(&self.activity),
             drain_timeout: self.drain_timeout,
+            handshake_limit: self.handshake_limit,
         };
         thread.remote().spawn_local_with(move || async move {
             let _count = count;
@@ -434,6 +468,77 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether an accept failed because the process or the system is out of file descriptors.
+fn is_fd_limit(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+/// Accepting at the fd limit: pause, retry after a growing delay (10 ms doubling to 1 s) or as soon
+/// as a connection ends, and log once per burst instead of once per failed accept.
+#[derive(Default)]
+struct FdLimitBackoff {
+    /// The current pause, while at the limit.
+    delay: Option<Duration>,
+    /// Whether accepting is paused right now.
+    waiting: bool,
+    /// Accepts refused in this burst.
+    refused: u64,
+}
+
+impl FdLimitBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const LONGEST: Duration = Duration::from_secs(1);
+
+    fn paused(&self) -> bool {
+        self.waiting
+    }
+
+    /// Sleeps for the current pause, or for ever when accepting is not paused.
+    fn pause(&self) -> impl std::future::Future<Output = ()> {
+        let delay = self.delay.filter(|_| self.waiting);
+        async move {
+            match delay {
+                Some(d) => aioctx::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn hit(&mut self, e: &io::Error, served: usize) {
+        if self.delay.is_none() {
+            eprintln!(
+                "nbd-server: accept: {e}; at the fd limit with {served} connections: \
+                 pausing accepts until one ends"
+            );
+        }
+        self.refused += 1;
+        self.delay = Some(match self.delay {
+            None => Self::FIRST,
+            Some(d) => (d * 2).min(Self::LONGEST),
+        });
+        self.waiting = true;
+    }
+
+    fn retry(&mut self) {
+        self.waiting = false;
+    }
+
+    fn connection_ended(&mut self) {
+        // Its fd is free: try at once (the backoff stays, in case someone else took the fd).
+        self.waiting = false;
+    }
+
+    fn accepted(&mut self) {
+        if self.delay.take().is_some() {
+            eprintln!(
+                "nbd-server: accepting again after {} refused accepts",
+                self.refused
+            );
+            self.refused = 0;
+        }
     }
 }
 

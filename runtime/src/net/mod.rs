@@ -41,6 +41,7 @@
 
 mod addr;
 mod recv;
+mod shared_socket;
 mod tcp;
 mod unix;
 
@@ -143,11 +144,14 @@ impl<S> From<IntoStdError<S>> for io::Error {
 macro_rules! stream_io_impls {
     ($ty:ty, $io:ty, $connected_pair:literal) => {
         impl $ty {
-            fn wrap(inner: $crate::io::Async<$io>) -> $ty {
-                Self {
-                    inner,
+            /// Registers `socket` with the current context, with RECVs if it runs io_uring.
+            fn wrap(socket: $io) -> std::io::Result<$ty> {
+                Ok(Self {
+                    inner: $crate::io::Async::new($crate::net::shared_socket::SharedSocket::new(
+                        socket,
+                    ))?,
                     recv: $crate::net::recv::Recv::for_current_context(),
-                }
+                })
             }
 
             /// Shuts down the read half, the write half or both (`shutdown(2)`); the peer sees end of
@@ -167,7 +171,7 @@ macro_rules! stream_io_impls {
             /// # Ok::<(), std::io::Error>(())
             /// ```
             pub fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
-                self.inner.get_ref().shutdown(how)
+                self.inner.get_ref().get().shutdown(how)
             }
 
             /// Waits until a read would not block (received bytes are buffered or the socket is
@@ -224,7 +228,7 @@ macro_rules! stream_io_impls {
             /// # Ok::<(), std::io::Error>(())
             /// ```
             pub async fn peek(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-                std::future::poll_fn(|cx| self.recv.poll_peek(cx, &self.inner, buf)).await
+                std::future::poll_fn(|cx| self.recv.poll_peek::<$io>(cx, &self.inner, buf)).await
             }
 
             /// The std stream, deregistered from the context (still non-blocking). On the io_uring
@@ -244,14 +248,17 @@ macro_rules! stream_io_impls {
             /// # Ok::<(), std::io::Error>(())
             /// ```
             pub fn into_std(self) -> Result<$io, $crate::net::IntoStdError<$ty>> {
-                if self.recv.holds_data() {
+                if self.recv.holds_data() || !self.inner.get_ref().is_unique() {
                     return Err($crate::net::IntoStdError {
                         stream: Box::new(self),
                     });
                 }
                 let Self { inner, recv } = self;
                 drop(recv);
-                Ok(inner.into_inner())
+                Ok(inner
+                    .into_inner()
+                    .into_inner()
+                    .expect("no operation holds the socket: checked above"))
             }
         }
 
@@ -294,7 +301,7 @@ macro_rules! stream_io_impls {
                 buf: &mut [u8],
             ) -> std::task::Poll<std::io::Result<usize>> {
                 let mut bufs = [std::io::IoSliceMut::new(buf)];
-                self.recv.poll_read(cx, &self.inner, &mut bufs)
+                self.recv.poll_read::<$io>(cx, &self.inner, &mut bufs)
             }
 
             fn poll_read_vectored(
@@ -302,7 +309,7 @@ macro_rules! stream_io_impls {
                 cx: &mut std::task::Context<'_>,
                 bufs: &mut [std::io::IoSliceMut<'_>],
             ) -> std::task::Poll<std::io::Result<usize>> {
-                self.recv.poll_read(cx, &self.inner, bufs)
+                self.recv.poll_read::<$io>(cx, &self.inner, bufs)
             }
         }
 
@@ -367,7 +374,12 @@ macro_rules! stream_io_impls {
                 self: std::pin::Pin<&mut Self>,
                 _cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                std::task::Poll::Ready(self.inner.get_ref().shutdown(std::net::Shutdown::Write))
+                std::task::Poll::Ready(
+                    self.inner
+                        .get_ref()
+                        .get()
+                        .shutdown(std::net::Shutdown::Write),
+                )
             }
         }
     };

@@ -10,15 +10,16 @@
 //!
 //! The kernel writes into the receive buffer until the RECV's CQE arrives, whatever happens to the
 //! future or the stream in the meantime. So the buffer (a `Vec<u8>` whose heap block does not move
-//! when the `Vec` does) and a duplicate of the socket's fd travel inside the operation's resources
-//! ([`Op`]), in the cell shared with the completion callback: the stream, not the read future, owns
-//! the RECV, so a read future dropped mid-flight loses nothing (the next read gets the bytes). When
-//! the stream is dropped with a RECV in flight it queues `IORING_OP_ASYNC_CANCEL` for it and lets
-//! go; the buffer and the fd duplicate are released by the completion callback when the RECV's own
-//! CQE (`-ECANCELED`, or data nobody will read) arrives, and only then does the socket close. The
-//! duplicate makes the fd number in the SQE valid until then even though the stream's own fd closes
-//! at once (an SQE still queued resolves its fd at submission; a reused number would be another
-//! file). At context teardown the context cancels and waits for every RECV like any user SQE.
+//! when the `Vec` does) and an owner of the socket itself ([`SharedSocket`]'s `Arc`) travel inside
+//! the operation's resources ([`Op`]), in the cell shared with the completion callback: the stream,
+//! not the read future, owns the RECV, so a read future dropped mid-flight loses nothing (the next
+//! read gets the bytes). When the stream is dropped with a RECV in flight it shuts the socket down
+//! (so the peer sees the connection end at once), queues `IORING_OP_ASYNC_CANCEL` for the RECV and
+//! lets go; the buffer and the last owner of the socket are released by the completion callback when
+//! the RECV's own CQE (`-ECANCELED`, or data nobody will read) arrives, and only then does the fd
+//! close, so the fd number in the SQE is this socket's until then (an SQE still queued resolves its
+//! fd at submission; a reused number would be another file). One fd per socket: no duplicate. At
+//! context teardown the context cancels and waits for every RECV like any user SQE.
 //!
 //! Bytes move from the socket into the buffer only while a read is pending, at most one buffer's
 //! worth (4 KiB to 64 KiB, sized by the reads, never growing past that), and reads take them in
@@ -29,7 +30,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use std::task::{Context, Poll};
 
 use io_uring::{opcode, types};
 
+use super::shared_socket::SharedSocket;
 use crate::context::{current, HomeState};
 use crate::io::ring_op::{cqe_result, Op};
 use crate::io::Async;
@@ -48,9 +50,10 @@ const MAX_BUF: usize = 64 * 1024;
 /// first receive attempt, saving the kernel a doomed attempt when the socket was just drained.
 const RECVSEND_POLL_FIRST: u16 = 1;
 
-/// What a RECV in flight owns: the buffer the kernel writes and the fd the SQE names.
+/// What a RECV in flight owns: the buffer the kernel writes and (an owner of) the socket whose fd the
+/// SQE names.
 struct RecvResources {
-    fd: Arc<OwnedFd>,
+    _socket: Arc<dyn AsFd + Send + Sync>,
     buf: Vec<u8>,
 }
 
@@ -58,9 +61,9 @@ struct RecvResources {
 struct State {
     /// The context that runs this stream, when its backend is io_uring and RECVs are in use.
     ring: Option<Weak<HomeState>>,
-    /// The duplicate of the socket's fd that RECVs name (made at the first RECV; in the RECV's
-    /// resources while one is in flight).
-    fd: Option<Arc<OwnedFd>>,
+    /// The fd the RECV in flight names (its resources keep the socket open), to shut the socket
+    /// down if the stream is dropped first.
+    in_flight_fd: Option<RawFd>,
     /// The receive buffer, when no RECV is in flight; `buf[pos..filled]` is still to be read.
     buf: Vec<u8>,
     pos: usize,
@@ -110,20 +113,20 @@ impl Recv {
     }
 
     /// `AsyncRead::poll_read_vectored` for the stream that owns `io`.
-    pub(crate) fn poll_read<T>(
+    pub(crate) fn poll_read<S>(
         &self,
         cx: &mut Context<'_>,
-        io: &Async<T>,
+        io: &Async<SharedSocket<S>>,
         bufs: &mut [io::IoSliceMut<'_>],
     ) -> Poll<io::Result<usize>>
     where
-        T: AsRawFd + AsFd,
-        for<'a> &'a T: io::Read,
+        S: AsRawFd + AsFd + Send + Sync + 'static,
+        for<'a> &'a SharedSocket<S>: io::Read,
     {
         let mut state = self.state.borrow_mut();
         if state.ring.is_none() && state.filled == state.pos {
             drop(state);
-            return readiness_read(io, cx, bufs);
+            return readiness_read::<SharedSocket<S>>(io, cx, bufs);
         }
         let wanted: usize = bufs.iter().map(|b| b.len()).sum();
         if wanted == 0 {
@@ -138,7 +141,7 @@ impl Recv {
             }
             Poll::Ready(Filled::Readiness) => {
                 drop(state);
-                readiness_read(io, cx, bufs)
+                readiness_read::<SharedSocket<S>>(io, cx, bufs)
             }
         }
     }
@@ -146,14 +149,14 @@ impl Recv {
     /// Copies received bytes into `buf` without consuming them: the next read sees them again. On
     /// the io_uring backend the bytes come through the stream's RECV buffer (a RECV is started if none
     /// is buffered); elsewhere `recv(MSG_PEEK)` reads them in place.
-    pub(crate) fn poll_peek<T>(
+    pub(crate) fn poll_peek<S>(
         &self,
         cx: &mut Context<'_>,
-        io: &Async<T>,
+        io: &Async<SharedSocket<S>>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>>
     where
-        T: AsRawFd + AsFd,
+        S: AsRawFd + AsFd + Send + Sync + 'static,
     {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
@@ -161,7 +164,7 @@ impl Recv {
         let mut state = self.state.borrow_mut();
         if state.ring.is_none() && state.filled == state.pos {
             drop(state);
-            return readiness_peek(io, cx, buf);
+            return readiness_peek::<SharedSocket<S>>(io, cx, buf);
         }
         match state.poll_fill(cx, io, buf.len()) {
             Poll::Pending => Poll::Pending,
@@ -177,7 +180,7 @@ impl Recv {
             }),
             Poll::Ready(Filled::Readiness) => {
                 drop(state);
-                readiness_peek(io, cx, buf)
+                readiness_peek::<SharedSocket<S>>(io, cx, buf)
             }
         }
     }
@@ -212,17 +215,18 @@ enum Filled {
     Data,
     /// The stream ended (end of file or an error, in `ended`).
     Ended,
-    /// No ring any more (or no fd for RECVs): read with readiness from now on.
+    /// No ring any more (the context is gone, or the kernel answered EAGAIN): readiness reads from
+    /// now on.
     Readiness,
 }
 
 impl State {
     /// Makes received bytes available in the buffer, starting a RECV of up to `wanted` bytes if none
     /// is in flight, or says why there will be none.
-    fn poll_fill<T: AsFd + AsRawFd>(
+    fn poll_fill<S: AsFd + AsRawFd + Send + Sync + 'static>(
         &mut self,
         cx: &mut Context<'_>,
-        io: &Async<T>,
+        io: &Async<SharedSocket<S>>,
         wanted: usize,
     ) -> Poll<Filled> {
         loop {
@@ -238,19 +242,12 @@ impl State {
                 }
                 continue;
             }
-            let ring = self.ring.as_ref().and_then(Weak::upgrade);
-            if ring.is_some() && self.fd.is_none() {
-                // Out of fds (EMFILE) for the duplicate: this stream stays on readiness reads,
-                // which need none, rather than failing the read.
-                self.fd = io.as_fd().try_clone_to_owned().ok().map(Arc::new);
-            }
-            // The fd travels with the RECV and comes back with its completion (`poll_op`).
-            let (Some(ring), Some(fd)) = (ring, self.fd.take()) else {
-                // The context is gone, or no fd for RECVs: plain readiness I/O from now on.
+            let Some(ring) = self.ring.as_ref().and_then(Weak::upgrade) else {
+                // No ring, or the context is gone: plain readiness I/O from now on.
                 self.ring = None;
                 return Poll::Ready(Filled::Readiness);
             };
-            self.start(&ring, fd, wanted);
+            self.start(&ring, io.get_ref().share(), wanted);
         }
     }
 
@@ -277,9 +274,9 @@ impl State {
             return Poll::Pending;
         };
         self.op = None;
+        self.in_flight_fd = None;
         let capacity = resources.buf.len();
         self.buf = resources.buf;
-        self.fd = Some(resources.fd);
         self.pos = 0;
         self.filled = 0;
         match result.and_then(cqe_result) {
@@ -300,9 +297,8 @@ impl State {
         Poll::Ready(())
     }
 
-    /// Queues a RECV on `fd` (the stream's duplicate) into the (lazily allocated, grown only up
-    /// to `MAX_BUF`) buffer.
-    fn start(&mut self, ring: &Rc<HomeState>, fd: Arc<OwnedFd>, wanted: usize) {
+    /// Queues a RECV on `socket` into the (lazily allocated, grown only up to `MAX_BUF`) buffer.
+    fn start(&mut self, ring: &Rc<HomeState>, socket: Arc<dyn AsFd + Send + Sync>, wanted: usize) {
         let size = wanted.clamp(MIN_BUF, MAX_BUF);
         let mut buf = std::mem::take(&mut self.buf);
         if buf.len() < size {
@@ -316,13 +312,18 @@ impl State {
             0
         };
         let ptr = buf.as_mut_ptr();
-        let raw_fd = fd.as_raw_fd();
-        let resources = RecvResources { fd, buf };
+        let raw_fd = socket.as_fd().as_raw_fd();
+        self.in_flight_fd = Some(raw_fd);
+        let resources = RecvResources {
+            _socket: socket,
+            buf,
+        };
         // SAFETY: `ptr` points at `len` initialised bytes of the heap block `resources.buf` owns
-        // (moving the Vec does not move its heap block), and `raw_fd` is `resources.fd`'s; the op
-        // keeps both alive until the RECV's CQE arrives, also if the stream is dropped first, and
-        // nothing else touches the buffer meanwhile (it is only reachable through the op). A RECV
-        // produces exactly one CQE.
+        // (moving the Vec does not move its heap block), and `raw_fd` is the socket `resources`
+        // owns a share of, so it stays open (and this socket's) until the op lets go; the op keeps
+        // both until the RECV's CQE arrives, also if the stream is dropped first, and nothing else
+        // touches the buffer meanwhile (it is only reachable through the op). A RECV produces
+        // exactly one CQE.
         let op = unsafe {
             Op::submit_on(ring, resources, |_| {
                 opcode::Recv::new(types::Fd(raw_fd), ptr, len)
@@ -338,8 +339,13 @@ impl Drop for Recv {
     fn drop(&mut self) {
         let state = self.state.get_mut();
         if let Some(op) = state.op.take() {
-            // Cancel first so the socket closes (and the peer sees it) promptly; the buffer and fd
-            // stay with the op until its CQE.
+            // The op keeps the socket open until its CQE: shut it down now so the peer sees the
+            // connection end at once, and cancel the RECV so the CQE comes soon.
+            if let Some(fd) = state.in_flight_fd.take() {
+                // SAFETY: shutdown(2) takes no pointers; `fd` is open while the RECV holds its share
+                // of the socket, which it does until its CQE (not before this drop returns).
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
             if let Some(ring) = state.ring.as_ref().and_then(Weak::upgrade) {
                 op.cancel_on(&ring);
             }

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::addr::{resolve, resolve_now, ToSocketAddrs};
+use super::shared_socket::SharedSocket;
 use super::{connect, poll_accept, stream_io_impls, Incoming};
 use crate::io::Async;
 
@@ -114,7 +115,7 @@ impl TcpListener {
     /// ```
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (stream, peer) = self.inner.read_with(|l| l.accept()).await?;
-        Ok((TcpStream::wrap(Async::new(stream)?), peer))
+        Ok((TcpStream::wrap(stream)?, peer))
     }
 
     /// The bound address.
@@ -173,9 +174,8 @@ impl futures::Stream for Incoming<'_, TcpListener> {
     type Item = io::Result<TcpStream>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        poll_accept(&self.listener.inner, cx, |l| l.accept()).map(|accepted| {
-            Some(accepted.and_then(|(stream, _)| Ok(TcpStream::wrap(Async::new(stream)?))))
-        })
+        poll_accept(&self.listener.inner, cx, |l| l.accept())
+            .map(|accepted| Some(accepted.and_then(|(stream, _)| TcpStream::wrap(stream))))
     }
 }
 
@@ -213,7 +213,7 @@ impl AsFd for TcpListener {
 /// ```
 #[derive(Debug)]
 pub struct TcpStream {
-    inner: Async<std::net::TcpStream>,
+    inner: Async<SharedSocket<std::net::TcpStream>>,
     recv: super::recv::Recv,
 }
 
@@ -244,7 +244,7 @@ impl TcpStream {
             match connect(socket, &SockAddr::from(addr)).await {
                 Ok(s) => {
                     let stream = std::net::TcpStream::from(s.into_inner());
-                    return Ok(TcpStream::wrap(Async::new(stream)?));
+                    return TcpStream::wrap(stream);
                 }
                 Err(e) => last = Some(e),
             }
@@ -266,7 +266,7 @@ impl TcpStream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
-        Ok(TcpStream::wrap(Async::new(stream)?))
+        TcpStream::wrap(stream)
     }
 
     /// The peer's address.
@@ -285,7 +285,7 @@ impl TcpStream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().peer_addr()
+        self.inner.get_ref().get().peer_addr()
     }
 
     /// The local address.
@@ -304,7 +304,7 @@ impl TcpStream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().local_addr()
+        self.inner.get_ref().get().local_addr()
     }
 
     /// `TCP_NODELAY`.
@@ -325,7 +325,7 @@ impl TcpStream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        self.inner.get_ref().set_nodelay(on)
+        self.inner.get_ref().get().set_nodelay(on)
     }
 
     /// Whether `TCP_NODELAY` is set.
@@ -344,7 +344,7 @@ impl TcpStream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn nodelay(&self) -> io::Result<bool> {
-        self.inner.get_ref().nodelay()
+        self.inner.get_ref().get().nodelay()
     }
 }
 

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use super::shared_socket::SharedSocket;
 use super::{connect, poll_accept, stream_io_impls, Incoming};
 use crate::io::Async;
 
@@ -97,7 +98,7 @@ impl UnixListener {
     /// ```
     pub async fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
         let (stream, peer) = self.inner.read_with(|l| l.accept()).await?;
-        Ok((UnixStream::wrap(Async::new(stream)?), peer))
+        Ok((UnixStream::wrap(stream)?, peer))
     }
 
     /// The bound address.
@@ -164,9 +165,8 @@ impl futures::Stream for Incoming<'_, UnixListener> {
     type Item = io::Result<UnixStream>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        poll_accept(&self.listener.inner, cx, |l| l.accept()).map(|accepted| {
-            Some(accepted.and_then(|(stream, _)| Ok(UnixStream::wrap(Async::new(stream)?))))
-        })
+        poll_accept(&self.listener.inner, cx, |l| l.accept())
+            .map(|accepted| Some(accepted.and_then(|(stream, _)| UnixStream::wrap(stream))))
     }
 }
 
@@ -201,7 +201,7 @@ impl AsFd for UnixListener {
 /// ```
 #[derive(Debug)]
 pub struct UnixStream {
-    inner: Async<std::os::unix::net::UnixStream>,
+    inner: Async<SharedSocket<std::os::unix::net::UnixStream>>,
     recv: super::recv::Recv,
 }
 
@@ -227,7 +227,7 @@ impl UnixStream {
         let s = connect(socket, &SockAddr::unix(path)?).await?;
         let stream =
             std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(s.into_inner()));
-        Ok(UnixStream::wrap(Async::new(stream)?))
+        UnixStream::wrap(stream)
     }
 
     /// A connected pair.
@@ -247,10 +247,7 @@ impl UnixStream {
     /// ```
     pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
         let (a, b) = std::os::unix::net::UnixStream::pair()?;
-        Ok((
-            UnixStream::wrap(Async::new(a)?),
-            UnixStream::wrap(Async::new(b)?),
-        ))
+        Ok((UnixStream::wrap(a)?, UnixStream::wrap(b)?))
     }
 
     /// Wraps a connected std stream (made non-blocking).
@@ -274,7 +271,7 @@ impl UnixStream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn from_std(stream: std::os::unix::net::UnixStream) -> io::Result<UnixStream> {
-        Ok(UnixStream::wrap(Async::new(stream)?))
+        UnixStream::wrap(stream)
     }
 
     /// The peer's address.
@@ -287,7 +284,7 @@ impl UnixStream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().peer_addr()
+        self.inner.get_ref().get().peer_addr()
     }
 }
 
