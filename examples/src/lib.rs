@@ -2,4 +2,5 @@
 //! `cargo run --release -p examples --example NAME`. Their reusable parts live here.
 
 pub mod nbd;
+pub mod vhost_user_blk;
 pub mod virtio_blk;

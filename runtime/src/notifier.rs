@@ -50,6 +50,67 @@ impl EventNotifier {
         Ok(Self { fd: Arc::new(fd) })
     }
 
+    /// Takes over an eventfd made elsewhere: one another process sent over a Unix socket, such as a
+    /// vhost-user front end's kick and call fds, or an ioeventfd/irqfd a VMM registered with KVM. The
+    /// descriptor is made non-blocking and close-on-exec (the file status flags are shared with every
+    /// other holder of the same open file, which an eventfd used as a notifier expects).
+    ///
+    /// Fails with `InvalidInput` when `fd` is not an eventfd: a notifier over a pipe, a socket or a
+    /// regular file would misread its data as counts, and a peer that sends one is buggy or hostile.
+    ///
+    /// ```
+    /// use std::os::fd::OwnedFd;
+    ///
+    /// let n = aioctx::EventNotifier::new()?;
+    /// let fd: OwnedFd = n.as_fd_owned()?; // another handle to the same eventfd, as a peer would send
+    /// let adopted = aioctx::EventNotifier::from_eventfd(fd)?;
+    /// adopted.set()?;
+    /// assert!(n.test_and_clear()?, "both notifiers are the same eventfd");
+    ///
+    /// let not_an_eventfd: OwnedFd = std::fs::File::open("/dev/null")?.into();
+    /// let err = aioctx::EventNotifier::from_eventfd(not_an_eventfd).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn from_eventfd(fd: OwnedFd) -> io::Result<Self> {
+        // An eventfd is an anonymous inode; /proc names its kind, which nothing in fstat does.
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| sys::with_context(e, "checking the kind of an fd for an EventNotifier"))?;
+        if link.as_os_str() != "anon_inode:[eventfd]" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an EventNotifier needs an eventfd, not {}", link.display()),
+            ));
+        }
+        // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL/F_SETFD take and return ints.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        let flags = sys::check(flags, || "reading an eventfd's status flags".into())?;
+        // SAFETY: as above.
+        let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+        sys::check(ret, || "making an eventfd non-blocking".into())?;
+        // SAFETY: as above.
+        let ret = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        sys::check(ret, || "making an eventfd close-on-exec".into())?;
+        Ok(Self { fd: Arc::new(fd) })
+    }
+
+    /// A new descriptor for the same eventfd (`dup`), to hand to another process or to a VMM's
+    /// ioeventfd/irqfd registration. It shares the counter with this notifier.
+    ///
+    /// ```
+    /// let n = aioctx::EventNotifier::new()?;
+    /// let fd = n.as_fd_owned()?;
+    /// let one = 1u64.to_ne_bytes();
+    /// std::io::Write::write_all(&mut std::fs::File::from(fd), &one)?;
+    /// assert!(n.test_and_clear()?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn as_fd_owned(&self) -> io::Result<OwnedFd> {
+        self.fd
+            .try_clone()
+            .map_err(|e| sys::with_context(e, "duplicating an EventNotifier's eventfd"))
+    }
+
     /// Sets the notifier, waking whoever watches it. Setting an already-set notifier changes nothing
     /// a watcher can tell: the eventfd counter grows, but [`test_and_clear`](Self::test_and_clear)
     /// reads it whole, so any number of sets before it count as one.

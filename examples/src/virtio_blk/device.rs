@@ -391,7 +391,7 @@ async fn serve_request(shared: Rc<Shared>, head: u16, req: Result<Request, Rejec
 
 /// The serving loop: drain the ring, sleep (or poll) until the guest publishes more, until stopped;
 /// then wait for the requests in flight.
-async fn serve(shared: Rc<Shared>, kick: EventNotifier, stop: Arc<AtomicBool>) -> io::Result<()> {
+async fn serve(shared: Rc<Shared>, kick: EventNotifier, stop: Arc<AtomicBool>) -> io::Result<u16> {
     let waiter = kick.waiter_polling_with(
         {
             let s = shared.clone();
@@ -426,7 +426,9 @@ async fn serve(shared: Rc<Shared>, kick: EventNotifier, stop: Arc<AtomicBool>) -
         Poll::Pending
     })
     .await;
-    Ok(())
+    // Every chain taken has been completed: this is where a resumed device starts again.
+    let next_avail = shared.queue.borrow().next_avail();
+    Ok(next_avail)
 }
 
 /// What a device is made of: the backing file, guest memory with the queue in it, the guest's
@@ -455,7 +457,7 @@ pub struct VirtioBlkDevice {
     remote: Remote,
     stop: Arc<AtomicBool>,
     kick: EventNotifier,
-    task: Option<JoinHandle<io::Result<()>>>,
+    task: Option<JoinHandle<io::Result<u16>>>,
     counters: Arc<DeviceCounters>,
     /// Keeps guest memory mapped while the device runs (operations in flight hold their own `Arc`).
     _mem: Arc<GuestMemory>,
@@ -463,10 +465,29 @@ pub struct VirtioBlkDevice {
 
 impl VirtioBlkDevice {
     /// Starts the device on the context behind `remote` (an IoThread's), serving `parts.queue` of the
-    /// guest's memory with `parts.disk` as the backing file. It waits until the device task runs, so
-    /// it fails with `WouldBlock` when called on that context's own thread (where it would wait
-    /// forever).
+    /// guest's memory with `parts.disk` as the backing file, from the start of a fresh ring. It waits
+    /// until the device task runs, so it fails with `WouldBlock` when called on that context's own
+    /// thread (where it would wait forever).
     pub fn start(remote: &Remote, parts: DeviceParts) -> io::Result<Self> {
+        Self::resume(remote, parts, 0)
+    }
+
+    /// Starts the device on a ring already in use: the next chain it takes is at avail index
+    /// `next_avail` (vhost-user's `SET_VRING_BASE`, or what [`pause`](Self::pause) returned), and
+    /// completions go on from the used index the ring holds in guest memory. Otherwise as
+    /// [`start`](Self::start).
+    pub fn resume(remote: &Remote, parts: DeviceParts, next_avail: u16) -> io::Result<Self> {
+        Self::resume_with_counters(remote, parts, next_avail, Arc::default())
+    }
+
+    /// [`resume`](Self::resume), counting into `counters` (shared with earlier runs of the same queue,
+    /// so that totals survive a pause).
+    pub fn resume_with_counters(
+        remote: &Remote,
+        parts: DeviceParts,
+        next_avail: u16,
+        counters: Arc<DeviceCounters>,
+    ) -> io::Result<Self> {
         if remote.is_home_thread() {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
@@ -482,8 +503,12 @@ impl VirtioBlkDevice {
             irq,
             limits,
         } = parts;
-        let q = make_queue(&mem, &queue)?;
-        let counters = Arc::new(DeviceCounters::default());
+        let mut q = make_queue(&mem, &queue)?;
+        let used = q
+            .used_idx(&*mem, Ordering::Acquire)
+            .map_err(|e| io::Error::other(format!("used ring: {e}")))?;
+        q.set_next_avail(next_avail);
+        q.set_next_used(used.0);
         let stop = Arc::new(AtomicBool::new(false));
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let task = remote.spawn_local_with({
@@ -534,13 +559,20 @@ impl VirtioBlkDevice {
     /// Stops serving: finishes the requests in flight, ends the task and reports how it ended. On the
     /// device's own IoThread it cannot wait for that: it asks the device to stop and fails with
     /// `WouldBlock`, and the device finishes its requests and ends on its own.
-    pub fn stop(mut self) -> io::Result<()> {
+    pub fn stop(self) -> io::Result<()> {
+        self.pause().map(drop)
+    }
+
+    /// Stops serving as [`stop`](Self::stop) does and returns the avail index to
+    /// [`resume`](Self::resume) from: every chain before it has been completed on the used ring
+    /// (vhost-user's `GET_VRING_BASE`).
+    pub fn pause(mut self) -> io::Result<u16> {
         self.shutdown()
     }
 
-    fn shutdown(&mut self) -> io::Result<()> {
+    fn shutdown(&mut self) -> io::Result<u16> {
         let Some(task) = self.task.take() else {
-            return Ok(());
+            return Err(io::Error::other("the device was stopped already"));
         };
         self.stop.store(true, Ordering::Release);
         self.kick.set()?;
