@@ -40,6 +40,9 @@ struct Args {
     /// The IOThreads' busy-polling budget in nanoseconds (0 disables polling).
     #[arg(long)]
     poll_max_ns: Option<u64>,
+    /// The event loop backend: io_uring, epoll, poll or auto.
+    #[arg(long, default_value = "auto")]
+    backend: aioctx::Backend,
     /// Create the image with this size if it does not exist, or grow it to it (e.g. 1G).
     #[arg(long, value_parser = examples::nbd::parse_size)]
     size: Option<u64>,
@@ -56,6 +59,8 @@ fn main() -> ExitCode {
         direct: args.direct,
         poll_max_ns: args.poll_max_ns,
         size: args.size,
+        backend: args.backend,
+        ..Options::new("", "")
     };
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,7 +73,9 @@ fn main() -> ExitCode {
 
 fn run(options: &Options) -> std::io::Result<()> {
     let daemon = Daemon::bind(options)?;
-    let ctx = aioctx::AioContext::new()?;
+    let ctx = aioctx::AioContext::builder()
+        .backend(options.backend)
+        .build()?;
     ctx.block_on(async {
         let mut term = aioctx::signal::signal(libc::SIGTERM)?;
         let mut int = aioctx::signal::signal(libc::SIGINT)?;

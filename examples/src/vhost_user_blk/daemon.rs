@@ -10,6 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use aioctx::io::Async;
 use aioctx::IoThread;
@@ -17,6 +18,7 @@ use futures::future::{select, Either};
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError};
 
 use super::backend::{BackendConfig, BlkBackend};
+use super::framing::{next_message, STALL_LIMIT};
 use crate::virtio_blk::{DeviceCounters, Limits};
 
 /// Most bytes one request may move: QEMU's vhost-user-blk front end lets a Linux guest send up to
@@ -47,6 +49,12 @@ pub struct Options {
     pub poll_max_ns: Option<u64>,
     /// Create the image with this many bytes if it does not exist, or grow it to this size.
     pub size: Option<u64>,
+    /// The event loop backend of the IoThreads (and of the main context, for callers that build it
+    /// from these options, as the example binary does).
+    pub backend: aioctx::Backend,
+    /// How long the front end may leave a message half-sent or its replies unread before it is
+    /// dropped (default [`STALL_LIMIT`]).
+    pub stall_limit: Duration,
 }
 
 impl Options {
@@ -61,6 +69,8 @@ impl Options {
             direct: false,
             poll_max_ns: None,
             size: None,
+            stall_limit: STALL_LIMIT,
+            backend: aioctx::Backend::Auto,
         }
     }
 }
@@ -74,6 +84,7 @@ pub struct Daemon {
     socket: PathBuf,
     iothreads: Vec<IoThread>,
     front_ends: Cell<u64>,
+    stall_limit: Duration,
 }
 
 fn open_image(options: &Options) -> io::Result<File> {
@@ -133,7 +144,9 @@ impl Daemon {
             .clamp(1, usize::from(options.num_queues));
         let iothreads = (0..threads)
             .map(|i| {
-                let mut builder = IoThread::builder().name(format!("vhost-blk-{i}"));
+                let mut builder = IoThread::builder()
+                    .name(format!("vhost-blk-{i}"))
+                    .backend(options.backend);
                 if let Some(ns) = options.poll_max_ns {
                     builder = builder.poll_max_ns(ns);
                 }
@@ -169,6 +182,7 @@ impl Daemon {
             socket: options.socket.clone(),
             iothreads,
             front_ends: Cell::new(0),
+            stall_limit: options.stall_limit,
         })
     }
 
@@ -231,18 +245,13 @@ impl Daemon {
         let handler = BackendReqHandler::from_stream(stream, self.backend.clone());
         let mut conn = Async::new(handler)?;
         loop {
-            let handled = conn
-                .read_with_mut(|h| match h.handle_request() {
-                    Err(VhostError::SocketRetry(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        Err(e)
-                    }
-                    other => Ok(other),
-                })
-                .await?;
-            match handled {
+            // The crate would spin on a socket with no whole message queued (see `framing`).
+            if !next_message(&conn, self.stall_limit).await? {
+                return Ok(());
+            }
+            match conn.get_mut().handle_request() {
                 Ok(()) => {}
                 Err(VhostError::Disconnected) => return Ok(()),
-                Err(VhostError::SocketRetry(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,

@@ -8,6 +8,8 @@
 //! - [`backend`]: what each vhost-user message does; rings run as
 //!   [`VirtioBlkDevice`](crate::virtio_blk::VirtioBlkDevice)s on IoThreads, the same device the
 //!   in-process demo drives, so the request parsing and block I/O are that device's.
+//! - [`framing`]: a whole message queued (and room for its reply) before the `vhost` crate reads
+//!   one, so that a slow or hostile front end cannot make it spin the main thread.
 //! - [`daemon`]: the image, the IoThreads, the listening socket and the connection, whose messages
 //!   are read by rust-vmm's `vhost` crate when the socket is readable on the main thread's context.
 //!
@@ -26,6 +28,7 @@
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod framing;
 pub mod memory;
 
 pub use backend::{BackendConfig, BlkBackend};

@@ -90,6 +90,31 @@ impl GuestLayout {
         })
     }
 
+    /// The same layout moved up by `base` bytes of guest memory (a page multiple), so that several
+    /// queues can live in one guest: the layout then ends at `mem_size` = `base` + its own size.
+    pub fn at(self, base: u64) -> io::Result<Self> {
+        if base % PAGE != 0 || base.checked_add(self.mem_size).is_none() {
+            return Err(invalid(format!(
+                "base {base:#x}: use a page multiple that keeps the layout in the address space"
+            )));
+        }
+        let up = |a: GuestAddress| GuestAddress(a.0 + base);
+        Ok(GuestLayout {
+            queue: QueueConfig {
+                desc_table: up(self.queue.desc_table),
+                avail_ring: up(self.queue.avail_ring),
+                used_ring: up(self.queue.used_ring),
+                ..self.queue
+            },
+            headers: self.headers + base,
+            statuses: self.statuses + base,
+            data: self.data + base,
+            scratch: up(self.scratch),
+            mem_size: self.mem_size + base,
+            ..self
+        })
+    }
+
     /// The request header of slot `i`.
     pub fn header(&self, i: usize) -> GuestAddress {
         GuestAddress(self.headers + 16 * i as u64)

@@ -32,7 +32,7 @@ pub struct Rig {
     pub device: Option<VirtioBlkDevice>,
     pub iothread: Option<IoThread>,
     disk: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Rig {
@@ -67,7 +67,22 @@ impl Rig {
             device: Some(device),
             iothread: Some(iothread),
             disk,
-            _dir: dir,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A rig for a queue some other device serves (a vhost-user daemon, say): the guest `machine` and
+    /// the image at `disk` the device writes.
+    pub fn attached(machine: Machine, disk: PathBuf) -> Rig {
+        let mut driver = machine.driver(GuestWait::Interrupt);
+        driver.set_timeout(tests::BOUND);
+        Rig {
+            driver,
+            machine,
+            device: None,
+            iothread: None,
+            disk,
+            _dir: None,
         }
     }
 
