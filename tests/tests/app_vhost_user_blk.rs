@@ -211,8 +211,9 @@ fn hostile_front_ends_are_refused_and_the_daemon_serves_on(backend) {
     });
     let ram = harness::GuestRam::new(GUEST_MEM);
     let memfd = ram.file.as_raw_fd();
-    let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
-    let pipe = pipe_r.as_raw_fd();
+    // Neither an eventfd nor a regular file.
+    let (socket_a, _socket_b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let pipe = socket_a.as_raw_fd();
     let small = {
         let f = tempfile::tempfile().unwrap();
         f.set_len(4096).unwrap();
@@ -270,7 +271,7 @@ fn hostile_front_ends_are_refused_and_the_daemon_serves_on(backend) {
             }),
         ),
         (
-            "a region whose fd is a pipe",
+            "a region whose fd is a socket",
             Box::new(move |r| {
                 r.send(code::SET_MEM_TABLE, true, &mem_table(&[(0, 4096, 0x1000_0000, 0)]), &[pipe])
             }),
