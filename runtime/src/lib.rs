@@ -52,6 +52,8 @@
 //! | `task::spawn_blocking`, `task::yield_now` | [`spawn_blocking`], [`yield_now`] |
 //! | `time::{sleep, timeout, interval, Instant}`, `time::pause` | [`time`]: the same, with nanosecond timers; [`time::pause`], [`Builder::start_paused`] |
 //! | `net::{TcpListener, TcpStream, UnixListener, UnixStream}` | [`net`]: the same; streams implement `futures::io::AsyncRead`/`AsyncWrite` |
+//! | `net::UdpSocket` | [`net::UdpSocket`]: the same methods through `&self` (`send_to`/`recv_from`, `connect`, `send`/`recv`, `peek_from`, the socket options); receives are RECVMSGs on the ring on io_uring |
+//! | `net::UnixDatagram` | [`net::UnixDatagram`]: `bind`/`pair`/`unbound`, `send_to`/`recv_from` with paths, `connect`, `send`/`recv`, `shutdown` |
 //! | `io::AsyncReadExt`, `AsyncWriteExt`, `io::copy` | [`futures::io`]'s: `AsyncReadExt`, `AsyncWriteExt`, `copy` |
 //! | `TcpStream::split`, `into_split`, `io::split` | `&TcpStream` is `AsyncRead + AsyncWrite`: share the stream (an `Rc`) between a reader and a writer task |
 //! | `io::unix::AsyncFd` | [`io::Async`] |

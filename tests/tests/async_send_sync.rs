@@ -11,9 +11,11 @@
 //!   current-context stack when dropped), `FdHandlers` (its callbacks are not `Send`: they run on the
 //!   home thread), `FdRegistration`, `time::Timer` and `time::TimerHandle` (a weak reference to the
 //!   home thread's state), and everything registered with the current context's fd monitor:
-//!   `io::Async`, `io::NotifierWaiter` and the four socket types (on an IOThread, create them inside
-//!   `Remote::spawn_local_with`). The futures of their async methods borrow them, or build one
-//!   (`TcpStream::connect`, `EventNotifier::wait`), so they are `!Send + !Sync` too.
+//!   `io::Async`, `io::NotifierWaiter` and the socket types, streams and datagram sockets alike (on
+//!   an IOThread, create them inside `Remote::spawn_local_with`). The futures of their async methods
+//!   borrow them, or build one (`TcpStream::connect`, `EventNotifier::wait`), so they are
+//!   `!Send + !Sync` too: `UdpSocket::send_to` with a host name as well, although the lookup runs on
+//!   the pool.
 //! - Cross-thread handles and plain values are `Send + Sync`: `Remote`, `RemoteBh`,
 //!   `time::VirtualClock`, `EventNotifier` (an eventfd behind an `Arc`), `IoThread`, the builders, the
 //!   parameters and statistics, `JoinError` and `PanicPayload` (whose `Send` payload sits behind a
@@ -322,6 +324,23 @@ mod net {
     assert_value!(IntoStdError<TcpStream>: !Send & !Sync & Unpin);
     async_assert_fn!(aioctx::net::lookup_host(&str): Send & Sync & !Unpin);
     async_assert_fn!(aioctx::net::TcpStream::connect(&str): !Send & !Sync & !Unpin);
+
+    assert_value!(UdpSocket: !Send & !Sync & Unpin);
+    assert_value!(UnixDatagram: !Send & !Sync & Unpin);
+    assert_value!(IntoStdError<UdpSocket>: !Send & !Sync & Unpin);
+    assert_value!(IntoStdError<UnixDatagram>: !Send & !Sync & Unpin);
+    async_assert_fn!(aioctx::net::UdpSocket::send_to(_, &[u8], SocketAddr): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UdpSocket::send_to(_, &[u8], &str): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UdpSocket::recv_from(_, &mut [u8]): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UdpSocket::peek_from(_, &mut [u8]): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UdpSocket::connect(_, SocketAddr): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UdpSocket::connect(_, &str): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UdpSocket::send(_, &[u8]): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UdpSocket::recv(_, &mut [u8]): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UnixDatagram::send_to(_, &[u8], &str): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UnixDatagram::recv_from(_, &mut [u8]): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UnixDatagram::send(_, &[u8]): !Send & !Sync & !Unpin);
+    async_assert_fn!(aioctx::net::UnixDatagram::recv(_, &mut [u8]): !Send & !Sync & !Unpin);
 }
 
 mod signal {

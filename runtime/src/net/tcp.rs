@@ -10,7 +10,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::addr::{resolve, resolve_now, ToSocketAddrs};
 use super::shared_socket::SharedSocket;
-use super::{connect, poll_accept, stream_io_impls, Incoming};
+use super::{connect, poll_read_with, stream_io_impls, Incoming};
 use crate::io::Async;
 
 /// A TCP listener on the current context.
@@ -174,7 +174,7 @@ impl futures::Stream for Incoming<'_, TcpListener> {
     type Item = io::Result<TcpStream>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        poll_accept(&self.listener.inner, cx, |l| l.accept())
+        poll_read_with(&self.listener.inner, cx, |l| l.accept())
             .map(|accepted| Some(accepted.and_then(|(stream, _)| TcpStream::wrap(stream))))
     }
 }

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::shared_socket::SharedSocket;
-use super::{connect, poll_accept, stream_io_impls, Incoming};
+use super::{connect, poll_read_with, stream_io_impls, Incoming};
 use crate::io::Async;
 
 /// A Unix-domain listener on the current context.
@@ -165,7 +165,7 @@ impl futures::Stream for Incoming<'_, UnixListener> {
     type Item = io::Result<UnixStream>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        poll_accept(&self.listener.inner, cx, |l| l.accept())
+        poll_read_with(&self.listener.inner, cx, |l| l.accept())
             .map(|accepted| Some(accepted.and_then(|(stream, _)| UnixStream::wrap(stream))))
     }
 }
