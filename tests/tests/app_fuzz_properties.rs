@@ -383,3 +383,276 @@ fn handshake_gives_up_after_max_options() {
         assert_eq!(ended, Err(ErrorKind::InvalidData));
     });
 }
+
+/// vhost-user message codes the twin of `vhost_user_messages` sends.
+mod vu {
+    pub const GET_FEATURES: u32 = 1;
+    pub const SET_FEATURES: u32 = 2;
+    pub const SET_OWNER: u32 = 3;
+    pub const SET_MEM_TABLE: u32 = 5;
+    pub const SET_VRING_NUM: u32 = 8;
+    pub const SET_VRING_ADDR: u32 = 9;
+    pub const SET_VRING_BASE: u32 = 10;
+    pub const GET_VRING_BASE: u32 = 11;
+    pub const SET_VRING_KICK: u32 = 12;
+    pub const SET_VRING_CALL: u32 = 13;
+    pub const GET_PROTOCOL_FEATURES: u32 = 15;
+    pub const SET_PROTOCOL_FEATURES: u32 = 16;
+    pub const SET_VRING_ENABLE: u32 = 18;
+    pub const GET_CONFIG: u32 = 24;
+    /// Where the (fuzzing) front end has the guest memory mapped.
+    pub const USER: u64 = 0x7000_0000;
+    /// Fd picks: the memfd, an eventfd, the other eventfd, a socket.
+    pub const MEMFD: u8 = 1;
+    pub const EVENTFD: u8 = 2;
+    pub const EVENTFD2: u8 = 4;
+    pub const SOCKET: u8 = 8;
+}
+
+/// One vhost-user message record: (fd picks, header + body).
+fn vu_message(code: u32, need_reply: bool, body: Vec<u8>, fds: u8) -> (u8, Vec<u8>) {
+    let mut bytes = code.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&(0x1u32 | if need_reply { 0x8 } else { 0 }).to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    (fds, bytes)
+}
+
+fn le(values: &[u64], widths: &[usize]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (v, w) in values.iter().zip(widths) {
+        out.extend_from_slice(&v.to_le_bytes()[..*w]);
+    }
+    out
+}
+
+/// The setup a front end does for `queues` rings of 16 entries, every message valid and acked.
+fn vu_valid_setup(queues: u32, reply: bool) -> Vec<(u8, Vec<u8>)> {
+    use tests::fuzzing::vhost_user::GUEST_MEM;
+    let features = examples::vhost_user_blk::config::virtio_features(false);
+    let protocol = examples::vhost_user_blk::config::protocol_features().bits();
+    let mut msgs = vec![
+        vu_message(vu::GET_FEATURES, false, vec![], 0),
+        vu_message(vu::SET_FEATURES, reply, features.to_le_bytes().to_vec(), 0),
+        vu_message(vu::GET_PROTOCOL_FEATURES, false, vec![], 0),
+        vu_message(
+            vu::SET_PROTOCOL_FEATURES,
+            reply,
+            protocol.to_le_bytes().to_vec(),
+            0,
+        ),
+        vu_message(vu::SET_OWNER, reply, vec![], 0),
+        vu_message(
+            vu::SET_MEM_TABLE,
+            reply,
+            le(
+                &[1, 0, 1 << 32, GUEST_MEM, vu::USER, 0],
+                &[4, 4, 8, 8, 8, 8],
+            ),
+            vu::MEMFD,
+        ),
+    ];
+    for q in 0..u64::from(queues) {
+        let base = vu::USER + q * 0x4000;
+        msgs.extend([
+            vu_message(vu::SET_VRING_NUM, reply, le(&[q, 16], &[4, 4]), 0),
+            vu_message(vu::SET_VRING_BASE, reply, le(&[q, 0], &[4, 4]), 0),
+            vu_message(
+                vu::SET_VRING_ADDR,
+                reply,
+                le(
+                    &[q, 0, base, base + 0x2000, base + 0x1000, 0],
+                    &[4, 4, 8, 8, 8, 8],
+                ),
+                0,
+            ),
+            vu_message(
+                vu::SET_VRING_CALL,
+                reply,
+                q.to_le_bytes().to_vec(),
+                vu::EVENTFD2,
+            ),
+            vu_message(
+                vu::SET_VRING_KICK,
+                reply,
+                q.to_le_bytes().to_vec(),
+                vu::EVENTFD,
+            ),
+            vu_message(vu::SET_VRING_ENABLE, reply, le(&[q, 1], &[4, 4]), 0),
+        ]);
+    }
+    msgs.push(vu_message(
+        vu::GET_CONFIG,
+        false,
+        le(&[0, 60, 0], &[4, 4, 4])
+            .into_iter()
+            .chain([0; 60])
+            .collect(),
+        0,
+    ));
+    msgs.push(vu_message(
+        vu::GET_VRING_BASE,
+        false,
+        le(&[0, 0], &[4, 4]),
+        0,
+    ));
+    msgs
+}
+
+/// A message a front end might send, valid or not: the setup messages with values near and past
+/// their limits, fds right or wrong, and random bytes.
+fn vu_any_message() -> impl Strategy<Value = (u8, Vec<u8>)> {
+    use tests::fuzzing::vhost_user::GUEST_MEM;
+    let index = prop_oneof![4 => 0u64..2, 1 => 0u64..300];
+    let fds = prop_oneof![
+        Just(0u8),
+        Just(vu::MEMFD),
+        Just(vu::EVENTFD),
+        Just(vu::SOCKET),
+        0u8..16
+    ];
+    let reply = any::<bool>();
+    prop_oneof![
+        (reply.clone(), any::<u64>(), fds.clone()).prop_map(|(r, f, fds)| {
+            let features = examples::vhost_user_blk::config::virtio_features(false);
+            vu_message(
+                vu::SET_FEATURES,
+                r,
+                (if f % 2 == 0 { features } else { f })
+                    .to_le_bytes()
+                    .to_vec(),
+                fds,
+            )
+        }),
+        (
+            reply.clone(),
+            0u64..4,
+            prop_oneof![
+                Just(GUEST_MEM),
+                Just(0u64),
+                Just(4096),
+                Just(1 << 40),
+                any::<u64>()
+            ],
+            prop_oneof![Just(0u64), Just(1 << 32), any::<u64>()],
+            prop_oneof![Just(0u64), Just(4096), Just(13)],
+            fds.clone()
+        )
+            .prop_map(|(r, n, size, gpa, off, fds)| {
+                let mut body = le(&[n, 0], &[4, 4]);
+                for i in 0..n {
+                    body.extend(le(
+                        &[
+                            gpa + i * size.min(1 << 40),
+                            size,
+                            vu::USER + i * (1 << 41),
+                            off,
+                        ],
+                        &[8, 8, 8, 8],
+                    ));
+                }
+                vu_message(vu::SET_MEM_TABLE, r, body, fds)
+            }),
+        (
+            reply.clone(),
+            index.clone(),
+            prop_oneof![
+                Just(16u64),
+                Just(256),
+                Just(100),
+                Just(65536),
+                any::<u32>().prop_map(u64::from)
+            ]
+        )
+            .prop_map(|(r, q, n)| vu_message(
+                vu::SET_VRING_NUM,
+                r,
+                le(&[q, n], &[4, 4]),
+                0
+            )),
+        (
+            reply.clone(),
+            index.clone(),
+            any::<u16>(),
+            0u64..0x20000,
+            0u64..0x20000,
+            0u64..0x20000
+        )
+            .prop_map(|(r, q, flags, d, u, a)| vu_message(
+                vu::SET_VRING_ADDR,
+                r,
+                le(
+                    &[
+                        q,
+                        u64::from(flags & 1),
+                        vu::USER + d,
+                        vu::USER + u,
+                        vu::USER + a,
+                        0
+                    ],
+                    &[4, 4, 8, 8, 8, 8]
+                ),
+                0
+            )),
+        (reply.clone(), index.clone(), any::<u32>()).prop_map(|(r, q, b)| vu_message(
+            vu::SET_VRING_BASE,
+            r,
+            le(&[q, u64::from(b % 70000)], &[4, 4]),
+            0
+        )),
+        (reply.clone(), index.clone(), any::<bool>(), fds.clone()).prop_map(|(r, q, nofd, fds)| {
+            vu_message(
+                vu::SET_VRING_KICK,
+                r,
+                (q | if nofd { 0x100 } else { 0 }).to_le_bytes().to_vec(),
+                fds,
+            )
+        }),
+        (reply.clone(), index.clone(), fds.clone()).prop_map(|(r, q, fds)| vu_message(
+            vu::SET_VRING_CALL,
+            r,
+            q.to_le_bytes().to_vec(),
+            fds
+        )),
+        (reply.clone(), index.clone(), 0u64..3).prop_map(|(r, q, e)| vu_message(
+            vu::SET_VRING_ENABLE,
+            r,
+            le(&[q, e], &[4, 4]),
+            0
+        )),
+        index
+            .clone()
+            .prop_map(|q| vu_message(vu::GET_VRING_BASE, false, le(&[q, 0], &[4, 4]), 0)),
+        (0u64..300, 0u64..300).prop_map(|(o, s)| vu_message(
+            vu::GET_CONFIG,
+            false,
+            le(&[o, s, 0], &[4, 4, 4])
+                .into_iter()
+                .chain(std::iter::repeat_n(0, s as usize))
+                .collect(),
+            0
+        )),
+        (fds, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(fds, bytes)| (fds, bytes)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Twin of `vhost_user_messages`: a valid setup, then anything; the daemon's handling takes the
+    /// valid part whole, refuses or survives the rest, and every ring stops when the front end goes.
+    #[test]
+    fn vhost_user_messages_after_a_valid_setup(
+        queues in 1u32..3,
+        reply in any::<bool>(),
+        tail in proptest::collection::vec(vu_any_message(), 0..12),
+    ) {
+        let setup = vu_valid_setup(queues, reply);
+        let valid = setup.len();
+        let mut records = setup;
+        records.extend(tail);
+        let records: Vec<_> = records.into_iter().filter(|(_, b)| b.len() <= 510).collect();
+        let accepted = tests::fuzzing::vhost_user::check_messages(&tests::fuzzing::vhost_user::encode(&records));
+        prop_assert!(accepted >= valid, "only {accepted} of the {valid} valid setup messages were taken");
+    }
+}

@@ -386,3 +386,50 @@ fn hostile_front_ends_are_refused_and_the_daemon_serves_on(backend) {
     daemon.stop().unwrap();
 }
 }
+
+/// A front end that gives two queues the same kick eventfd: each ring still stops when told (the stop
+/// does not travel through the kick, which the other queue's waiter could consume), so the daemon
+/// drops the front end and serves the next one.
+#[test]
+fn queues_sharing_one_kick_eventfd_still_stop() {
+    let daemon = DaemonRig::start(|o| {
+        o.num_queues = 2;
+        o.iothreads = Some(1);
+    });
+    let mut fe = FrontEnd::connect(&daemon.socket, 2);
+    let mut rig = Rig::attached(fe.start_queue(0, 0), daemon.image.clone());
+    let shared_kick = &fe.eventfds[0].as_ref().unwrap().0;
+    let q1 = FrontEnd::layout(1).queue;
+    fe.frontend.set_vring_num(1, q1.size).unwrap();
+    fe.frontend
+        .set_vring_addr(
+            1,
+            &vhost::VringConfigData {
+                queue_max_size: q1.size,
+                queue_size: q1.size,
+                flags: 0,
+                desc_table_addr: fe.ram.user_addr(q1.desc_table),
+                used_ring_addr: fe.ram.user_addr(q1.used_ring),
+                avail_ring_addr: fe.ram.user_addr(q1.avail_ring),
+                log_addr: None,
+            },
+        )
+        .unwrap();
+    fe.frontend.set_vring_kick(1, shared_kick).unwrap();
+    fe.frontend.set_vring_enable(1, true).unwrap();
+    rig.assert_still_serving();
+    for _ in 0..3 {
+        assert_eq!(
+            fe.frontend.get_vring_base(1).unwrap(),
+            0,
+            "queue 1 took nothing"
+        );
+        fe.frontend.set_vring_kick(1, shared_kick).unwrap();
+        fe.frontend.set_vring_enable(1, true).unwrap();
+    }
+    drop(fe);
+    let mut fe = FrontEnd::connect(&daemon.socket, 2);
+    Rig::attached(fe.start_queue(0, 0), daemon.image.clone()).assert_still_serving();
+    drop(fe);
+    daemon.stop().unwrap();
+}

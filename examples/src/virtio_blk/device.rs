@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
+use futures::task::AtomicWaker;
+
 use aioctx::{EventNotifier, JoinHandle, Remote};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -391,7 +393,42 @@ async fn serve_request(shared: Rc<Shared>, head: u16, req: Result<Request, Rejec
 
 /// The serving loop: drain the ring, sleep (or poll) until the guest publishes more, until stopped;
 /// then wait for the requests in flight.
-async fn serve(shared: Rc<Shared>, kick: EventNotifier, stop: Arc<AtomicBool>) -> io::Result<u16> {
+/// How a device is told to stop: a flag and the serving task's waker, set from any thread. Not the
+/// kick eventfd: a front end may hand the same eventfd to several queues, and another queue's waiter
+/// could then consume the wake-up meant for this one.
+#[derive(Debug, Default)]
+struct StopSignal {
+    stopped: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl StopSignal {
+    fn raise(&self) {
+        // Release pairs with the Acquire in `is_raised`: the task sees the flag once woken.
+        self.stopped.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn is_raised(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Completes once the signal is raised.
+    async fn raised(&self) {
+        poll_fn(|cx| {
+            // Register before checking, so that a raise in between still wakes this task.
+            self.waker.register(cx.waker());
+            if self.is_raised() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+async fn serve(shared: Rc<Shared>, kick: EventNotifier, stop: Arc<StopSignal>) -> io::Result<u16> {
     let waiter = kick.waiter_polling_with(
         {
             let s = shared.clone();
@@ -412,11 +449,13 @@ async fn serve(shared: Rc<Shared>, kick: EventNotifier, stop: Arc<AtomicBool>) -
             }
         },
     )?;
-    while !stop.load(Ordering::Acquire) {
+    while !stop.is_raised() {
         if !shared.broken.get() {
             shared.drain();
         }
-        waiter.wait().await;
+        let kicked = std::pin::pin!(waiter.wait());
+        let stopped = std::pin::pin!(stop.raised());
+        futures::future::select(kicked, stopped).await;
     }
     poll_fn(|cx| {
         if shared.in_flight.get() == 0 {
@@ -455,8 +494,7 @@ pub struct DeviceParts {
 #[derive(Debug)]
 pub struct VirtioBlkDevice {
     remote: Remote,
-    stop: Arc<AtomicBool>,
-    kick: EventNotifier,
+    stop: Arc<StopSignal>,
     task: Option<JoinHandle<io::Result<u16>>>,
     counters: Arc<DeviceCounters>,
     /// Keeps guest memory mapped while the device runs (operations in flight hold their own `Arc`).
@@ -509,11 +547,10 @@ impl VirtioBlkDevice {
             .map_err(|e| io::Error::other(format!("used ring: {e}")))?;
         q.set_next_avail(next_avail);
         q.set_next_used(used.0);
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopSignal::default());
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let task = remote.spawn_local_with({
-            let (mem, counters, stop, kick) =
-                (mem.clone(), counters.clone(), stop.clone(), kick.clone());
+            let (mem, counters, stop) = (mem.clone(), counters.clone(), stop.clone());
             move || async move {
                 // The file resolves its I/O engine on the IoThread's context.
                 let disk = aioctx::fs::File::from_std(disk)?;
@@ -537,7 +574,6 @@ impl VirtioBlkDevice {
         let device = VirtioBlkDevice {
             remote: remote.clone(),
             stop,
-            kick,
             task: Some(task),
             counters,
             _mem: mem,
@@ -574,8 +610,7 @@ impl VirtioBlkDevice {
         let Some(task) = self.task.take() else {
             return Err(io::Error::other("the device was stopped already"));
         };
-        self.stop.store(true, Ordering::Release);
-        self.kick.set()?;
+        self.stop.raise();
         if self.remote.is_home_thread() {
             // Waiting here would block the loop the task needs to finish.
             return Err(io::Error::new(
