@@ -513,7 +513,7 @@ fn vu_any_message() -> impl Strategy<Value = (u8, Vec<u8>)> {
     ];
     let reply = any::<bool>();
     prop_oneof![
-        (reply.clone(), any::<u64>(), fds.clone()).prop_map(|(r, f, fds)| {
+        (reply, any::<u64>(), fds.clone()).prop_map(|(r, f, fds)| {
             let features = examples::vhost_user_blk::config::virtio_features(false);
             vu_message(
                 vu::SET_FEATURES,
@@ -525,7 +525,7 @@ fn vu_any_message() -> impl Strategy<Value = (u8, Vec<u8>)> {
             )
         }),
         (
-            reply.clone(),
+            reply,
             0u64..4,
             prop_oneof![
                 Just(GUEST_MEM),
@@ -554,7 +554,7 @@ fn vu_any_message() -> impl Strategy<Value = (u8, Vec<u8>)> {
                 vu_message(vu::SET_MEM_TABLE, r, body, fds)
             }),
         (
-            reply.clone(),
+            reply,
             index.clone(),
             prop_oneof![
                 Just(16u64),
@@ -571,7 +571,7 @@ fn vu_any_message() -> impl Strategy<Value = (u8, Vec<u8>)> {
                 0
             )),
         (
-            reply.clone(),
+            reply,
             index.clone(),
             any::<u16>(),
             0u64..0x20000,
@@ -594,13 +594,13 @@ fn vu_any_message() -> impl Strategy<Value = (u8, Vec<u8>)> {
                 ),
                 0
             )),
-        (reply.clone(), index.clone(), any::<u32>()).prop_map(|(r, q, b)| vu_message(
+        (reply, index.clone(), any::<u32>()).prop_map(|(r, q, b)| vu_message(
             vu::SET_VRING_BASE,
             r,
             le(&[q, u64::from(b % 70000)], &[4, 4]),
             0
         )),
-        (reply.clone(), index.clone(), any::<bool>(), fds.clone()).prop_map(|(r, q, nofd, fds)| {
+        (reply, index.clone(), any::<bool>(), fds.clone()).prop_map(|(r, q, nofd, fds)| {
             vu_message(
                 vu::SET_VRING_KICK,
                 r,
@@ -608,13 +608,13 @@ fn vu_any_message() -> impl Strategy<Value = (u8, Vec<u8>)> {
                 fds,
             )
         }),
-        (reply.clone(), index.clone(), fds.clone()).prop_map(|(r, q, fds)| vu_message(
+        (reply, index.clone(), fds.clone()).prop_map(|(r, q, fds)| vu_message(
             vu::SET_VRING_CALL,
             r,
             q.to_le_bytes().to_vec(),
             fds
         )),
-        (reply.clone(), index.clone(), 0u64..3).prop_map(|(r, q, e)| vu_message(
+        (reply, index.clone(), 0u64..3).prop_map(|(r, q, e)| vu_message(
             vu::SET_VRING_ENABLE,
             r,
             le(&[q, e], &[4, 4]),
