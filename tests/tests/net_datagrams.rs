@@ -1,8 +1,8 @@
 //! Datagram sockets (`UdpSocket`, `UnixDatagram`) on every backend, with the io_uring backend's
 //! completion-based receives (RECVMSG owned by the socket) in mind: boundaries and truncation, empty
 //! datagrams, peeking, dropped receive futures, a reader and a writer sharing one socket, host names,
-//! errors, and dropping a socket with a receive in flight. Every receive is bounded by
-//! `tests::BOUND`, so a lost datagram fails the test instead of hanging it.
+//! errors, dropping a socket with a receive in flight, and one fd per socket. Every receive is
+//! bounded by `tests::BOUND`, so a lost datagram fails the test instead of hanging it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use aioctx::net::{UdpSocket, UnixDatagram};
 use aioctx::Backend;
-use tests::{TempPath, BOUND};
+use tests::{per_backend, TempPath, BOUND};
 
 /// `fut`, failing the test if it takes longer than [`BOUND`].
 async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
@@ -474,4 +474,66 @@ async fn a_unix_datagram_reader_and_writer_share_one_socket() {
     }
     echoer.await.unwrap();
     assert_eq!(reader.await.unwrap(), (0..N).sum::<u32>());
+}
+
+per_backend! {
+    // One fd per socket: 100 UDP sockets and 100 Unix datagram sockets, each with a receive waiting
+    // (a RECVMSG in flight on io_uring, which keeps its socket open by sharing it, not by a
+    // duplicate fd), cost 200 fds and a few for the context, not 400.
+    fn datagram_sockets_with_receives_in_flight_cost_one_fd_each(backend) {
+        // Counted in a child process: the other tests of this binary open fds meanwhile.
+        let name = tests::per_backend_test_name(module_path!(), backend);
+        if tests::child_expectation(&name).is_none() {
+            return tests::run_in_child(&name, &[]);
+        }
+        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let ctx = tests::context(backend);
+        ctx.block_on(async {
+            let before = open_fds();
+            let mut udp = Vec::new();
+            let mut unix = Vec::new();
+            let mut receivers = Vec::new();
+            for _ in 0..100 {
+                // On 127.0.0.2: the 127.0.0.1 ports that this binary's other tests free and rebind,
+                // or send to once closed, meanwhile are not taken here, and none of their
+                // datagrams lands here.
+                let socket = Rc::new(UdpSocket::bind("127.0.0.2:0").unwrap());
+                receivers.push(aioctx::spawn_local({
+                    let socket = socket.clone();
+                    async move {
+                        let mut buf = [0u8; 8];
+                        socket.recv_from(&mut buf).await.map(|(n, _)| n)
+                    }
+                }));
+                udp.push(socket);
+                let socket = Rc::new(UnixDatagram::unbound().unwrap());
+                receivers.push(aioctx::spawn_local({
+                    let socket = socket.clone();
+                    async move {
+                        let mut buf = [0u8; 8];
+                        socket.recv(&mut buf).await
+                    }
+                }));
+                unix.push(socket);
+            }
+            let_the_loop_run().await; // every receive is waiting, its RECVMSG submitted
+            let used = open_fds() - before;
+            assert!(
+                (200..=216).contains(&used),
+                "200 datagram sockets with receives waiting use {used} fds"
+            );
+            for r in &receivers {
+                assert!(!r.is_finished(), "a receive finished with nothing sent");
+            }
+            if backend == Backend::IoUring {
+                // No readiness fallback: each socket has a RECVMSG in flight (its Debug shows it).
+                let udp_debug = udp.iter().map(|s| format!("{s:?}"));
+                for debug in udp_debug.chain(unix.iter().map(|s| format!("{s:?}"))) {
+                    assert!(debug.contains("in_flight: true"), "{debug}");
+                }
+            }
+            drop(receivers);
+            drop((udp, unix));
+        });
+    }
 }

@@ -16,8 +16,8 @@
 //! operation runs, possibly long after the SQE was queued. All four live in one boxed [`MsgParts`]:
 //! the `msghdr` points at the `iovec` and the `sockaddr_storage` beside it in the same heap block,
 //! the `iovec` at the buffer, and moving the `Box` (into the operation's resources, into the cell the
-//! completion callback shares, back to the socket) never moves that heap block. The box and a
-//! duplicate of the socket's fd travel inside the operation ([`Op`]) until its CQE arrives, whatever
+//! completion callback shares, back to the socket) never moves that heap block. The box and an
+//! owner of the socket itself travel inside the operation ([`Op`]) until its CQE arrives, whatever
 //! happens to the receive future or the socket meanwhile.
 //!
 //! The socket, not the receive future, owns the RECVMSG in flight: a receive future dropped
@@ -26,10 +26,13 @@
 //! `recvfrom(2)` would: `min(len, buf.len())` bytes, the rest of a longer datagram discarded; an
 //! empty datagram is a 0-byte receive with the sender's address; a peek copies it out and keeps it
 //! for the next receive. Dropping the socket queues `IORING_OP_ASYNC_CANCEL` for a RECVMSG in flight
-//! and lets go: the box and the fd duplicate are released by the completion callback when the
-//! RECVMSG's own CQE arrives, and only then is the socket closed (and a UDP port free again, at
-//! the loop's next iteration). At context teardown the context cancels and waits for every RECVMSG
-//! like any user SQE.
+//! and lets go: the box and the operation's owner of the socket are released by the completion
+//! callback when the RECVMSG's own CQE (`-ECANCELED`, or a datagram nobody will read) arrives, and
+//! only then does the fd close (and a UDP port become free again, at the loop's next iteration).
+//! Unlike a stream, the socket is not shut down first: a datagram socket has no connection whose
+//! peer should see an end, and a shutdown would free nothing sooner (the port stays bound until the
+//! last close); the cancel alone brings the CQE. At context teardown the context cancels and waits
+//! for every RECVMSG like any user SQE.
 //!
 //! A receive into a buffer larger than 64 KiB (only a Unix datagram can be longer than a UDP
 //! datagram) with nothing held or in flight receives with readiness straight into the caller's
@@ -37,6 +40,15 @@
 //! than 64 KiB that a RECVMSG already took (queued by a smaller receive, possibly dropped since) is
 //! cut at 64 KiB. Receives take turns: one task at a time may wait to receive on a socket (the
 //! operation keeps one waker), while another sends.
+//!
+//! # One fd per socket
+//!
+//! The SQE names the socket's fd, which must stay open, and name this socket, until the CQE: an SQE
+//! still queued resolves its fd only when the loop submits it, and a number closed and reused
+//! meanwhile would be another file. The socket lives in a [`SharedSocket`] (an `Arc`), and a RECVMSG
+//! in flight holds one of its owners (an `Arc<dyn AsFd + Send + Sync>` in the operation's
+//! resources): the fd closes when the last owner, socket or operation, lets go. No duplicate fd, as
+//! for the streams' RECVs (`net/recv.rs`): a datagram socket costs one fd, receive in flight or not.
 //!
 //! # Sends
 //!
@@ -58,14 +70,16 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::pin::Pin;
-use std::rc::Weak;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use io_uring::{opcode, types};
 use socket2::{SockAddr, SockAddrStorage};
 
+use super::shared_socket::SharedSocket;
 use crate::context::{current, HomeState};
 use crate::io::ring_op::{cqe_result, Op};
 use crate::io::Async;
@@ -138,9 +152,10 @@ impl MsgParts {
     }
 }
 
-/// What a RECVMSG in flight owns: the parts the SQE points into and the fd it names.
+/// What a RECVMSG in flight owns: the parts the SQE points into and (an owner of) the socket whose
+/// fd it names.
 struct RecvMsgResources {
-    fd: OwnedFd,
+    _socket: Arc<dyn AsFd + Send + Sync>,
     parts: Box<MsgParts>,
 }
 
@@ -158,9 +173,6 @@ enum Held {
 struct State {
     /// The context that runs this socket, when its backend is io_uring and RECVMSGs are in use.
     ring: Option<Weak<HomeState>>,
-    /// The duplicate of the socket's fd that RECVMSGs name (made at the first one; in the
-    /// operation's resources while one is in flight).
-    fd: Option<OwnedFd>,
     /// The parts for the next RECVMSG, when none is in flight and none is held.
     spare: Option<Box<MsgParts>>,
     held: Option<Held>,
@@ -188,7 +200,7 @@ impl DatagramRecv {
     /// Uses RECVMSGs when the current context's backend is io_uring.
     pub(crate) fn for_current_context() -> DatagramRecv {
         let ring = current::with_current(|home| {
-            (home.backend() == Backend::IoUring).then(|| std::rc::Rc::downgrade(home))
+            (home.backend() == Backend::IoUring).then(|| Rc::downgrade(home))
         })
         .flatten();
         DatagramRecv {
@@ -202,17 +214,17 @@ impl DatagramRecv {
     /// Receives one datagram into `buf` (keeping it for the next receive if `peek`), returning its
     /// length in `buf` and its sender (`sender` converts the address a RECVMSG reported; `readiness`
     /// is one non-blocking attempt of the same receive on the socket).
-    pub(crate) fn poll_recv<T, A>(
+    pub(crate) fn poll_recv<S, A>(
         &self,
         cx: &mut Context<'_>,
-        io: &Async<T>,
+        io: &Async<SharedSocket<S>>,
         buf: &mut [u8],
         peek: bool,
         sender: impl FnOnce(&SockAddr) -> io::Result<A>,
-        mut readiness: impl FnMut(&T, &mut [u8]) -> io::Result<(usize, A)>,
+        mut readiness: impl FnMut(&S, &mut [u8]) -> io::Result<(usize, A)>,
     ) -> Poll<io::Result<(usize, A)>>
     where
-        T: AsRawFd + AsFd,
+        S: AsRawFd + AsFd + Send + Sync + 'static,
     {
         let mut state = self.state.borrow_mut();
         loop {
@@ -237,9 +249,9 @@ impl DatagramRecv {
                 }
                 continue;
             }
-            if buf.len() > DGRAM_BUF || !state.start(io) {
+            if buf.len() > DGRAM_BUF || !state.start(io.get_ref()) {
                 drop(state);
-                return super::poll_read_with(io, cx, |socket| readiness(socket, buf));
+                return super::poll_read_with(io, cx, |socket| readiness(socket.get(), buf));
             }
         }
     }
@@ -253,33 +265,29 @@ impl DatagramRecv {
 }
 
 impl State {
-    /// Queues a RECVMSG on the socket of `io`; `false` if this socket receives with readiness
-    /// instead (no io_uring context any more, or no fd for the duplicate).
-    fn start<T: AsRawFd + AsFd>(&mut self, io: &Async<T>) -> bool {
+    /// Queues a RECVMSG on `socket`; `false` if this socket receives with readiness instead (no
+    /// io_uring context any more).
+    fn start<S: AsFd + Send + Sync + 'static>(&mut self, socket: &SharedSocket<S>) -> bool {
         let Some(ring) = self.ring.as_ref().and_then(Weak::upgrade) else {
             self.ring = None;
             return false;
         };
-        if self.fd.is_none() {
-            // Out of fds (EMFILE) for the duplicate: this socket receives with readiness, which
-            // needs none, rather than failing the receive.
-            self.fd = io.as_fd().try_clone_to_owned().ok();
-        }
-        let Some(fd) = self.fd.take() else {
-            self.ring = None;
-            return false;
-        };
+        let socket: Arc<dyn AsFd + Send + Sync> = socket.share();
+        let raw_fd = socket.as_fd().as_raw_fd();
         let mut parts = self.spare.take().unwrap_or_else(MsgParts::new);
         let msg = parts.prepare();
-        let raw_fd = fd.as_raw_fd();
-        let resources = RecvMsgResources { fd, parts };
+        let resources = RecvMsgResources {
+            _socket: socket,
+            parts,
+        };
         // SAFETY: `msg` points at the `msghdr` in the heap block `resources.parts` owns, which points
         // only at the `iovec` and `sockaddr_storage` in that block and (through the iovec) at the
         // `DGRAM_BUF` initialised bytes of `parts.buf`'s heap block; moving the Box or the Vec moves
-        // neither block. `raw_fd` is `resources.fd`'s. The op keeps the resources alive until the
-        // RECVMSG's CQE arrives, also if the socket is dropped first, and nothing else touches them
-        // meanwhile (they are only reachable through the op). A RECVMSG (not multishot) produces
-        // exactly one CQE.
+        // neither block. `raw_fd` is the fd of the socket `resources` owns a share of, so it stays
+        // open, and names this socket, until the op lets go of the resources. The op keeps them
+        // alive until the RECVMSG's CQE arrives, also if the socket is dropped first, and nothing
+        // else touches the parts meanwhile (they are only reachable through the op). A RECVMSG (not
+        // multishot) produces exactly one CQE.
         let op = unsafe {
             Op::submit_on(&ring, resources, |_| {
                 opcode::RecvMsg::new(types::Fd(raw_fd), msg).build()
@@ -299,7 +307,8 @@ impl State {
             return Poll::Pending;
         };
         self.op = None;
-        self.fd = Some(resources.fd);
+        // `resources._socket` is dropped with `resources`: the socket's own `SharedSocket` is again
+        // its only owner.
         let parts = resources.parts;
         let Ok(result) = result else {
             // The SQE never reached the kernel (nothing was received): readiness from now on.
@@ -332,8 +341,10 @@ impl Drop for DatagramRecv {
     fn drop(&mut self) {
         let state = self.state.get_mut();
         if let Some(op) = state.op.take() {
-            // Cancel first so the socket closes promptly; the parts and the fd stay with the op
-            // until its CQE.
+            // Cancel so the CQE comes at the next iteration: the parts and the op's owner of the
+            // socket stay with the op until then, and the fd closes (freeing a UDP port) when it
+            // lets go. No shutdown, unlike a stream's RECV: a datagram socket has no peer to tell
+            // (see the module docs).
             if let Some(ring) = state.ring.as_ref().and_then(Weak::upgrade) {
                 op.cancel_on(&ring);
             }

@@ -1,9 +1,11 @@
-//! [`SharedSocket`]: a socket owned jointly by its stream and the io_uring operations in flight on it.
+//! [`SharedSocket`]: a socket owned jointly by its stream or datagram socket and the io_uring
+//! operations in flight on it.
 //!
-//! A RECV names the socket's fd in its SQE, and the fd must stay open, and mean this socket, until
-//! the RECV's CQE arrives, even if the stream is dropped first. Instead of a duplicate fd per stream
-//! (two fds per connection), each operation holds an `Arc` of the socket: the fd closes when the last
-//! owner, stream or operation, lets go. One fd per socket.
+//! A RECV (`net/recv.rs`, streams) or RECVMSG (`net/recv_msg.rs`, datagram sockets) names the
+//! socket's fd in its SQE, and the fd must stay open, and mean this socket, until the operation's CQE
+//! arrives, even if the socket is dropped first. Instead of a duplicate of the fd for the operations
+//! (two fds per socket), each operation holds an `Arc` of the socket: the fd closes when the last
+//! owner, socket or operation, lets go. One fd per socket.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};

@@ -10,6 +10,7 @@ use socket2::SockAddr;
 
 use super::addr::{resolve, resolve_now, ToSocketAddrs};
 use super::recv_msg::DatagramRecv;
+use super::shared_socket::SharedSocket;
 use super::IntoStdError;
 use crate::io::Async;
 
@@ -41,7 +42,7 @@ use crate::io::Async;
 /// ```
 #[derive(Debug)]
 pub struct UdpSocket {
-    inner: Async<std::net::UdpSocket>,
+    inner: Async<SharedSocket<std::net::UdpSocket>>,
     recv: DatagramRecv,
 }
 
@@ -101,7 +102,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn from_std(socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
-        let inner = Async::new(socket)?;
+        let inner = Async::new(SharedSocket::new(socket))?;
         Ok(UdpSocket {
             inner,
             recv: DatagramRecv::for_current_context(),
@@ -122,14 +123,22 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn into_std(self) -> Result<std::net::UdpSocket, IntoStdError<UdpSocket>> {
-        if self.recv.holds_data() {
+        if self.recv.holds_data() || !self.inner.get_ref().is_unique() {
             return Err(IntoStdError {
                 stream: Box::new(self),
             });
         }
         let UdpSocket { inner, recv } = self;
         drop(recv);
-        Ok(inner.into_inner())
+        Ok(inner
+            .into_inner()
+            .into_inner()
+            .expect("no operation holds the socket: checked above"))
+    }
+
+    /// The std socket, shared with a receive in flight (for its own methods).
+    fn socket(&self) -> &std::net::UdpSocket {
+        self.inner.get_ref().get()
     }
 
     /// Sends `buf` as one datagram to `target` (a host name is resolved on the context's blocking
@@ -153,7 +162,7 @@ impl UdpSocket {
             resolve(&target).await?.into_iter().next().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "no address to send to")
             })?;
-        self.inner.write_with(|s| s.send_to(buf, addr)).await
+        self.inner.write_with(|s| s.get().send_to(buf, addr)).await
     }
 
     /// Receives one datagram into `buf`; returns its length and its sender. A datagram longer than
@@ -227,7 +236,7 @@ impl UdpSocket {
     pub async fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<()> {
         let mut last = None;
         for addr in resolve(&addr).await? {
-            match self.inner.get_ref().connect(addr) {
+            match self.socket().connect(addr) {
                 Ok(()) => return Ok(()),
                 Err(e) => last = Some(e),
             }
@@ -255,7 +264,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_with(|s| s.send(buf)).await
+        self.inner.write_with(|s| s.get().send(buf)).await
     }
 
     /// Receives one datagram into `buf` (truncated like [`recv_from`](Self::recv_from)); on a
@@ -298,7 +307,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().local_addr()
+        self.socket().local_addr()
     }
 
     /// The peer set by [`connect`](Self::connect); `NotConnected` if none.
@@ -316,7 +325,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().peer_addr()
+        self.socket().peer_addr()
     }
 }
 
@@ -333,7 +342,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn set_broadcast(&self, on: bool) -> io::Result<()> {
-        self.inner.get_ref().set_broadcast(on)
+        self.socket().set_broadcast(on)
     }
 
     /// Whether `SO_BROADCAST` is set.
@@ -346,7 +355,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn broadcast(&self) -> io::Result<bool> {
-        self.inner.get_ref().broadcast()
+        self.socket().broadcast()
     }
 
     /// Sets `IP_TTL`, the time to live of the datagrams this socket sends.
@@ -360,7 +369,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
-        self.inner.get_ref().set_ttl(ttl)
+        self.socket().set_ttl(ttl)
     }
 
     /// `IP_TTL`.
@@ -373,7 +382,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn ttl(&self) -> io::Result<u32> {
-        self.inner.get_ref().ttl()
+        self.socket().ttl()
     }
 
     /// Sets `IP_MULTICAST_LOOP`: whether IPv4 multicast datagrams this socket sends come back to
@@ -388,7 +397,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn set_multicast_loop_v4(&self, on: bool) -> io::Result<()> {
-        self.inner.get_ref().set_multicast_loop_v4(on)
+        self.socket().set_multicast_loop_v4(on)
     }
 
     /// `IP_MULTICAST_LOOP`.
@@ -401,7 +410,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn multicast_loop_v4(&self) -> io::Result<bool> {
-        self.inner.get_ref().multicast_loop_v4()
+        self.socket().multicast_loop_v4()
     }
 
     /// Sets `IP_MULTICAST_TTL`, the time to live of the IPv4 multicast datagrams this socket sends.
@@ -415,7 +424,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn set_multicast_ttl_v4(&self, ttl: u32) -> io::Result<()> {
-        self.inner.get_ref().set_multicast_ttl_v4(ttl)
+        self.socket().set_multicast_ttl_v4(ttl)
     }
 
     /// `IP_MULTICAST_TTL`.
@@ -428,7 +437,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn multicast_ttl_v4(&self) -> io::Result<u32> {
-        self.inner.get_ref().multicast_ttl_v4()
+        self.socket().multicast_ttl_v4()
     }
 
     /// Joins the IPv4 multicast group `multiaddr` on the interface with address `interface`
@@ -450,8 +459,7 @@ impl UdpSocket {
         multiaddr: impl Borrow<Ipv4Addr>,
         interface: impl Borrow<Ipv4Addr>,
     ) -> io::Result<()> {
-        self.inner
-            .get_ref()
+        self.socket()
             .join_multicast_v4(multiaddr.borrow(), interface.borrow())
     }
 
@@ -474,8 +482,7 @@ impl UdpSocket {
         multiaddr: impl Borrow<Ipv4Addr>,
         interface: impl Borrow<Ipv4Addr>,
     ) -> io::Result<()> {
-        self.inner
-            .get_ref()
+        self.socket()
             .leave_multicast_v4(multiaddr.borrow(), interface.borrow())
     }
 
@@ -493,7 +500,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn join_multicast_v6(&self, multiaddr: &Ipv6Addr, interface: u32) -> io::Result<()> {
-        self.inner.get_ref().join_multicast_v6(multiaddr, interface)
+        self.socket().join_multicast_v6(multiaddr, interface)
     }
 
     /// Leaves an IPv6 multicast group joined with [`join_multicast_v6`](Self::join_multicast_v6).
@@ -510,9 +517,7 @@ impl UdpSocket {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn leave_multicast_v6(&self, multiaddr: &Ipv6Addr, interface: u32) -> io::Result<()> {
-        self.inner
-            .get_ref()
-            .leave_multicast_v6(multiaddr, interface)
+        self.socket().leave_multicast_v6(multiaddr, interface)
     }
 }
 

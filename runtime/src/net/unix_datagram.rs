@@ -11,6 +11,7 @@ use std::path::Path;
 use socket2::SockAddr;
 
 use super::recv_msg::DatagramRecv;
+use super::shared_socket::SharedSocket;
 use super::IntoStdError;
 use crate::context::current;
 use crate::io::Async;
@@ -47,7 +48,7 @@ use crate::io::Async;
 /// ```
 #[derive(Debug)]
 pub struct UnixDatagram {
-    inner: Async<std::os::unix::net::UnixDatagram>,
+    inner: Async<SharedSocket<std::os::unix::net::UnixDatagram>>,
     recv: DatagramRecv,
     /// [`shutdown`](UnixDatagram::shutdown) shut down receiving: a receive that finds nothing
     /// returns 0 bytes (see `receive_once`).
@@ -178,7 +179,7 @@ impl UnixDatagram {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn from_std(socket: std::os::unix::net::UnixDatagram) -> io::Result<UnixDatagram> {
-        let inner = Async::new(socket)?;
+        let inner = Async::new(SharedSocket::new(socket))?;
         Ok(UnixDatagram {
             inner,
             recv: DatagramRecv::for_current_context(),
@@ -199,14 +200,22 @@ impl UnixDatagram {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn into_std(self) -> Result<std::os::unix::net::UnixDatagram, IntoStdError<UnixDatagram>> {
-        if self.recv.holds_data() {
+        if self.recv.holds_data() || !self.inner.get_ref().is_unique() {
             return Err(IntoStdError {
                 stream: Box::new(self),
             });
         }
         let UnixDatagram { inner, recv, .. } = self;
         drop(recv);
-        Ok(inner.into_inner())
+        Ok(inner
+            .into_inner()
+            .into_inner()
+            .expect("no operation holds the socket: checked above"))
+    }
+
+    /// The std socket, shared with a receive in flight (for its own methods).
+    fn socket(&self) -> &std::os::unix::net::UnixDatagram {
+        self.inner.get_ref().get()
     }
 
     /// Sets the peer to the socket at `path`: [`send`](Self::send) goes there, and this socket
@@ -230,7 +239,7 @@ impl UnixDatagram {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn connect(&self, path: impl AsRef<Path>) -> io::Result<()> {
-        self.inner.get_ref().connect(path)
+        self.socket().connect(path)
     }
 
     /// Sends `buf` as one datagram to the socket at `path`; returns the bytes sent.
@@ -256,7 +265,7 @@ impl UnixDatagram {
     /// ```
     pub async fn send_to(&self, buf: &[u8], path: impl AsRef<Path>) -> io::Result<usize> {
         let path = path.as_ref();
-        self.inner.write_with(|s| s.send_to(buf, path)).await
+        self.inner.write_with(|s| s.get().send_to(buf, path)).await
     }
 
     /// Receives one datagram into `buf`; returns its length and its sender. A datagram longer than
@@ -304,7 +313,7 @@ impl UnixDatagram {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write_with(|s| s.send(buf)).await
+        self.inner.write_with(|s| s.get().send(buf)).await
     }
 
     /// Receives one datagram into `buf` (truncated like [`recv_from`](Self::recv_from)).
@@ -344,7 +353,7 @@ impl UnixDatagram {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().local_addr()
+        self.socket().local_addr()
     }
 
     /// The peer's address; `NotConnected` if there is none.
@@ -359,7 +368,7 @@ impl UnixDatagram {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.get_ref().peer_addr()
+        self.socket().peer_addr()
     }
 
     /// Shuts down receiving, sending or both (`shutdown(2)`). After a read shutdown, receives
@@ -381,7 +390,7 @@ impl UnixDatagram {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
-        self.inner.get_ref().shutdown(how)?;
+        self.socket().shutdown(how)?;
         if how != std::net::Shutdown::Write {
             self.read_shutdown.set(true);
         }
