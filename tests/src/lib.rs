@@ -28,6 +28,7 @@
 use aioctx::{AioContext, Backend};
 
 pub mod fuzzing;
+pub mod guest;
 
 /// A context forced onto `backend`, panicking with a clear message if it cannot be created.
 pub fn context(backend: Backend) -> AioContext {
