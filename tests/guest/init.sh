@@ -179,9 +179,11 @@ job_discard() {
     dd if=/dev/zero bs=1M count=4 2>/dev/null | tr '\000' '\252' >/tmp/aa
     dd if=/tmp/aa of="/dev/$dev" bs=1M oflag=direct 2>/dev/null || { kv error "cannot write the pattern"; return 1; }
     kv filled "$(region_is 0 4 252)"
-    step discard 0 1 blkdiscard -o 0 -l 1048576 "/dev/$dev"
-    step zeroout 1 1 blkdiscard -z -o 1048576 -l 1048576 "/dev/$dev"
-    step zero_range 2 1 fallocate --zero-range -o 2097152 -l 1048576 "/dev/$dev"
+    # util-linux's tools by path: this busybox runs its own applets in preference to PATH, and its
+    # blkdiscard and fallocate know neither -z nor --zero-range.
+    step discard 0 1 /usr/local/bin/blkdiscard -o 0 -l 1048576 "/dev/$dev"
+    step zeroout 1 1 /usr/local/bin/blkdiscard -z -o 1048576 -l 1048576 "/dev/$dev"
+    step zero_range 2 1 /usr/local/bin/fallocate --zero-range -o 2097152 -l 1048576 "/dev/$dev"
     intact=$(region_is 3 1 252)
     kv untouched.intact "$intact"
     [ "$(region_is 1 2 000)" = yes ] && [ "$intact" = yes ]

@@ -458,19 +458,28 @@ impl Running {
 
     /// Waits until the guest powers off and returns its outcome; kills QEMU and panics with the
     /// console's tail if it runs past its timeout.
-    pub fn wait(mut self) -> Outcome {
+    pub fn wait(self) -> Outcome {
+        let timeout = self.timeout;
+        self.wait_or_time_out().unwrap_or_else(|outcome| {
+            panic!(
+                "{}: did not finish within {timeout:?}; QEMU killed\n{}",
+                outcome.label,
+                outcome.report()
+            )
+        })
+    }
+
+    /// Waits until the guest powers off (`Ok`) or its timeout passes (`Err`: QEMU was killed, the
+    /// outcome has `timed_out` set and the console until then).
+    pub fn wait_or_time_out(mut self) -> Result<Outcome, Box<Outcome>> {
         let mut state = self.console.state.lock().unwrap();
         while !state.eof {
             let now = Instant::now();
             if now >= self.deadline {
                 drop(state);
-                let outcome = self.finish(true);
-                panic!(
-                    "{}: did not finish within {:?}; QEMU killed\n{}",
-                    outcome.label,
-                    self.timeout,
-                    outcome.report()
-                );
+                let mut outcome = self.finish(true);
+                outcome.timed_out = true;
+                return Err(Box::new(outcome));
             }
             state = self
                 .console
@@ -480,7 +489,7 @@ impl Running {
                 .0;
         }
         drop(state);
-        self.finish(false)
+        Ok(self.finish(false))
     }
 
     /// Reaps QEMU (killing it first if `kill`, or if it does not exit within 10 s of closing its

@@ -20,7 +20,7 @@
 //!   with the console's tail), and returns an [`Outcome`]: the job's values, sections (fio's JSON,
 //!   parsed by [`Outcome::fio`]) and exit code. [`Guest::start`] gives a [`Running`] guest that can be
 //!   killed on purpose ([`Running::kill`], e.g. after [`Running::wait_for_mark`]) for the partial
-//!   console.
+//!   console, or whose timeout a test expects ([`Running::wait_or_time_out`]).
 //!
 //! # Jobs
 //!

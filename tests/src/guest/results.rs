@@ -22,8 +22,10 @@ pub struct Outcome {
     pub status: Option<ExitStatus>,
     /// From QEMU's start to its exit.
     pub elapsed: Duration,
-    /// QEMU was killed (on purpose, or because it did not exit).
+    /// QEMU was killed (on purpose, at its timeout, or because it did not exit).
     pub killed: bool,
+    /// The guest ran past its timeout (and was killed).
+    pub timed_out: bool,
     /// `kv KEY=VALUE` lines.
     pub values: BTreeMap<String, String>,
     /// `begin NAME` ... `end NAME rc=N` sections, in order.
