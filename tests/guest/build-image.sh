@@ -70,6 +70,11 @@ build() {
     # The kernel package: apt's cache, then ours, then the registry.
     local deb
     deb=$(ls /var/cache/apt/archives/"${pkg}"_*_amd64.deb "$debs/${pkg}"_*_amd64.deb 2>/dev/null | tail -n 1 || true)
+    # A download cut short leaves a file dpkg-deb cannot read: fetch it again.
+    if [[ -n $deb ]] && ! dpkg-deb --info "$deb" >/dev/null 2>&1; then
+        echo "$deb is damaged: downloading it again"
+        deb=
+    fi
     if [[ -z $deb ]]; then
         rm -f "$debs"/*.deb "$debs"/*.partial
         echo "downloading $pkg"

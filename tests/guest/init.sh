@@ -193,6 +193,8 @@ job_discard() {
 # aioctx.phase=write|verify|both; offset and size (bytes, default 0 and 16 MiB), bs (64k).
 # After the write phase (flushed) it prints "mark written", then aioctx.hold says what to do:
 # none (go on / power off), idle (sleep until killed), io (random writes after the region until killed).
+# A hold ends by itself after aioctx.hold_max seconds (600), failing the job: a guest whose test
+# process died (and so never killed it) powers off instead of running forever.
 job_pattern() {
     phase=$(param phase both)
     off=$(param offset 0)
@@ -203,14 +205,19 @@ job_pattern() {
     if [ "$phase" != verify ]; then
         fio_section pattern.write $args --do_verify=0 --end_fsync=1 || return 1
         mark written
+        hold_max=$(param hold_max 600)
         case $(param hold none) in
-            idle) while :; do sleep 1; done ;;
+            idle)
+                sleep "$hold_max"
+                kv error "held for $hold_max s and was not killed"
+                return 1
+                ;;
             io)
                 rest=$(($(bytes "$dev") - off - size))
                 fio --name=hold --filename="/dev/$dev" --direct=1 --ioengine="$engine" --rw=randwrite \
                     --bs=4k --iodepth=16 --offset=$((off + size)) --size=$rest --time_based \
-                    --runtime=100000 --output=/dev/null
-                kv error "the hold I/O ended"
+                    --runtime="$hold_max" --output=/dev/null
+                kv error "held for $hold_max s and was not killed"
                 return 1
                 ;;
         esac
