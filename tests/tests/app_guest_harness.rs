@@ -3,8 +3,8 @@
 //! queue, then four queues with four jobs on four vCPUs) and against QEMU's built-in virtio-blk on an
 //! IOThread; the other jobs (discard and write-zeroes, a pattern surviving a killed front end, a
 //! read-only disk) and the timeout are checked once each. Every guest runs alone
-//! (`guest::one_at_a_time`) and within `guest::TIMEOUT`. About 110 s here; the first run also builds
-//! the guest image (about 15 s). `bench_qemu_backends` is ignored (a measurement, about 2 minutes):
+//! (`guest::one_at_a_time`) and within `guest::TIMEOUT`. About 3 minutes on a shared 2-core machine
+//! (15 to 30 s a guest); the first run also builds the guest image (about 15 s). `bench_qemu_backends` is ignored (a measurement, about 2 minutes):
 //! `cargo test -p tests --test app_guest_harness -- --ignored --nocapture`.
 
 use std::time::Duration;
@@ -169,21 +169,20 @@ fn qsd_read_only_export_refuses_writes() {
     daemon.stop();
 }
 
-/// A guest that overruns its timeout is killed, and what it printed until then is kept for the
-/// failure message.
+/// A guest that overruns its timeout is killed, and what it printed until then (here the firmware's
+/// banner, at least) is kept for the failure message.
 #[test]
 fn a_guest_past_its_timeout_is_killed_with_its_console() {
     let _alone = guest::one_at_a_time();
     let scratch = Scratch::new("timeout");
     let image = scratch.raw_image("disk.img", 16 * MIB);
-    let timeout = Duration::from_secs(45);
-    let mut running = Guest::new(Job::pattern("write").param("hold", "idle"))
+    let timeout = Duration::from_secs(20);
+    // The idle hold never powers off (for 600 s).
+    let running = Guest::new(Job::pattern("write").param("hold", "idle"))
         .disk(Disk::virtio_blk(&image))
         .timeout(timeout)
         .start();
-    running.wait_for_mark("written", timeout);
     let pid = running.pid();
-    // The idle guest never powers off: the rest of its timeout runs out.
     let out = running
         .wait_or_time_out()
         .expect_err("a guest that never powers off must time out");
@@ -193,7 +192,7 @@ fn a_guest_past_its_timeout_is_killed_with_its_console() {
         "{:?}",
         out.elapsed
     );
-    assert!(out.report().contains("@@aioctx mark written"));
+    assert!(out.console.contains("SeaBIOS"), "{}", out.report());
     // SAFETY: kill with signal 0 only checks whether the pid exists (reaped: it does not).
     let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
     assert!(!alive, "QEMU {pid} still runs after its timeout");
@@ -207,7 +206,9 @@ fn a_guest_past_its_timeout_is_killed_with_its_console() {
 #[ignore = "a measurement (about 5 minutes): run with --ignored --nocapture"]
 fn bench_qemu_backends() {
     let _alone = guest::one_at_a_time();
-    let boots: [(u16, &[(&str, u32, u32)]); 2] = [
+    // (vCPUs and queues, runs as (rw, iodepth, numjobs))
+    type Runs = &'static [(&'static str, u32, u32)];
+    let boots: [(u16, Runs); 2] = [
         (
             1,
             &[
