@@ -476,5 +476,4 @@ pub fn errno_for(e: &io::Error) -> u32 {
 }
 
 #[cfg(test)]
-#[path = "proto_tests.rs"]
 mod tests;
