@@ -11,8 +11,11 @@
 //! - [`Server`]: accepts on the calling thread, spreads connections round-robin over IOThreads, stops
 //!   gracefully through a [`ShutdownHandle`].
 
+mod block;
+mod commands;
 mod conn;
 mod export;
+mod framing;
 mod handshake;
 pub mod proto;
 pub mod replay;

@@ -4,6 +4,7 @@
 //! explores the bytes; the property tests build structured inputs that reach the accepting paths.
 
 pub mod nbd;
+pub mod nbd_chunks;
 pub mod virtio_blk;
 
 /// Reads a big-endian `u32` at `at` (the caller checked the length).

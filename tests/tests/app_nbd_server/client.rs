@@ -25,6 +25,7 @@ pub const OPT_LIST: u32 = 3;
 pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
+pub const OPT_EXTENDED_HEADERS: u32 = 11;
 
 pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
@@ -38,9 +39,12 @@ pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
 pub const CMD_TRIM: u16 = 4;
+pub const CMD_CACHE: u16 = 5;
 pub const CMD_WRITE_ZEROES: u16 = 6;
+pub const CMD_BLOCK_STATUS: u16 = 7;
 pub const FLAG_FUA: u16 = 1;
 pub const FLAG_NO_HOLE: u16 = 2;
+pub const CMD_FLAG_DF: u16 = 1 << 2;
 
 pub const EPERM: u32 = 1;
 pub const EINVAL: u32 = 22;
@@ -409,7 +413,12 @@ impl Client {
 
     /// READ, waiting for the reply: Ok(data) or Err(errno).
     pub fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
-        self.send(CMD_READ, 0, 7, offset, len);
+        self.read_flags(0, offset, len)
+    }
+
+    /// READ with command flags, waiting for the (simple) reply: Ok(data) or Err(errno).
+    pub fn read_flags(&mut self, flags: u16, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
+        self.send(CMD_READ, flags, 7, offset, len);
         let r = self.reply().unwrap();
         assert_eq!(r.cookie, 7);
         if r.error != 0 {

@@ -1,7 +1,7 @@
 //! Properties of the pure parsers in `examples::nbd::proto`: no panic on any bytes, and they agree
 //! with the test client's own encoding of the protocol.
 
-use examples::nbd::proto::{self, ExportLimits, ProtoError, Request};
+use examples::nbd::proto::{self, ExportLimits, Negotiated, ProtoError, Request};
 use proptest::prelude::*;
 
 use super::client::Client;
@@ -24,12 +24,13 @@ proptest! {
     ) {
         let bytes = Client::request_bytes(command, flags, cookie, offset, length);
         let request = proto::parse_request(&bytes).unwrap();
-        prop_assert_eq!(request, Request { flags, command, cookie, offset, length });
+        prop_assert_eq!(request, Request { flags, command, cookie, offset, length: length.into() });
         let limits = ExportLimits { size, read_only, min_block: 1 << min_shift };
         // Whatever it says, an accepted data request stays inside the export.
-        if proto::check_request(&request, &limits).is_ok() && matches!(command, 0 | 1 | 4 | 6) {
+        let accepted = proto::check_request(&request, &limits, &Negotiated::default()).is_ok();
+        if accepted && matches!(command, 0 | 1 | 4 | 5 | 6) {
             prop_assert!(offset.checked_add(u64::from(length)).is_some_and(|end| end <= size));
-            prop_assert!(!(read_only && command != 0));
+            prop_assert!(!read_only || matches!(command, 0 | 5), "only READ and CACHE on a read-only export");
         }
     }
 
