@@ -43,6 +43,35 @@ fn kinds(replies: &[(u32, Vec<u8>)]) -> Vec<u32> {
 }
 
 #[test]
+fn without_negotiation_the_new_commands_and_flags_are_refused_but_cache() {
+    let server = server();
+    let mut c = Client::new(server.connect());
+    c.greeting(true);
+    // Options that take no data refuse some.
+    for known in [OPT_STRUCTURED_REPLY, OPT_EXTENDED_HEADERS] {
+        assert_eq!(kinds(&option(&mut c, known, b"data")), [REP_ERR_INVALID]);
+    }
+    c.go("disk").unwrap();
+    let size = server.size;
+    assert_eq!(
+        c.simple(CMD_BLOCK_STATUS, 0, 0, 4096),
+        EINVAL,
+        "no meta context"
+    );
+    let df = c.read_flags(CMD_FLAG_DF, 0, 512);
+    assert_eq!(df, Err(EINVAL), "DF without structured replies");
+    assert_eq!(c.simple(CMD_CACHE, 0, 0, 1 << 20), 0, "CACHE");
+    assert_eq!(
+        c.simple(CMD_CACHE, 0, size - 1, 2),
+        EINVAL,
+        "CACHE past the end"
+    );
+    let fast = c.simple(CMD_WRITE_ZEROES, FLAG_FAST_ZERO, 1 << 20, 4096);
+    assert_eq!(fast, 0, "FAST_ZERO needs no negotiation");
+    assert_eq!(c.read(1 << 20, 4096).unwrap(), vec![0; 4096]);
+}
+
+#[test]
 fn options_follow_qemu_nbd() {
     let server = server();
     let mut c = Client::new(server.connect());

@@ -446,3 +446,5 @@ pub fn errno_for(e: &io::Error) -> u32 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_transmission;
