@@ -291,3 +291,40 @@ fn read_only_exports_cache_and_refuse_fast_zeroes_with_eperm() {
     );
     assert_eq!(flags & (1 << 10), 1 << 10, "SEND_CACHE");
 }
+
+#[test]
+fn o_direct_exports_read_and_report_holes_on_512_byte_boundaries() {
+    let mut contents = vec![0u8; 4 << 20];
+    contents[..65536].fill(0xd1);
+    contents[1 << 20..(1 << 20) + 8192].fill(0xd2);
+    let server = TestServer::start(Setup {
+        contents: contents.clone(),
+        sparse: true,
+        direct: true,
+        ..Setup::default()
+    });
+    let mut c = server.client_in(Mode::Extended, true);
+    let edge = c.call(sent(CMD_READ, 0, 65536 - 512, 1024), &[]);
+    assert_eq!(edge.content, [(65024, 512, false), (65536, 512, true)]);
+    assert_eq!(edge.data.unwrap(), contents[65024..66048]);
+    let across = c.call(sent(CMD_READ, 0, 0, 2 << 20), &[]);
+    assert_eq!(across.data.unwrap(), contents[..2 << 20]);
+    assert_eq!(
+        across.content.iter().filter(|c| c.2).count(),
+        2,
+        "{:?}",
+        across.content
+    );
+    let status = c.call(sent(CMD_BLOCK_STATUS, 0, 512, (4 << 20) - 1024), &[]);
+    assert!(
+        status.extents.iter().all(|e| e.0 % 512 == 0),
+        "{:?}",
+        status.extents
+    );
+    assert_eq!(status.extents[0], (65024, 0));
+    assert_eq!(
+        c.call(sent(CMD_BLOCK_STATUS, 0, 100, 512), &[]).error,
+        EINVAL,
+        "misaligned"
+    );
+}
