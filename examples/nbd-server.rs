@@ -1,10 +1,13 @@
 //! An NBD server on aioctx IOThreads: exports FILE (or a new temporary file of `--size`) to NBD clients
-//! such as `qemu-io`, `qemu-img` and `nbd-client`, and prints its URI when ready. SIGINT or SIGTERM stop
-//! it gracefully: no new connections, in-flight requests answered, the file flushed, exit status 0.
+//! such as `qemu-io`, `qemu-img`, `nbdinfo`, `nbdcopy` and `nbd-client`, and prints its URI when ready.
+//! Clients that negotiate structured replies or extended headers see the file's holes (`nbdinfo
+//! --map`, `qemu-img map`) and copy it sparse. SIGINT or SIGTERM stop it gracefully: no new
+//! connections, in-flight requests answered, the file flushed, exit status 0.
 //!
 //! ```text
 //! cargo run --release -p examples --example nbd-server -- disk.img --socket /tmp/nbd.sock
 //! qemu-io -f raw -c 'write -P 0xa5 0 1M' -c 'read -P 0xa5 0 1M' 'nbd+unix:///disk?socket=/tmp/nbd.sock'
+//! nbdinfo --map 'nbd+unix:///disk?socket=/tmp/nbd.sock'
 //! ```
 
 use std::net::SocketAddr;

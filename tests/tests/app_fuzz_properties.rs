@@ -4,7 +4,7 @@
 
 use std::io::ErrorKind;
 
-use examples::nbd::proto::{errno, opt, ExportLimits, Request, IHAVEOPT, MAX_OPTION_DATA};
+use examples::nbd::proto::{opt, Negotiated, ReplyMode, IHAVEOPT, MAX_OPTION_DATA};
 use examples::nbd::replay::HandshakeReplay;
 use examples::nbd::{HandshakeOutcome, MAX_OPTIONS};
 use examples::virtio_blk::Op;
@@ -17,6 +17,9 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
+#[path = "app_fuzz_properties/nbd_transmission.rs"]
+mod nbd_transmission;
+
 thread_local! {
     static REPLAY: HandshakeReplay = nbd::replay_target();
 }
@@ -27,6 +30,16 @@ fn export_name() -> impl Strategy<Value = Vec<u8>> {
         Just(EXPORT_NAME.as_bytes().to_vec()),
         Just(Vec::new()),
         proptest::collection::vec(any::<u8>(), 0..12),
+    ]
+}
+
+/// A metadata context query: the context, the namespace alone, another namespace, or anything.
+fn meta_query() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        3 => Just(b"base:allocation".to_vec()),
+        1 => Just(b"base:".to_vec()),
+        1 => Just(b"qemu:dirty-bitmap:x".to_vec()),
+        1 => proptest::collection::vec(any::<u8>(), 0..8),
     ]
 }
 
@@ -52,6 +65,25 @@ fn client_option() -> impl Strategy<Value = Vec<u8>> {
         1 => Just((opt::ABORT, Vec::new())),
         2 => prop_oneof![Just(Vec::new()), Just(vec![1])].prop_map(|data| (opt::LIST, data)),
         2 => (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..8)),
+        // Structured replies and extended headers: mostly without data, as they must be.
+        3 => (prop_oneof![Just(opt::STRUCTURED_REPLY), Just(opt::EXTENDED_HEADERS)], 0..6u8)
+            .prop_map(|(option, junk)| (option, if junk == 0 { vec![1] } else { Vec::new() })),
+        4 => (
+            prop_oneof![Just(opt::LIST_META_CONTEXT), Just(opt::SET_META_CONTEXT)],
+            export_name(),
+            proptest::collection::vec(meta_query(), 0..3),
+            0..10usize,
+        )
+            .prop_map(|(option, name, queries, damage)| {
+                let queries: Vec<&[u8]> = queries.iter().map(|q| q.as_slice()).collect();
+                let mut data = nbd::meta_data(&name, &queries);
+                match damage {
+                    0 => data.truncate(data.len() / 2),
+                    1 => data.push(0),
+                    _ => {}
+                }
+                (option, data)
+            }),
     ];
     (option_and_data, 0..20u8).prop_map(|((option, data), twist)| {
         let mut bytes = option_bytes(option, &data);
@@ -229,23 +261,69 @@ fn run_cases<S: Strategy, R>(strategy: S, check: impl Fn(S::Value) -> R) -> Vec<
 /// the server's handshake and checked reply by reply; each option's data through the parsers.
 #[test]
 fn handshake_answers_every_option_as_the_protocol_says() {
+    // What real clients send first (qemu-img 10: EXTENDED_HEADERS, STRUCTURED_REPLY,
+    // SET_META_CONTEXT), in any order and number, so that negotiated transmissions are common.
+    let set_base = option_bytes(
+        opt::SET_META_CONTEXT,
+        &nbd::meta_data(b"", &[b"base:allocation"]),
+    );
+    let (extended, structured) = (
+        option_bytes(opt::EXTENDED_HEADERS, &[]),
+        option_bytes(opt::STRUCTURED_REPLY, &[]),
+    );
+    let qemu_img = vec![extended.clone(), structured.clone(), set_base.clone()];
+    let libnbd = vec![structured.clone(), set_base.clone()];
+    let any_order = proptest::collection::vec(
+        prop_oneof![Just(extended), Just(structured), Just(set_base)],
+        0..4,
+    );
+    let prologue = prop_oneof![1 => Just(qemu_img), 1 => Just(libnbd), 2 => any_order];
+    // And often a GO at the end, as every client sends.
+    let go = option_bytes(opt::GO, &nbd::info_data(b"", &[3]));
+    let epilogue = prop_oneof![2 => Just(Vec::new()), 1 => Just(go)];
     let client_stream = (
         prop_oneof![4 => Just(3u32), 1 => 0u32..4, 1 => any::<u32>()],
-        proptest::collection::vec(client_option(), 0..6),
+        (
+            prologue,
+            proptest::collection::vec(client_option(), 0..6),
+            epilogue,
+        ),
         prop_oneof![3 => Just(None), 1 => any::<prop::sample::Index>().prop_map(Some)],
     );
-    let ends = run_cases(client_stream, |(flags, options, cut)| {
+    let negotiated = std::cell::RefCell::new(Vec::new());
+    let ends = run_cases(client_stream, |(flags, (prologue, options, go), cut)| {
         let mut client = flags.to_be_bytes().to_vec();
-        for option in &options {
+        for option in prologue.iter().chain(&options) {
             nbd::check_option_parsers(&option[16..]);
             nbd::check_option_parsers(option);
             client.extend_from_slice(option);
         }
+        client.extend_from_slice(&go);
         if let Some(cut) = cut {
             client.truncate(cut.index(client.len() + 1));
         }
-        REPLAY.with(|replay| nbd::check_handshake(replay, &client))
+        REPLAY.with(|replay| {
+            let ended = nbd::check_handshake(replay, &client);
+            if ended == Ok(HandshakeOutcome::Transmission) {
+                negotiated
+                    .borrow_mut()
+                    .push(replay.replay(&client).negotiated);
+            }
+            ended
+        })
     });
+    let negotiated = negotiated.into_inner();
+    let reached = |f: fn(&Negotiated) -> bool| negotiated.iter().filter(|n| f(n)).count();
+    let extended = reached(|n| n.mode == ReplyMode::Extended);
+    assert!(
+        reached(|n| n.mode == ReplyMode::Structured) > 10,
+        "too few structured"
+    );
+    assert!(extended > 10, "too few extended");
+    assert!(
+        reached(|n| n.base_allocation) > 10,
+        "too few with base:allocation"
+    );
     let count = |end: nbd::Ended| ends.iter().filter(|&&e| e == end).count();
     assert!(
         count(Ok(HandshakeOutcome::Transmission)) > 40,
@@ -260,65 +338,6 @@ fn handshake_answers_every_option_as_the_protocol_says() {
         count(Err(ErrorKind::UnexpectedEof)) > 80,
         "too few cut-short streams"
     );
-}
-
-/// Twin of `nbd_request`: requests near the export's edges and alignment, with the limits encoded
-/// after the header the way the fuzz target reads them.
-#[test]
-fn accepted_requests_are_servable_as_they_are() {
-    let request = (
-        prop_oneof![4 => 0u16..8, 1 => any::<u16>()],
-        prop_oneof![3 => Just(0u16), 1 => 0u16..4, 1 => any::<u16>()],
-        any::<u64>(),
-        (
-            prop_oneof![3 => 0u64..1024, 1 => any::<u64>().prop_map(|s| s / 512)],
-            prop_oneof![3 => Just(0u64), 1 => 0u64..512],
-        ),
-        prop_oneof![3 => (0u32..64).prop_map(|n| n * 512), 1 => 0u32..4096, 1 => any::<u32>()],
-    );
-    let limits = (
-        prop_oneof![3 => 1024u64..4096, 1 => 0u64..1024, 1 => any::<u64>().prop_map(|s| s / 512)],
-        prop::bool::weighted(0.3),
-        prop_oneof![3 => 0u8..10, 1 => 0u8..13],
-        prop::bool::weighted(0.05),
-    );
-    let verdicts = run_cases((request, limits), |(request, limits)| {
-        let (command, flags, cookie, (offset_sectors, nudge), length) = request;
-        let (size_sectors, read_only, block_shift, bad_magic) = limits;
-        let limits = ExportLimits {
-            size: size_sectors * 512,
-            read_only,
-            min_block: 1 << block_shift,
-        };
-        let offset = offset_sectors * 512 + nudge;
-        let request = Request {
-            flags,
-            command,
-            cookie,
-            offset,
-            length,
-        };
-        let mut input = nbd::request_bytes(&request).to_vec();
-        if bad_magic {
-            input[0] ^= 0x80;
-        }
-        input.extend_from_slice(&limits.size.to_be_bytes());
-        input.extend_from_slice(&[u8::from(read_only), block_shift]);
-        let (header, decoded) = nbd::split_request_input(&input);
-        assert_eq!(decoded, limits);
-        nbd::check_request(header, &limits)
-    });
-    let count = |v: Option<Result<(), u32>>| verdicts.iter().filter(|&&x| x == v).count();
-    assert!(count(Some(Ok(()))) > 50, "too few requests accepted");
-    assert!(
-        count(Some(Err(errno::EPERM))) > 10,
-        "too few read-only refusals"
-    );
-    assert!(
-        count(Some(Err(errno::EINVAL))) > 50,
-        "too few invalid requests"
-    );
-    assert!(count(None) > 8, "too few bad magics");
 }
 
 /// Twin of `virtio_blk_request`: queues of linked chains (framed requests or raw descriptors, one

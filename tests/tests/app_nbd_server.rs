@@ -8,8 +8,12 @@ mod client;
 mod hostile;
 #[path = "app_nbd_server/model.rs"]
 mod model;
+#[path = "app_nbd_server/negotiated.rs"]
+mod negotiated;
 #[path = "app_nbd_server/parsers.rs"]
 mod parsers;
+#[path = "app_nbd_server/structured.rs"]
+mod structured;
 
 use std::process::Command;
 

@@ -7,6 +7,10 @@
 #[allow(dead_code)]
 #[path = "app_nbd_server/client.rs"]
 mod client;
+// The client's replies beyond simple ones (the soak only uses simple replies).
+#[allow(dead_code)]
+#[path = "app_nbd_server/structured.rs"]
+mod structured;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -18,10 +18,12 @@ use futures::io::{BufReader, ReadHalf};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite};
 use slab::Slab;
 
-use super::export::{Block, Export};
+use super::commands::execute;
+use super::export::{Export, MAX_STATUS_EXTENTS};
+use super::framing::{self, Framing};
 use super::handshake::{handshake, Outcome};
-use super::proto::{self, cmd, Request};
-use super::replies::{Replies, Reply};
+use super::proto::{self, cmd, Negotiated};
+use super::replies::Replies;
 use super::server::{Activity, ShutdownSignal};
 
 /// Requests of one connection in flight at once; the reader stops reading while this many run.
@@ -53,20 +55,20 @@ where
         drain_timeout,
         handshake_limit,
     } = shared;
-    let negotiated = async {
+    let mut negotiated = Negotiated::default();
+    let handshake = handshake(&mut stream, &export, &mut negotiated);
+    let in_time = async {
         match handshake_limit {
-            Some(limit) => aioctx::time::timeout(limit, handshake(&mut stream, &export))
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("handshake not done within {limit:?} (--handshake-limit)"),
-                    )
-                })?,
-            None => handshake(&mut stream, &export).await,
+            Some(limit) => aioctx::time::timeout(limit, handshake).await.map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("handshake not done within {limit:?} (--handshake-limit)"),
+                )
+            })?,
+            None => handshake.await,
         }
     };
-    let outcome = match future::select(Box::pin(negotiated), shutdown.clone()).await {
+    let outcome = match future::select(Box::pin(in_time), shutdown.clone()).await {
         Either::Left((outcome, _)) => outcome,
         Either::Right(_) => return Ok(()),
     };
@@ -79,6 +81,8 @@ where
     let (reader, writer) = stream.split();
     let conn = Rc::new(Connection {
         export,
+        negotiated,
+        framing: Framing(negotiated.mode),
         replies: Replies::new(),
         budget: Rc::new(Budget::new(activity)),
     });
@@ -120,9 +124,12 @@ fn client_gone(e: &io::Error) -> bool {
     )
 }
 
-struct Connection {
-    export: Arc<Export>,
-    replies: Replies<Permit>,
+/// One connection in transmission, shared by its reader and its request tasks.
+pub(crate) struct Connection {
+    pub(crate) export: Arc<Export>,
+    negotiated: Negotiated,
+    pub(crate) framing: Framing,
+    pub(crate) replies: Replies<Permit>,
     budget: Rc<Budget>,
 }
 
@@ -154,40 +161,48 @@ where
         }
     });
     let limits = conn.export.limits;
+    let negotiated = conn.negotiated;
+    let mut header = [0; proto::EXTENDED_REQUEST_LEN];
+    let header = &mut header[..negotiated.request_len()];
     loop {
-        let mut header = [0; proto::REQUEST_LEN];
-        let Some(read) = unless(reader.read_exact(&mut header), &mut shutdown).await else {
+        let Some(read) = unless(reader.read_exact(header), &mut shutdown).await else {
             return Ok(());
         };
         read?;
-        let request = proto::parse_request(&header)?;
-        if let Err(errno) = proto::check_request(&request, &limits) {
+        let request = negotiated.parse_request(header)?;
+        let payload_len = request.payload_len(negotiated.extended());
+        if let Err(refused) = proto::check_request(&request, &limits, &negotiated) {
             // Error replies count against the budget too: a client sending nothing but bad requests
             // and reading no replies must not grow the queue.
             let Some(permit) = unless(Budget::acquire(&conn.budget, 0), &mut shutdown).await else {
                 return Ok(());
             };
-            if request.has_payload() {
-                match unless(skip_payload(&mut reader, request.length), &mut past_drain).await {
+            if payload_len > 0 {
+                match unless(skip_payload(&mut reader, payload_len), &mut past_drain).await {
                     Some(skipped) => skipped?,
                     None => return Ok(()),
                 }
             }
-            conn.replies
-                .push(Reply::status(errno, request.cookie, permit));
+            let reply = conn
+                .framing
+                .error(&request, refused.errno, refused.reason, permit);
+            conn.replies.push(reply);
             continue;
         }
         if request.command == cmd::DISC {
             return Ok(());
         }
+        // check_request bounds READ and WRITE to MAX_PAYLOAD.
         let bytes = match request.command {
             cmd::READ | cmd::WRITE => request.length as usize,
+            cmd::BLOCK_STATUS => framing::block_status_bytes(MAX_STATUS_EXTENTS),
             _ => 0,
         };
         let Some(permit) = unless(Budget::acquire(&conn.budget, bytes), &mut shutdown).await else {
             return Ok(());
         };
-        let payload = if request.has_payload() {
+        // Only a WRITE has a payload once checked (it may be empty).
+        let payload = if request.command == cmd::WRITE {
             let mut block = conn.export.payload_buffer(bytes);
             match unless(reader.read_exact(block.data_mut()), &mut past_drain).await {
                 Some(read) => read?,
@@ -203,49 +218,21 @@ where
     }
 }
 
-/// Discards the payload of a refused `WRITE`, so the stream stays in step. A payload too long to be
-/// worth reading ends the connection instead (the protocol allows it; nothing else can be sent).
-async fn skip_payload<R: AsyncRead + Unpin>(reader: &mut R, length: u32) -> io::Result<()> {
-    if length > proto::MAX_PAYLOAD {
+/// Discards the payload of a refused request (a `WRITE`, or with extended headers any request flagged
+/// `PAYLOAD_LEN`), so the stream stays in step. A payload too long to be worth reading ends the
+/// connection instead (the protocol allows it; nothing else can be sent).
+async fn skip_payload<R: AsyncRead + Unpin>(reader: &mut R, length: u64) -> io::Result<()> {
+    if length > u64::from(proto::MAX_PAYLOAD) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("WRITE of {length} bytes: over the maximum, payload not skipped"),
+            format!("a payload of {length} bytes: over the maximum, not skipped"),
         ));
     }
-    let copied = futures::io::copy(reader.take(length.into()), &mut futures::io::sink()).await?;
-    if copied < u64::from(length) {
+    let copied = futures::io::copy(reader.take(length), &mut futures::io::sink()).await?;
+    if copied < length {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(())
-}
-
-/// Runs one request and queues its reply.
-async fn execute(conn: Rc<Connection>, request: Request, payload: Option<Block>, permit: Permit) {
-    let export = &conn.export;
-    let fua = request.flags & cmd::FLAG_FUA != 0;
-    let (offset, length) = (request.offset, request.length);
-    let done = match (request.command, payload) {
-        (cmd::READ, _) => match export.read(offset, length as usize).await {
-            Ok(block) => {
-                conn.replies
-                    .push(Reply::data(request.cookie, block, permit));
-                return;
-            }
-            Err(e) => Err(e),
-        },
-        (cmd::WRITE, Some(block)) => export.write(block, offset, fua).await,
-        (cmd::FLUSH, _) => export.flush().await,
-        (cmd::TRIM, _) => export.trim(offset, length.into(), fua).await,
-        (cmd::WRITE_ZEROES, _) => export.write_zeroes(offset, length.into(), fua).await,
-        // check_request lets nothing else through.
-        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
-    };
-    let errno = match done {
-        Ok(()) => 0,
-        Err(e) => proto::errno_for(&e),
-    };
-    conn.replies
-        .push(Reply::status(errno, request.cookie, permit));
 }
 
 /// Bounds what one connection holds: at most [`MAX_REQUESTS`] requests and [`MAX_BYTES`] of buffers,
@@ -327,7 +314,7 @@ impl Budget {
 }
 
 /// One request's share of the [`Budget`], given back when the request is answered (or dropped).
-struct Permit {
+pub(crate) struct Permit {
     budget: Rc<Budget>,
     bytes: usize,
     key: usize,

@@ -1,12 +1,15 @@
 //! The fixed newstyle handshake: greeting, client flags, then options until `GO` or `EXPORT_NAME`
-//! selects the export (or the client aborts).
+//! selects the export (or the client aborts). Along the way a client may negotiate structured replies
+//! (`STRUCTURED_REPLY`), extended headers (`EXTENDED_HEADERS`, which imply them) and the
+//! `base:allocation` metadata context (`LIST_META_CONTEXT`, `SET_META_CONTEXT`), as with qemu-nbd.
 
 use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::export::Export;
-use super::proto::{self, info, opt, rep};
+use super::proto::meta::{self, BASE_ALLOCATION, BASE_ALLOCATION_ID};
+use super::proto::{self, info, opt, rep, Negotiated, ReplyMode};
 
 /// How many options one client may send before the server gives up on it: a client that never
 /// chooses an export must not hold a connection slot for ever.
@@ -25,12 +28,18 @@ fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
 }
 
-/// Runs the server side of the handshake on `stream`.
+/// Runs the server side of the handshake on `stream`; what the client negotiated for transmission is
+/// left in `negotiated` (which starts as nothing negotiated).
 ///
 /// Errors (the caller closes the connection): I/O errors, a bad option magic, unknown client flags,
 /// option data over [`proto::MAX_OPTION_DATA`], `EXPORT_NAME` for an unknown export (that option has no
-/// way to report errors), any other option from a client that is not fixed newstyle, too many options.
-pub(crate) async fn handshake<S>(stream: &mut S, export: &Export) -> io::Result<Outcome>
+/// way to report errors) or after extended headers (which forbid it), any other option from a client
+/// that is not fixed newstyle, too many options.
+pub(crate) async fn handshake<S>(
+    stream: &mut S,
+    export: &Export,
+    negotiated: &mut Negotiated,
+) -> io::Result<Outcome>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -55,9 +64,12 @@ where
                 if !export.matches(&data) {
                     return Err(invalid("EXPORT_NAME for an unknown export"));
                 }
+                if negotiated.extended() {
+                    return Err(invalid("EXPORT_NAME after extended headers"));
+                }
                 let size = export.limits.size;
-                reply =
-                    proto::export_name_reply(size, export.transmission_flags(), client.no_zeroes);
+                let flags = export.transmission_flags(negotiated.mode);
+                reply = proto::export_name_reply(size, flags, client.no_zeroes);
                 Some(Outcome::Transmission)
             }
             _ if !client.fixed_newstyle => {
@@ -79,7 +91,16 @@ where
                 proto::encode_option_reply(&mut reply, option, rep::ERR_INVALID, &[]);
                 None
             }
-            opt::INFO | opt::GO => answer_info(&mut reply, option, &data, export),
+            opt::INFO | opt::GO => answer_info(&mut reply, option, &data, export, negotiated),
+            opt::STRUCTURED_REPLY | opt::EXTENDED_HEADERS => {
+                let answer = reply_mode(negotiated, option, &data);
+                proto::encode_option_reply(&mut reply, option, answer, &[]);
+                None
+            }
+            opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
+                answer_meta(&mut reply, option, &data, export, negotiated);
+                None
+            }
             _ => {
                 proto::encode_option_reply(&mut reply, option, rep::ERR_UNSUP, &[]);
                 None
@@ -93,8 +114,70 @@ where
     Err(invalid("too many options"))
 }
 
+/// Negotiates structured replies or extended headers as qemu-nbd does, returning the reply type:
+/// option data is invalid; structured replies once negotiated are invalid, and after extended headers
+/// need them; extended headers may follow structured replies, once.
+fn reply_mode(negotiated: &mut Negotiated, option: u32, data: &[u8]) -> u32 {
+    let (wanted, mode) = (option == opt::EXTENDED_HEADERS, negotiated.mode);
+    match mode {
+        _ if !data.is_empty() => rep::ERR_INVALID,
+        ReplyMode::Extended if !wanted => rep::ERR_EXT_HEADER_REQD,
+        ReplyMode::Extended => rep::ERR_INVALID,
+        ReplyMode::Structured if !wanted => rep::ERR_INVALID,
+        _ => {
+            negotiated.mode = if wanted {
+                ReplyMode::Extended
+            } else {
+                ReplyMode::Structured
+            };
+            rep::ACK
+        }
+    }
+}
+
+/// Answers `LIST_META_CONTEXT` or `SET_META_CONTEXT` (`base:allocation` is the only context). `SET`
+/// needs structured replies first, and replaces the selection even when it fails.
+fn answer_meta(
+    reply: &mut Vec<u8>,
+    option: u32,
+    data: &[u8],
+    export: &Export,
+    negotiated: &mut Negotiated,
+) {
+    let list = option == opt::LIST_META_CONTEXT;
+    if !list {
+        negotiated.base_allocation = false;
+        if !negotiated.structured() {
+            proto::encode_option_reply(reply, option, rep::ERR_INVALID, &[]);
+            return;
+        }
+    }
+    let request = match meta::parse_meta_request(data) {
+        Ok(request) => request,
+        Err(_) => return proto::encode_option_reply(reply, option, rep::ERR_INVALID, &[]),
+    };
+    if !export.matches(request.name) {
+        return proto::encode_option_reply(reply, option, rep::ERR_UNKNOWN, &[]);
+    }
+    if meta::selects_base_allocation(&request.queries, list) {
+        let id = if list { 0 } else { BASE_ALLOCATION_ID };
+        let context = meta::meta_context_reply(id, BASE_ALLOCATION);
+        proto::encode_option_reply(reply, option, rep::META_CONTEXT, &context);
+        if !list {
+            negotiated.base_allocation = true;
+        }
+    }
+    proto::encode_option_reply(reply, option, rep::ACK, &[]);
+}
+
 /// Answers `INFO` or `GO`; returns `Some(Transmission)` if a `GO` succeeded.
-fn answer_info(reply: &mut Vec<u8>, option: u32, data: &[u8], export: &Export) -> Option<Outcome> {
+fn answer_info(
+    reply: &mut Vec<u8>,
+    option: u32,
+    data: &[u8],
+    export: &Export,
+    negotiated: &Negotiated,
+) -> Option<Outcome> {
     let request = match proto::parse_info_request(data) {
         Ok(request) => request,
         Err(_) => {
@@ -106,7 +189,8 @@ fn answer_info(reply: &mut Vec<u8>, option: u32, data: &[u8], export: &Export) -
         proto::encode_option_reply(reply, option, rep::ERR_UNKNOWN, &[]);
         return None;
     }
-    let export_info = proto::info_export(export.limits.size, export.transmission_flags());
+    let flags = export.transmission_flags(negotiated.mode);
+    let export_info = proto::info_export(export.limits.size, flags);
     proto::encode_option_reply(reply, option, rep::INFO, &export_info);
     if request.info_types.contains(&info::BLOCK_SIZE) {
         let (min, preferred, max) = export.block_sizes();

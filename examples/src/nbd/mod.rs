@@ -1,18 +1,31 @@
-//! An NBD server on IOThreads: a file exported to real NBD clients (`qemu-io`, `qemu-img`, the kernel's
-//! `nbd-client`) with the fixed newstyle handshake and simple replies.
+//! An NBD server on IOThreads: a file exported to real NBD clients (`qemu-io`, `qemu-img`, libnbd's
+//! `nbdinfo` and `nbdcopy`, the kernel's `nbd-client`) with the fixed newstyle handshake, and what
+//! qemu-nbd 10 offers beyond simple replies: structured replies, extended headers, the
+//! `base:allocation` metadata context with `NBD_CMD_BLOCK_STATUS` (holes found with
+//! `SEEK_DATA`/`SEEK_HOLE`, sent as `OFFSET_HOLE` chunks by `READ`), `CACHE`, `FAST_ZERO` and `DF`.
+//! A client that negotiates nothing gets simple replies, as before.
 //!
 //! - [`proto`]: the wire format, pure parsing and encoding over byte slices (no I/O, no panics).
-//! - `handshake`: option negotiation (`GO`, `INFO`, `LIST`, `ABORT`, `EXPORT_NAME`; others `ERR_UNSUP`).
-//! - `conn`: one connection's requests, served concurrently by tasks and answered out of order, within
-//!   a budget (64 requests, 64 MiB of buffers) that stops the reader while it is spent.
+//! - `handshake`: option negotiation (`GO`, `INFO`, `LIST`, `ABORT`, `EXPORT_NAME`,
+//!   `STRUCTURED_REPLY`, `EXTENDED_HEADERS`, `LIST_META_CONTEXT`, `SET_META_CONTEXT`; others
+//!   `ERR_UNSUP`).
+//! - `conn`: one connection's requests (compact or extended headers), served concurrently by tasks
+//!   and answered out of order, within a budget (64 requests, 64 MiB of buffers) that stops the
+//!   reader while it is spent.
+//! - `commands`: one request run on the export; `framing`: its reply as the client negotiated (simple
+//!   reply, structured or extended chunks).
 //! - `replies`: the reply queue and its writer, which sends every queued reply in one socket write.
-//! - `export`: the block operations on `aioctx::fs::File` (io_uring on the IOThread's ring).
+//! - `export`: the block operations on `aioctx::fs::File` (io_uring on the IOThread's ring), holes by
+//!   `lseek`, `CACHE` by `posix_fadvise`; `block`: the data buffers, with room for reply headers.
 //! - [`replay`]: the handshake driven from a client's bytes in memory (for fuzzing and property tests).
 //! - [`Server`]: accepts on the calling thread, spreads connections round-robin over IOThreads, stops
 //!   gracefully through a [`ShutdownHandle`].
 
+mod block;
+mod commands;
 mod conn;
 mod export;
+mod framing;
 mod handshake;
 pub mod proto;
 pub mod replay;

@@ -11,6 +11,7 @@ use futures::{AsyncRead, AsyncWrite};
 
 use super::export::Export;
 use super::handshake::{handshake, Outcome};
+use super::proto::Negotiated;
 
 /// A handshake target: a described export and a small context to run the handshake future on.
 pub struct HandshakeReplay {
@@ -27,6 +28,8 @@ pub struct Replayed {
     pub consumed: usize,
     /// How the handshake ended; running out of client bytes is an `UnexpectedEof` error.
     pub result: io::Result<Outcome>,
+    /// What the client had negotiated when the handshake ended.
+    pub negotiated: Negotiated,
 }
 
 impl HandshakeReplay {
@@ -38,9 +41,10 @@ impl HandshakeReplay {
         // The poll backend needs no io_uring ring, so a fuzzer may create it in any sandbox.
         let ctx = AioContext::builder().backend(Backend::Poll).build()?;
         let null = std::fs::File::open("/dev/null")?;
+        let map = null.try_clone()?;
         // aioctx::fs::File resolves its engine on the current context.
         let file = ctx.block_on(async { aioctx::fs::File::from_std(null) })?;
-        let export = Export::new(export_name.to_owned(), file, size, read_only, direct);
+        let export = Export::new(export_name.to_owned(), file, map, size, read_only, direct);
         Ok(HandshakeReplay { ctx, export })
     }
 
@@ -51,11 +55,15 @@ impl HandshakeReplay {
             consumed: 0,
             sent: Vec::new(),
         };
-        let result = self.ctx.block_on(handshake(&mut stream, &self.export));
+        let mut negotiated = Negotiated::default();
+        let result = self
+            .ctx
+            .block_on(handshake(&mut stream, &self.export, &mut negotiated));
         Replayed {
             sent: stream.sent,
             consumed: stream.consumed,
             result,
+            negotiated,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The replies of one connection: request tasks queue them, one writer sends them. Whatever is queued
 //! when the writer runs goes out in one socket write (copied into a batch buffer), so a burst of
 //! completions costs one syscall instead of one per reply. Each reply carries its request's budget
-//! permit until it is written, so queued replies are bounded by the connection's budget.
+//! permit until it is written, so queued replies are bounded by the connection's budget. What a reply
+//! says is chosen by `framing`; here it is only bytes and data blocks.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -11,8 +12,8 @@ use std::task::{Poll, Waker};
 
 use futures::{AsyncWrite, AsyncWriteExt};
 
-use super::export::Block;
-use super::proto::{self, SIMPLE_REPLY_LEN};
+use super::block::Block;
+use super::proto::chunks::Fixed;
 
 /// Read data up to this size is copied into the batch; longer reads are written from their block.
 const COPY_MAX: usize = 64 * 1024;
@@ -26,25 +27,58 @@ pub(crate) struct Reply<P> {
 }
 
 enum Kind {
-    /// A reply without data.
-    Header([u8; SIMPLE_REPLY_LEN]),
-    /// A successful read: the header goes into the block's headroom.
-    Data(u64, Block),
+    /// A short reply: a simple reply without data, or one fixed-size chunk.
+    Fixed(Fixed),
+    /// Chunks built in memory (errors with a message, block status).
+    Bytes(Vec<u8>),
+    /// Read data after its header (a simple reply's or one content chunk's), which goes into the
+    /// block's headroom.
+    Data(Fixed, Block),
+    /// A read in several chunks.
+    Sparse(Block, Vec<Piece>),
+}
+
+/// One chunk of a read in several chunks.
+pub(crate) enum Piece {
+    /// A chunk without data from the block (a hole).
+    Fixed(Fixed),
+    /// A data chunk: its header and offset (`prefix`), then the `len` bytes at `at` in the block.
+    Data {
+        prefix: Fixed,
+        at: usize,
+        len: usize,
+    },
 }
 
 impl<P> Reply<P> {
-    /// A reply with `error` (0: success) and no data.
-    pub(crate) fn status(error: u32, cookie: u64, permit: P) -> Self {
+    /// A short reply.
+    pub(crate) fn fixed(bytes: Fixed, permit: P) -> Self {
         Reply {
-            kind: Kind::Header(proto::simple_reply(error, cookie)),
+            kind: Kind::Fixed(bytes),
             _permit: permit,
         }
     }
 
-    /// A successful read's reply with its data.
-    pub(crate) fn data(cookie: u64, block: Block, permit: P) -> Self {
+    /// A reply built in memory.
+    pub(crate) fn bytes(bytes: Vec<u8>, permit: P) -> Self {
         Reply {
-            kind: Kind::Data(cookie, block),
+            kind: Kind::Bytes(bytes),
+            _permit: permit,
+        }
+    }
+
+    /// `prefix` followed by all of the block's data.
+    pub(crate) fn data(prefix: Fixed, block: Block, permit: P) -> Self {
+        Reply {
+            kind: Kind::Data(prefix, block),
+            _permit: permit,
+        }
+    }
+
+    /// Chunks, some with data from `block`.
+    pub(crate) fn sparse(block: Block, pieces: Vec<Piece>, permit: P) -> Self {
+        Reply {
+            kind: Kind::Sparse(block, pieces),
             _permit: permit,
         }
     }
@@ -108,6 +142,21 @@ impl<P> Replies<P> {
     }
 }
 
+/// Adds `bytes` to the batch, or (when long) writes the batch and then `bytes` from where they are.
+async fn emit<W: AsyncWrite + Unpin>(
+    socket: &mut W,
+    batch: &mut Vec<u8>,
+    bytes: &[u8],
+) -> io::Result<()> {
+    if bytes.len() <= COPY_MAX {
+        batch.extend_from_slice(bytes);
+        return Ok(());
+    }
+    socket.write_all(batch).await?;
+    batch.clear();
+    socket.write_all(bytes).await
+}
+
 /// Writes `replies` with as few writes as possible; their permits are released once written.
 async fn send_batch<W, P>(
     socket: &mut W,
@@ -121,15 +170,25 @@ where
     let mut written = Vec::with_capacity(replies.len());
     for mut reply in replies {
         match &mut reply.kind {
-            Kind::Header(header) => batch.extend_from_slice(header),
-            Kind::Data(cookie, block) => {
-                let bytes = block.with_header(&proto::simple_reply(0, *cookie));
-                if bytes.len() <= COPY_MAX {
-                    batch.extend_from_slice(bytes);
-                } else {
-                    socket.write_all(batch).await?;
-                    batch.clear();
-                    socket.write_all(bytes).await?;
+            Kind::Fixed(bytes) => batch.extend_from_slice(bytes),
+            Kind::Bytes(bytes) => batch.extend_from_slice(bytes),
+            Kind::Data(prefix, block) => emit(socket, batch, block.with_header(prefix)).await?,
+            Kind::Sparse(block, pieces) => {
+                for piece in pieces.iter() {
+                    match piece {
+                        Piece::Fixed(bytes) => batch.extend_from_slice(bytes),
+                        Piece::Data { prefix, at, len } => {
+                            // The header goes over unsent bytes right before the data if there are
+                            // enough; else it is copied into the batch first.
+                            match block.with_header_at(*at, *len, prefix) {
+                                Some(bytes) => emit(socket, batch, bytes).await?,
+                                None => {
+                                    batch.extend_from_slice(prefix);
+                                    emit(socket, batch, block.data(*at, *len)).await?;
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -160,6 +219,13 @@ mod tests {
     use futures::future::{self, Either};
 
     use super::*;
+    use crate::nbd::proto::{self, SIMPLE_REPLY_LEN};
+
+    fn simple(error: u32, cookie: u64) -> Fixed {
+        let mut out = Fixed::new();
+        out.push(&proto::simple_reply(error, cookie));
+        out
+    }
 
     /// A socket that records each write, or fails every write with `EPIPE`.
     struct Recorder {
@@ -193,9 +259,9 @@ mod tests {
         let permits = Rc::new(());
         let mut block = Block::new(512, SIMPLE_REPLY_LEN, 1);
         block.data_mut().fill(0xcd);
-        replies.push(Reply::status(0, 1, Rc::clone(&permits)));
-        replies.push(Reply::data(2, block, Rc::clone(&permits)));
-        replies.push(Reply::status(22, 3, Rc::clone(&permits)));
+        replies.push(Reply::fixed(simple(0, 1), Rc::clone(&permits)));
+        replies.push(Reply::data(simple(0, 2), block, Rc::clone(&permits)));
+        replies.push(Reply::fixed(simple(22, 3), Rc::clone(&permits)));
         let writes = Rc::new(RefCell::new(Vec::new()));
         let socket = Recorder {
             writes: Rc::clone(&writes),
@@ -222,18 +288,76 @@ mod tests {
     fn a_failed_socket_closes_the_queue() {
         let replies = Replies::new();
         let permits = Rc::new(());
-        replies.push(Reply::status(0, 1, Rc::clone(&permits)));
+        replies.push(Reply::fixed(simple(0, 1), Rc::clone(&permits)));
         let broken = Recorder {
             writes: Rc::default(),
             broken: true,
         };
         let err = futures::executor::block_on(replies.write_all(broken)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
-        replies.push(Reply::status(0, 2, Rc::clone(&permits)));
+        replies.push(Reply::fixed(simple(0, 2), Rc::clone(&permits)));
         assert_eq!(
             Rc::strong_count(&permits),
             1,
             "nothing kept after the failure"
         );
+    }
+
+    #[test]
+    fn a_sparse_read_sends_its_pieces_in_order_headers_over_unsent_bytes() {
+        let replies = Replies::new();
+        let mut block = Block::new(3 * COPY_MAX, 8, 1);
+        block.data_mut().fill(0x11);
+        let fixed = |byte: u8, len: usize| {
+            let mut out = Fixed::new();
+            out.push(&vec![byte; len]);
+            out
+        };
+        let pieces = vec![
+            // At the start of the data: the 8-byte headroom is too short for 12 header bytes.
+            Piece::Data {
+                prefix: fixed(1, 12),
+                at: 0,
+                len: 100,
+            },
+            Piece::Fixed(fixed(2, 20)),
+            // Over the unsent bytes 100..4096.
+            Piece::Data {
+                prefix: fixed(3, 12),
+                at: 4096,
+                len: 10,
+            },
+            // Long: written from the block, after the batch.
+            Piece::Data {
+                prefix: fixed(4, 12),
+                at: COPY_MAX,
+                len: 2 * COPY_MAX,
+            },
+        ];
+        replies.push(Reply::sparse(block, pieces, ()));
+        let writes = Rc::new(RefCell::new(Vec::new()));
+        let socket = Recorder {
+            writes: Rc::clone(&writes),
+            broken: false,
+        };
+        let _ = futures::executor::block_on(future::select(
+            Box::pin(replies.write_all(socket)),
+            future::ready(()),
+        ));
+        let writes = writes.borrow();
+        assert_eq!(
+            writes.len(),
+            2,
+            "the batch, then the long piece with its header"
+        );
+        let mut expected = vec![1; 12];
+        expected.extend([0x11; 100]);
+        expected.extend([2; 20]);
+        expected.extend([3; 12]);
+        expected.extend([0x11; 10]);
+        assert_eq!(writes[0], expected);
+        assert_eq!(&writes[1][..12], &[4; 12]);
+        assert_eq!(writes[1].len(), 12 + 2 * COPY_MAX);
+        assert!(writes[1][12..].iter().all(|&b| b == 0x11));
     }
 }

@@ -238,6 +238,8 @@ impl Server {
         let export = open_export(&config, &path)?;
         let threads = spawn_iothreads(&config)?;
         let (file, size) = export;
+        // A second descriptor for what aioctx::fs::File does not do (lseek for holes, fadvise).
+        let map = file.try_clone()?;
         // aioctx::fs::File resolves its engine on a context: wrap the file on an IOThread.
         let file = threads[0]
             .remote()
@@ -245,6 +247,7 @@ impl Server {
         let export = Arc::new(Export::new(
             config.export_name.clone(),
             file,
+            map,
             size,
             config.read_only,
             config.direct,

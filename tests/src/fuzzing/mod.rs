@@ -4,6 +4,7 @@
 //! explores the bytes; the property tests build structured inputs that reach the accepting paths.
 
 pub mod nbd;
+pub mod nbd_chunks;
 pub mod vhost_user;
 pub mod virtio_blk;
 

@@ -1,6 +1,7 @@
 //! A small blocking NBD client written from the protocol document, independent of the server's own
 //! encoders (so a bug shared by both sides cannot hide), plus the test server harness.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
@@ -12,6 +13,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use examples::nbd::{Activity, Config, Listen, Server, ShutdownHandle};
+
+use super::structured::{Answer, Sent};
 
 pub const NBDMAGIC: u64 = 0x4e42444d41474943;
 pub const IHAVEOPT: u64 = 0x49484156454F5054;
@@ -25,6 +28,9 @@ pub const OPT_LIST: u32 = 3;
 pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
+pub const OPT_LIST_META_CONTEXT: u32 = 9;
+pub const OPT_SET_META_CONTEXT: u32 = 10;
+pub const OPT_EXTENDED_HEADERS: u32 = 11;
 
 pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
@@ -38,9 +44,15 @@ pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
 pub const CMD_TRIM: u16 = 4;
+pub const CMD_CACHE: u16 = 5;
 pub const CMD_WRITE_ZEROES: u16 = 6;
+pub const CMD_BLOCK_STATUS: u16 = 7;
 pub const FLAG_FUA: u16 = 1;
 pub const FLAG_NO_HOLE: u16 = 2;
+pub const CMD_FLAG_DF: u16 = 1 << 2;
+pub const FLAG_REQ_ONE: u16 = 1 << 3;
+pub const FLAG_FAST_ZERO: u16 = 1 << 4;
+pub const FLAG_PAYLOAD_LEN: u16 = 1 << 5;
 
 pub const EPERM: u32 = 1;
 pub const EINVAL: u32 = 22;
@@ -105,6 +117,8 @@ pub struct Setup {
     pub direct: bool,
     /// The image's initial contents (its length is the export size).
     pub contents: Vec<u8>,
+    /// Leave the all-zero 4 KiB blocks of `contents` unwritten: holes in the file.
+    pub sparse: bool,
     pub drain_timeout: Duration,
 }
 
@@ -116,6 +130,7 @@ impl Default for Setup {
             read_only: false,
             direct: false,
             contents: vec![0xee; 8 << 20],
+            sparse: false,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -125,7 +140,7 @@ impl TestServer {
     pub fn start(setup: Setup) -> TestServer {
         let dir = TempDir::new("srv");
         let image = dir.path("disk.img");
-        std::fs::write(&image, &setup.contents).unwrap();
+        write_image(&image, &setup.contents, setup.sparse);
         let socket = dir.path("nbd.sock");
         let listen = match setup.kind {
             Kind::Tcp => Listen::Tcp("127.0.0.1:0".parse().unwrap()),
@@ -227,6 +242,21 @@ impl Drop for TestServer {
     }
 }
 
+/// Writes `contents` to `path`; with `sparse`, all-zero 4 KiB blocks are left as holes.
+pub fn write_image(path: &Path, contents: &[u8], sparse: bool) {
+    if !sparse {
+        return std::fs::write(path, contents).unwrap();
+    }
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len(contents.len() as u64).unwrap();
+    for (i, block) in contents.chunks(4096).enumerate() {
+        if block.iter().any(|&b| b != 0) {
+            file.write_all_at(block, i as u64 * 4096).unwrap();
+        }
+    }
+}
+
 /// Waits (bounded by [`IO_TIMEOUT`]) until the server has no connection and no request left.
 pub fn wait_until_idle(server: &TestServer) {
     let give_up = std::time::Instant::now() + IO_TIMEOUT;
@@ -256,13 +286,32 @@ pub struct Reply {
     pub cookie: u64,
 }
 
+/// The reply framing a test client negotiates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Simple,
+    Structured,
+    Extended,
+}
+
 pub struct Client {
     pub s: Box<dyn Stream>,
+    /// What the handshake negotiated (see `structured.rs`).
+    pub mode: Mode,
+    /// The id `SET_META_CONTEXT` gave `base:allocation`.
+    pub context: Option<u32>,
+    /// Replies whose chunks have started to arrive, by cookie.
+    pub partial: HashMap<u64, Answer>,
 }
 
 impl Client {
     pub fn new(s: Box<dyn Stream>) -> Client {
-        Client { s }
+        Client {
+            s,
+            mode: Mode::Simple,
+            context: None,
+            partial: HashMap::new(),
+        }
     }
 
     pub fn u16(&mut self) -> io::Result<u16> {
@@ -382,13 +431,14 @@ impl Client {
         b
     }
 
+    /// Sends a request header in the negotiated framing (see `header`).
     pub fn send(&mut self, command: u16, flags: u16, cookie: u64, offset: u64, len: u32) {
-        let b = Self::request_bytes(command, flags, cookie, offset, len);
+        let b = self.header(command, flags, cookie, offset, len.into());
         self.s.write_all(&b).unwrap();
     }
 
     pub fn send_write(&mut self, flags: u16, cookie: u64, offset: u64, data: &[u8]) {
-        let mut b = Self::request_bytes(CMD_WRITE, flags, cookie, offset, data.len() as u32);
+        let mut b = self.header(CMD_WRITE, flags, cookie, offset, data.len() as u64);
         b.extend_from_slice(data);
         self.s.write_all(&b).unwrap();
     }
@@ -409,7 +459,16 @@ impl Client {
 
     /// READ, waiting for the reply: Ok(data) or Err(errno).
     pub fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
-        self.send(CMD_READ, 0, 7, offset, len);
+        self.read_flags(0, offset, len)
+    }
+
+    /// READ with command flags, waiting for the reply: Ok(data) or Err(errno).
+    pub fn read_flags(&mut self, flags: u16, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
+        if self.mode != Mode::Simple {
+            let answer = self.call(Sent::new(CMD_READ, flags, offset, len.into()), &[]);
+            return answer.data.ok_or(answer.error);
+        }
+        self.send(CMD_READ, flags, 7, offset, len);
         let r = self.reply().unwrap();
         assert_eq!(r.cookie, 7);
         if r.error != 0 {
@@ -420,6 +479,11 @@ impl Client {
 
     /// A command without payload or data, waiting for the reply: the errno.
     pub fn simple(&mut self, command: u16, flags: u16, offset: u64, len: u32) -> u32 {
+        if self.mode != Mode::Simple {
+            return self
+                .call(Sent::new(command, flags, offset, len.into()), &[])
+                .error;
+        }
         self.send(command, flags, 9, offset, len);
         let r = self.reply().unwrap();
         assert_eq!(r.cookie, 9);
@@ -428,6 +492,10 @@ impl Client {
 
     /// WRITE, waiting for the reply: the errno.
     pub fn write(&mut self, flags: u16, offset: u64, data: &[u8]) -> u32 {
+        if self.mode != Mode::Simple {
+            let write = Sent::new(CMD_WRITE, flags, offset, data.len() as u64);
+            return self.call(write, data).error;
+        }
         self.send_write(flags, 8, offset, data);
         let r = self.reply().unwrap();
         assert_eq!(r.cookie, 8);

@@ -1,10 +1,29 @@
-//! The NBD wire format (fixed newstyle handshake, simple replies): pure parsers and encoders over byte
-//! slices, with no I/O. Every parser checks the length it is given and returns a [`ProtoError`] on any
-//! input it cannot accept, never panicking, so it can be fuzzed on arbitrary bytes. All integers on the
-//! wire are big-endian.
+//! The NBD wire format: pure parsers and encoders over byte slices, with no I/O. Every parser checks the
+//! length it is given and returns a [`ProtoError`] on any input it cannot accept, never panicking, so it
+//! can be fuzzed on arbitrary bytes. All integers on the wire are big-endian.
+//!
+//! - this module: constants, the fixed newstyle handshake (greeting, client flags, option headers,
+//!   `INFO`/`GO`, `LIST`, `EXPORT_NAME`), simple replies and the errno mapping;
+//! - [`meta`]: the data of `NBD_OPT_LIST_META_CONTEXT`/`SET_META_CONTEXT` and the `base:` namespace;
+//! - request headers (compact and extended), what was negotiated, and which requests an export
+//!   accepts (`request.rs`, re-exported here);
+//! - [`chunks`]: structured and extended reply chunks (`OFFSET_DATA`, `OFFSET_HOLE`, `BLOCK_STATUS`,
+//!   `BLOCK_STATUS_EXT`, `ERROR`, `ERROR_OFFSET`, `NONE`);
+//! - [`extents`]: the allocation map of a range (from `SEEK_DATA`/`SEEK_HOLE` answers) as block status
+//!   extents and as the chunks of a sparse `READ`.
 
 use std::fmt;
 use std::io;
+
+pub mod chunks;
+pub mod extents;
+pub mod meta;
+mod request;
+
+pub use request::{
+    check_request, parse_extended_request, parse_request, ExportLimits, Negotiated, Refused,
+    ReplyMode, Request,
+};
 
 /// First word of the server's greeting (`NBDMAGIC`).
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
@@ -12,8 +31,10 @@ pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 /// The magic in front of every option reply.
 pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-/// The magic in front of every transmission request.
+/// The magic in front of every compact transmission request.
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+/// The magic in front of every extended transmission request (after `NBD_OPT_EXTENDED_HEADERS`).
+pub const EXTENDED_REQUEST_MAGIC: u32 = 0x21e4_1c71;
 /// The magic in front of every simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 
@@ -38,6 +59,14 @@ pub mod opt {
     pub const INFO: u32 = 6;
     /// Describe an export and enter transmission with it.
     pub const GO: u32 = 7;
+    /// Use structured reply chunks in transmission.
+    pub const STRUCTURED_REPLY: u32 = 8;
+    /// List the metadata contexts matching some queries.
+    pub const LIST_META_CONTEXT: u32 = 9;
+    /// Select the metadata contexts `NBD_CMD_BLOCK_STATUS` reports.
+    pub const SET_META_CONTEXT: u32 = 10;
+    /// Use 32-byte extended request and reply headers (implies structured replies).
+    pub const EXTENDED_HEADERS: u32 = 11;
 }
 
 /// Option reply types (`NBD_REP_*`).
@@ -48,12 +77,16 @@ pub mod rep {
     pub const SERVER: u32 = 2;
     /// One piece of information of an `INFO`/`GO`.
     pub const INFO: u32 = 3;
+    /// One metadata context of a `LIST_META_CONTEXT`/`SET_META_CONTEXT`: u32 id, name.
+    pub const META_CONTEXT: u32 = 4;
     /// The option is not supported.
     pub const ERR_UNSUP: u32 = (1 << 31) + 1;
     /// The option data is malformed.
     pub const ERR_INVALID: u32 = (1 << 31) + 3;
     /// No export of that name.
     pub const ERR_UNKNOWN: u32 = (1 << 31) + 6;
+    /// Extended headers are negotiated: structured replies cannot be asked for any more.
+    pub const ERR_EXT_HEADER_REQD: u32 = (1 << 31) + 10;
 }
 
 /// Information types of an `NBD_REP_INFO` (`NBD_INFO_*`).
@@ -76,12 +109,24 @@ pub mod cmd {
     pub const FLUSH: u16 = 3;
     /// The range's contents may be discarded.
     pub const TRIM: u16 = 4;
+    /// The client will access the range soon: the server may prefetch it.
+    pub const CACHE: u16 = 5;
     /// Make the range read as zeroes.
     pub const WRITE_ZEROES: u16 = 6;
+    /// Report the range's status in the selected metadata contexts.
+    pub const BLOCK_STATUS: u16 = 7;
     /// Force unit access: stable before the reply.
     pub const FLAG_FUA: u16 = 1 << 0;
     /// `WRITE_ZEROES` must not punch a hole.
     pub const FLAG_NO_HOLE: u16 = 1 << 1;
+    /// Don't fragment: a structured `READ` is answered with one content chunk.
+    pub const FLAG_DF: u16 = 1 << 2;
+    /// `BLOCK_STATUS` answers with exactly one extent, no longer than the request.
+    pub const FLAG_REQ_ONE: u16 = 1 << 3;
+    /// `WRITE_ZEROES` fails with `ENOTSUP` unless it is faster than writing zeroes.
+    pub const FLAG_FAST_ZERO: u16 = 1 << 4;
+    /// Extended headers: `length` is the length of a payload that follows the header.
+    pub const FLAG_PAYLOAD_LEN: u16 = 1 << 5;
 }
 
 /// Transmission flags (`NBD_FLAG_*` of the export).
@@ -98,8 +143,14 @@ pub mod tflags {
     pub const SEND_TRIM: u16 = 1 << 5;
     /// `NBD_CMD_WRITE_ZEROES` is supported.
     pub const SEND_WRITE_ZEROES: u16 = 1 << 6;
+    /// `NBD_CMD_FLAG_DF` is supported (only once structured replies are negotiated).
+    pub const SEND_DF: u16 = 1 << 7;
     /// Several connections to the export see each other's flushed writes.
     pub const CAN_MULTI_CONN: u16 = 1 << 8;
+    /// `NBD_CMD_CACHE` is supported.
+    pub const SEND_CACHE: u16 = 1 << 10;
+    /// `NBD_CMD_FLAG_FAST_ZERO` is supported.
+    pub const SEND_FAST_ZERO: u16 = 1 << 11;
 }
 
 /// The errno values a reply may carry.
@@ -124,14 +175,19 @@ pub mod errno {
 
 /// Bytes of a client option header: `IHAVEOPT`, option, length.
 pub const OPTION_HEADER_LEN: usize = 16;
-/// Bytes of a transmission request header.
+/// Bytes of a compact transmission request header.
 pub const REQUEST_LEN: usize = 28;
+/// Bytes of an extended transmission request header.
+pub const EXTENDED_REQUEST_LEN: usize = 32;
 /// Bytes of a simple reply header.
 pub const SIMPLE_REPLY_LEN: usize = 16;
 /// The longest option data accepted; longer options close the connection (names are at most 4096 bytes).
 pub const MAX_OPTION_DATA: u32 = 16 * 1024;
-/// The longest `READ` or `WRITE` served (the maximum block size advertised).
+/// The longest `READ`, `WRITE` or `CACHE` served (the maximum block size advertised), and the longest
+/// payload of any request.
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
+/// The longest string the protocol allows (names, queries, error messages).
+pub const MAX_STRING: usize = 4096;
 
 /// Why bytes from a client could not be parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -363,93 +419,6 @@ pub fn export_name_reply(size: u64, flags: u16, no_zeroes: bool) -> Vec<u8> {
     out
 }
 
-/// A transmission request header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Request {
-    /// `NBD_CMD_FLAG_*` bits.
-    pub flags: u16,
-    /// The `NBD_CMD_*` type (unknown types are answered with `EINVAL` by [`check_request`]).
-    pub command: u16,
-    /// Chosen by the client; echoed in the reply.
-    pub cookie: u64,
-    /// Byte offset in the export.
-    pub offset: u64,
-    /// Byte count (the payload length for `WRITE`).
-    pub length: u32,
-}
-
-impl Request {
-    /// Whether `length` bytes of payload follow the header on the wire.
-    pub fn has_payload(&self) -> bool {
-        self.command == cmd::WRITE
-    }
-}
-
-/// Parses a 28-byte request header, checking the request magic (a bad magic must close the connection:
-/// the stream cannot be resynchronised).
-pub fn parse_request(buf: &[u8]) -> Result<Request, ProtoError> {
-    let mut c = Cursor::new(buf, "request", REQUEST_LEN)?;
-    let magic = c.u32()?;
-    if magic != REQUEST_MAGIC {
-        return Err(ProtoError::BadMagic {
-            what: "request",
-            found: magic.into(),
-        });
-    }
-    Ok(Request {
-        flags: c.u16()?,
-        command: c.u16()?,
-        cookie: c.u64()?,
-        offset: c.u64()?,
-        length: c.u32()?,
-    })
-}
-
-/// What requests an export accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExportLimits {
-    /// Export size in bytes.
-    pub size: u64,
-    /// Writes, trims and write-zeroes fail with `EPERM`.
-    pub read_only: bool,
-    /// Offsets and lengths must be multiples of this (1: any).
-    pub min_block: u32,
-}
-
-/// Checks a request against the export: `Err(errno)` is the error to reply with. Flags a command does
-/// not take, unknown commands, ranges past the end, misalignment and `READ`/`WRITE` over
-/// [`MAX_PAYLOAD`] get `EINVAL`; writes to a read-only export `EPERM`.
-pub fn check_request(req: &Request, limits: &ExportLimits) -> Result<(), u32> {
-    let allowed_flags = match req.command {
-        cmd::READ | cmd::DISC | cmd::FLUSH => 0,
-        cmd::WRITE | cmd::TRIM => cmd::FLAG_FUA,
-        cmd::WRITE_ZEROES => cmd::FLAG_FUA | cmd::FLAG_NO_HOLE,
-        _ => return Err(errno::EINVAL),
-    };
-    if req.flags & !allowed_flags != 0 {
-        return Err(errno::EINVAL);
-    }
-    if matches!(req.command, cmd::DISC | cmd::FLUSH) {
-        return Ok(());
-    }
-    let writes = req.command != cmd::READ;
-    if writes && limits.read_only {
-        return Err(errno::EPERM);
-    }
-    if matches!(req.command, cmd::READ | cmd::WRITE) && req.length > MAX_PAYLOAD {
-        return Err(errno::EINVAL);
-    }
-    match req.offset.checked_add(req.length.into()) {
-        Some(end) if end <= limits.size => {}
-        _ => return Err(errno::EINVAL),
-    }
-    let min = u64::from(limits.min_block.max(1));
-    if req.offset % min != 0 || u64::from(req.length) % min != 0 {
-        return Err(errno::EINVAL);
-    }
-    Ok(())
-}
-
 /// A simple reply header: magic, error, cookie (the data of a successful `READ` follows it).
 pub fn simple_reply(error: u32, cookie: u64) -> [u8; SIMPLE_REPLY_LEN] {
     let mut out = [0; SIMPLE_REPLY_LEN];
@@ -476,5 +445,6 @@ pub fn errno_for(e: &io::Error) -> u32 {
 }
 
 #[cfg(test)]
-#[path = "proto_tests.rs"]
 mod tests;
+#[cfg(test)]
+mod tests_transmission;

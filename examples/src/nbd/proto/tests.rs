@@ -2,7 +2,13 @@
 
 use super::*;
 
-fn request_bytes(flags: u16, command: u16, cookie: u64, offset: u64, length: u32) -> Vec<u8> {
+pub(super) fn request_bytes(
+    flags: u16,
+    command: u16,
+    cookie: u64,
+    offset: u64,
+    length: u32,
+) -> Vec<u8> {
     let mut b = REQUEST_MAGIC.to_be_bytes().to_vec();
     b.extend_from_slice(&flags.to_be_bytes());
     b.extend_from_slice(&command.to_be_bytes());
@@ -87,6 +93,10 @@ fn checks_follow_the_spec() {
         read_only: false,
         min_block: 1,
     };
+    // Nothing negotiated: the errno only.
+    let check_request = |req: &Request, limits: &ExportLimits| {
+        check_request(req, limits, &Negotiated::default()).map_err(|r| r.errno)
+    };
     let req = |command, flags, offset, length| Request {
         flags,
         command,
@@ -110,17 +120,20 @@ fn checks_follow_the_spec() {
         check_request(&req(cmd::READ, cmd::FLAG_FUA, 0, 1), &limits),
         Err(errno::EINVAL)
     );
-    assert_eq!(check_request(&req(5, 0, 0, 1), &limits), Err(errno::EINVAL));
+    assert_eq!(check_request(&req(8, 0, 0, 1), &limits), Err(errno::EINVAL));
     let big = ExportLimits {
         size: u64::MAX,
         ..limits
     };
     assert_eq!(
-        check_request(&req(cmd::READ, 0, 0, MAX_PAYLOAD + 1), &big),
+        check_request(&req(cmd::READ, 0, 0, u64::from(MAX_PAYLOAD) + 1), &big),
         Err(errno::EINVAL)
     );
     assert_eq!(
-        check_request(&req(cmd::WRITE_ZEROES, 0, 0, MAX_PAYLOAD + 1), &big),
+        check_request(
+            &req(cmd::WRITE_ZEROES, 0, 0, u64::from(MAX_PAYLOAD) + 1),
+            &big
+        ),
         Ok(())
     );
     let ro = ExportLimits {
@@ -147,6 +160,8 @@ fn parsers_never_panic_on_short_or_odd_input() {
     let junk: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37)).collect();
     for n in 0..junk.len() {
         let _ = parse_request(&junk[..n]);
+        let _ = parse_extended_request(&junk[..n]);
+        let _ = meta::parse_meta_request(&junk[..n]);
         let _ = parse_option_header(&junk[..n]);
         let _ = parse_info_request(&junk[..n]);
         let _ = parse_client_flags(&junk[..n]);
