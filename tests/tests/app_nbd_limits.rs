@@ -8,6 +8,9 @@
 #[path = "app_nbd_server/client.rs"]
 #[allow(dead_code)]
 mod client;
+#[path = "app_nbd_server/structured.rs"]
+#[allow(dead_code)]
+mod structured;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
