@@ -214,9 +214,14 @@ job_pattern() {
                 ;;
             io)
                 rest=$(($(bytes "$dev") - off - size))
+                w0=$(write_ios)
                 fio --name=hold --filename="/dev/$dev" --direct=1 --ioengine="$engine" --rw=randwrite \
                     --bs=4k --iodepth=16 --offset=$((off + size)) --size=$rest --time_based \
-                    --runtime="$hold_max" --output=/dev/null
+                    --runtime="$hold_max" --output=/dev/null &
+                # "holding" once the writes flow (64 completed): a kill from now on lands mid-I/O.
+                while [ "$(write_ios)" -lt $((w0 + 64)) ]; do sleep 0.05; done
+                mark holding
+                wait
                 kv error "held for $hold_max s and was not killed"
                 return 1
                 ;;

@@ -121,7 +121,7 @@ fn qsd_pattern_survives_a_killed_front_end() {
         .disk(daemon.disk())
         .start();
     writer.wait_for_mark("written", guest::TIMEOUT);
-    std::thread::sleep(Duration::from_secs(1)); // the hold I/O is in flight
+    writer.wait_for_mark("holding", guest::TIMEOUT); // the hold I/O flows: the kill lands mid-I/O
     let killed = writer.kill();
     assert!(
         killed.killed && killed.done.is_none(),

@@ -45,11 +45,16 @@ pub struct DaemonRig {
 impl DaemonRig {
     /// Starts a daemon on a fresh image with `options` adjusted by `tweak`; returns once it listens.
     pub fn start(tweak: impl FnOnce(&mut Options)) -> DaemonRig {
+        Self::start_sized(IMAGE_SIZE, tweak)
+    }
+
+    /// [`start`](Self::start) on an image of `bytes` bytes.
+    pub fn start_sized(bytes: u64, tweak: impl FnOnce(&mut Options)) -> DaemonRig {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("disk.img");
         std::fs::File::create(&image)
             .unwrap()
-            .set_len(IMAGE_SIZE)
+            .set_len(bytes)
             .unwrap();
         let socket = dir.path().join("vhost.sock");
         let mut options = Options::new(&image, &socket);
