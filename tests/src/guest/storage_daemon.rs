@@ -119,6 +119,11 @@ impl StorageDaemon {
         tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 40)
     }
 
+    /// The daemon's process id (for its CPU time in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Whether the daemon still runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
