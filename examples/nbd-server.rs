@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use examples::nbd::{Config, Listen, Server};
+use examples::nbd::{Config, Listen, Server, TlsConfig};
 
 /// Serves a file as an NBD export from aioctx IOThreads.
 #[derive(Parser, Debug)]
@@ -54,6 +54,14 @@ struct Args {
     /// Seconds a client may take for the handshake before it is dropped (0: no limit).
     #[arg(long, default_value_t = 10.0)]
     handshake_limit: f64,
+    /// Require TLS with the x509 credentials in DIR (ca-cert.pem, server-cert.pem, server-key.pem: the
+    /// layout of QEMU's tls-creds-x509, so one directory serves qemu-nbd and nbd-server).
+    #[arg(long, value_name = "DIR")]
+    tls_creds: Option<PathBuf>,
+    /// With --tls-creds: require a client certificate signed by ca-cert.pem (yes, as qemu-nbd's
+    /// verify-peer) or accept any client (no).
+    #[arg(long, default_value = "yes", value_parser = ["yes", "no"], requires = "tls_creds")]
+    tls_verify_peer: String,
     /// Seconds a closing connection waits for its in-flight requests before aborting them.
     #[arg(long, default_value_t = 10.0)]
     drain_timeout: f64,
@@ -90,6 +98,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        tls: args.tls_creds.map(|creds_dir| TlsConfig {
+            creds_dir,
+            verify_peer: args.tls_verify_peer == "yes",
+        }),
     };
     let server = match Server::bind(config) {
         Ok(server) => server,

@@ -21,10 +21,11 @@ use slab::Slab;
 use super::commands::execute;
 use super::export::{Export, MAX_STATUS_EXTENTS};
 use super::framing::{self, Framing};
-use super::handshake::{handshake, Outcome};
+use super::handshake::{greet, options, Outcome, TlsPhase};
 use super::proto::{self, cmd, Negotiated};
 use super::replies::Replies;
 use super::server::{Activity, ShutdownSignal};
+use super::tls::Tls;
 
 /// Requests of one connection in flight at once; the reader stops reading while this many run.
 const MAX_REQUESTS: usize = 64;
@@ -38,13 +39,61 @@ pub(crate) struct Shared {
     pub(crate) activity: Arc<Activity>,
     /// How long a closing connection waits for its in-flight requests before it aborts them.
     pub(crate) drain_timeout: Duration,
-    /// How long the handshake may take (`None`: no limit).
+    /// How long the handshake may take (`None`: no limit); with TLS, its TLS handshake included.
     pub(crate) handshake_limit: Option<Duration>,
+    /// TLS, when the server requires it.
+    pub(crate) tls: Option<Tls>,
+}
+
+/// The stream transmission runs on: the socket itself, or TLS over it.
+enum Negotiation<S> {
+    Plain(S),
+    Tls(Box<futures_rustls::server::TlsStream<S>>),
+}
+
+/// The handshake: greeting, options, and with TLS configured `STARTTLS`, the TLS handshake and the
+/// rest of the options over TLS. `None` when the client aborted.
+async fn negotiate<S>(
+    mut stream: S,
+    export: &Export,
+    negotiated: &mut Negotiated,
+    tls: Option<&Tls>,
+) -> io::Result<Option<Negotiation<S>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut state = greet(&mut stream).await?;
+    let phase = if tls.is_some() {
+        TlsPhase::Required
+    } else {
+        TlsPhase::Off
+    };
+    match options(&mut stream, export, negotiated, &mut state, phase).await? {
+        Outcome::Transmission => return Ok(Some(Negotiation::Plain(stream))),
+        Outcome::Aborted => return Ok(None),
+        Outcome::StartTls => {}
+    }
+    let Some(tls) = tls else {
+        return Err(io::Error::other("STARTTLS acknowledged without TLS"));
+    };
+    let mut stream = tls.accept(stream).await?;
+    let outcome = options(
+        &mut stream,
+        export,
+        negotiated,
+        &mut state,
+        TlsPhase::Established,
+    )
+    .await?;
+    Ok(match outcome {
+        Outcome::Transmission => Some(Negotiation::Tls(Box::new(stream))),
+        Outcome::Aborted | Outcome::StartTls => None,
+    })
 }
 
 /// Serves one connection until the client disconnects, breaks the protocol, or the server shuts down
 /// (then the requests already read are finished and answered first).
-pub(crate) async fn serve_connection<S>(mut stream: S, shared: Shared) -> io::Result<()>
+pub(crate) async fn serve_connection<S>(stream: S, shared: Shared) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -54,9 +103,10 @@ where
         activity,
         drain_timeout,
         handshake_limit,
+        tls,
     } = shared;
     let mut negotiated = Negotiated::default();
-    let handshake = handshake(&mut stream, &export, &mut negotiated);
+    let handshake = negotiate(stream, &export, &mut negotiated, tls.as_ref());
     let in_time = async {
         match handshake_limit {
             Some(limit) => aioctx::time::timeout(limit, handshake).await.map_err(|_| {
@@ -72,44 +122,81 @@ where
         Either::Left((outcome, _)) => outcome,
         Either::Right(_) => return Ok(()),
     };
-    match outcome {
-        Ok(Outcome::Transmission) => {}
-        Ok(Outcome::Aborted) => return Ok(()),
+    let stream = match outcome {
+        Ok(Some(stream)) => stream,
+        Ok(None) => return Ok(()),
         Err(e) if client_gone(&e) => return Ok(()),
         Err(e) => return Err(e),
-    }
-    let (reader, writer) = stream.split();
-    let conn = Rc::new(Connection {
+    };
+    let transmission = Transmission {
         export,
         negotiated,
-        framing: Framing(negotiated.mode),
-        replies: Replies::new(),
-        budget: Rc::new(Budget::new(activity)),
-    });
-    // The writer is a task of its own: a reply queued must not wake (and re-poll) the reader.
-    let writer = aioctx::spawn_local({
-        let conn = Rc::clone(&conn);
-        async move {
-            let _ = conn.replies.write_all(writer).await;
-        }
-    });
-    let reader = BufReader::new(reader);
-    let result = read_requests(reader, &conn, shutdown, drain_timeout).await;
-    // Let the requests already read finish and answer. A client that does not read its replies could
-    // hold them (and their buffers) for ever: past the drain timeout they are dropped (the aborted
-    // tasks drop theirs when they next run).
-    if aioctx::time::timeout(drain_timeout, conn.budget.idle())
-        .await
-        .is_err()
-    {
-        conn.budget.abort_all();
-        conn.replies.close();
+        shutdown,
+        activity,
+        drain_timeout,
+    };
+    match stream {
+        Negotiation::Plain(stream) => transmission.run(stream).await,
+        Negotiation::Tls(stream) => transmission.run(*stream).await,
     }
-    // Everything is written (or given up): the writer goes, and with it the socket.
-    writer.abort();
-    match result {
-        Err(e) if client_gone(&e) => Ok(()),
-        other => other,
+}
+
+/// What transmission needs once the handshake is done.
+struct Transmission {
+    export: Arc<Export>,
+    negotiated: Negotiated,
+    shutdown: ShutdownSignal,
+    activity: Arc<Activity>,
+    drain_timeout: Duration,
+}
+
+impl Transmission {
+    /// Reads requests and sends replies on `stream` until the client leaves, breaks the protocol or
+    /// the server shuts down.
+    async fn run<S>(self, stream: S) -> io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let Transmission {
+            export,
+            negotiated,
+            shutdown,
+            activity,
+            drain_timeout,
+        } = self;
+        let (reader, writer) = stream.split();
+        let conn = Rc::new(Connection {
+            export,
+            negotiated,
+            framing: Framing(negotiated.mode),
+            replies: Replies::new(),
+            budget: Rc::new(Budget::new(activity)),
+        });
+        // The writer is a task of its own: a reply queued must not wake (and re-poll) the reader.
+        let writer = aioctx::spawn_local({
+            let conn = Rc::clone(&conn);
+            async move {
+                let _ = conn.replies.write_all(writer).await;
+            }
+        });
+        let reader = BufReader::new(reader);
+        let result = read_requests(reader, &conn, shutdown, drain_timeout).await;
+        // Let the requests already read finish and answer. A client that does not read its replies could
+        // hold them (and their buffers) for ever: past the drain timeout they are dropped (the aborted
+        // tasks drop theirs when they next run).
+        if aioctx::time::timeout(drain_timeout, conn.budget.idle())
+            .await
+            .is_err()
+        {
+            conn.budget.abort_all();
+            conn.replies.close();
+        }
+        // Everything is written (or given up): the writer goes, and with it the socket.
+        writer.abort();
+        match result {
+            Err(e) if client_gone(&e) => Ok(()),
+            other => other,
+        }
     }
 }
 

@@ -22,6 +22,30 @@ pub enum Outcome {
     Transmission,
     /// The client sent `NBD_OPT_ABORT`.
     Aborted,
+    /// `STARTTLS` was acknowledged: the TLS handshake comes next, then the options go on over TLS
+    /// (where a second `STARTTLS` is refused).
+    StartTls,
+}
+
+/// Where the connection is with respect to TLS, which decides what options are allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TlsPhase {
+    /// The server has no TLS: `STARTTLS` is unsupported.
+    Off,
+    /// TLS is configured and not started yet: as qemu-nbd, every option but `STARTTLS` gets
+    /// `ERR_TLS_REQD` (`ABORT` too, and then the connection ends), `EXPORT_NAME` (which cannot be
+    /// refused) closes the connection, and so does a `STARTTLS` with data.
+    Required,
+    /// The options run over TLS: a second `STARTTLS` is invalid.
+    Established,
+}
+
+/// What the options phase carries from one stream to the next (across `STARTTLS`).
+#[derive(Debug)]
+pub(crate) struct OptionState {
+    client: proto::ClientFlags,
+    /// Options the client may still send.
+    left: usize,
 }
 
 fn invalid(msg: &str) -> io::Error {
@@ -43,12 +67,41 @@ pub(crate) async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut state = greet(stream).await?;
+    options(stream, export, negotiated, &mut state, TlsPhase::Off).await
+}
+
+/// Sends the greeting and reads the client flags: what the options phase starts from.
+pub(crate) async fn greet<S>(stream: &mut S) -> io::Result<OptionState>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     stream.write_all(&proto::greeting()).await?;
     let mut flags = [0; 4];
     stream.read_exact(&mut flags).await?;
-    let client = proto::parse_client_flags(&flags)?;
+    Ok(OptionState {
+        client: proto::parse_client_flags(&flags)?,
+        left: MAX_OPTIONS,
+    })
+}
+
+/// The options phase (see [`handshake`]), in TLS phase `tls`. Returns [`Outcome::StartTls`] when the
+/// client asked for TLS and got the go-ahead; the caller runs the TLS handshake and calls this again
+/// on the TLS stream with the same `state`, in [`TlsPhase::Established`].
+pub(crate) async fn options<S>(
+    stream: &mut S,
+    export: &Export,
+    negotiated: &mut Negotiated,
+    state: &mut OptionState,
+    tls: TlsPhase,
+) -> io::Result<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let client = state.client;
     let mut reply = Vec::new();
-    for _ in 0..MAX_OPTIONS {
+    while state.left > 0 {
+        state.left -= 1;
         let mut header = [0; proto::OPTION_HEADER_LEN];
         stream.read_exact(&mut header).await?;
         let header = proto::parse_option_header(&header)?;
@@ -59,7 +112,38 @@ where
         stream.read_exact(&mut data).await?;
         reply.clear();
         let option = header.option;
+        if tls == TlsPhase::Required {
+            if !client.fixed_newstyle {
+                return Err(invalid(
+                    "a client that is not fixed newstyle cannot start TLS",
+                ));
+            }
+            let done = match option {
+                opt::STARTTLS if !data.is_empty() => {
+                    return Err(invalid("STARTTLS with data"));
+                }
+                opt::STARTTLS => {
+                    proto::encode_option_reply(&mut reply, option, rep::ACK, &[]);
+                    Some(Outcome::StartTls)
+                }
+                opt::EXPORT_NAME => return Err(invalid("EXPORT_NAME before TLS")),
+                _ => {
+                    proto::encode_option_reply(&mut reply, option, rep::ERR_TLS_REQD, &[]);
+                    (option == opt::ABORT).then_some(Outcome::Aborted)
+                }
+            };
+            stream.write_all(&reply).await?;
+            stream.flush().await?;
+            if let Some(outcome) = done {
+                return Ok(outcome);
+            }
+            continue;
+        }
         let done = match option {
+            opt::STARTTLS if tls == TlsPhase::Established && client.fixed_newstyle => {
+                proto::encode_option_reply(&mut reply, option, rep::ERR_INVALID, &[]);
+                None
+            }
             opt::EXPORT_NAME => {
                 if !export.matches(&data) {
                     return Err(invalid("EXPORT_NAME for an unknown export"));
@@ -107,6 +191,8 @@ where
             }
         };
         stream.write_all(&reply).await?;
+        // Over TLS, records leave on flush.
+        stream.flush().await?;
         if let Some(outcome) = done {
             return Ok(outcome);
         }

@@ -31,9 +31,11 @@ pub mod proto;
 pub mod replay;
 mod replies;
 mod server;
+pub mod tls;
 
 pub use handshake::{Outcome as HandshakeOutcome, MAX_OPTIONS};
 pub use server::{Activity, Config, Listen, Server, ShutdownHandle};
+pub use tls::TlsConfig;
 
 /// Parses a size for the command line: `4096`, `64k`, `16M`, `1G`, `1T` (binary units, any case,
 /// optionally `KiB`...). Zero and overflow are errors.

@@ -202,6 +202,8 @@ where
     if !batch.is_empty() {
         socket.write_all(batch).await?;
     }
+    // A TLS stream sends its records on flush (a socket has nothing to flush).
+    socket.flush().await?;
     // Keep the batch buffer for the next round unless one big burst inflated it.
     if batch.capacity() > 2 * BATCH_MAX {
         *batch = Vec::new();

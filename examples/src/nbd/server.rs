@@ -18,6 +18,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::conn::{serve_connection, Shared as ConnShared};
 use super::export::Export;
+use super::tls::{Tls, TlsConfig};
 
 /// Where the server listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub struct Config {
     /// How long a closing connection (client EOF, `DISC`, shutdown) waits for its in-flight requests
     /// to be answered before aborting them: a client that never reads its replies cannot pin them.
     pub drain_timeout: Duration,
+    /// Require TLS (`NBD_OPT_STARTTLS`) with these x509 credentials (`None`: plain connections).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -75,6 +78,7 @@ impl Default for Config {
             max_connections: None,
             handshake_limit: Some(Duration::from_secs(10)),
             drain_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -217,6 +221,7 @@ pub struct Server {
     max_connections: Option<usize>,
     handshake_limit: Option<Duration>,
     drain_timeout: Duration,
+    tls: Option<Tls>,
     activity: Arc<Activity>,
     /// Removed on drop, after the IOThreads stopped.
     temp_file: Option<TempFile>,
@@ -228,6 +233,8 @@ impl Server {
     /// Errors: the file cannot be opened (or is empty), `O_DIRECT` refused, the address or socket
     /// path cannot be bound, an IOThread cannot start.
     pub fn bind(config: Config) -> io::Result<Server> {
+        // Bad credentials fail here, not at the first client.
+        let tls = config.tls.as_ref().map(Tls::load).transpose()?;
         let (path, temp_file) = match &config.file {
             Some(path) => (path.clone(), None),
             None => {
@@ -256,14 +263,20 @@ impl Server {
         let (listener, uri) = match &config.listen {
             Listen::Tcp(addr) => {
                 let listener = std::net::TcpListener::bind(addr)?;
-                let uri = format!("nbd://{}/{name}", listener.local_addr()?);
+                let scheme = if tls.is_some() { "nbds" } else { "nbd" };
+                let uri = format!("{scheme}://{}/{name}", listener.local_addr()?);
                 (Listener::Tcp(listener), uri)
             }
             Listen::Unix(path) => {
                 let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
                     io::Error::new(e.kind(), format!("binding {}: {e}", path.display()))
                 })?;
-                let uri = format!("nbd+unix:///{name}?socket={}", path.display());
+                let scheme = if tls.is_some() {
+                    "nbds+unix"
+                } else {
+                    "nbd+unix"
+                };
+                let uri = format!("{scheme}:///{name}?socket={}", path.display());
                 (Listener::Unix(listener, path.clone()), uri)
             }
         };
@@ -281,6 +294,7 @@ impl Server {
             max_connections: config.max_connections.map(|n| n.max(1)),
             handshake_limit: config.handshake_limit,
             drain_timeout: config.drain_timeout,
+            tls,
             activity: Arc::default(),
             temp_file,
         })
@@ -426,6 +440,7 @@ impl Server {
             activity: Arc::clone(&self.activity),
             drain_timeout: self.drain_timeout,
             handshake_limit: self.handshake_limit,
+            tls: self.tls.clone(),
         };
         thread.remote().spawn_local_with(move || async move {
             let _count = count;

@@ -1,7 +1,7 @@
 //! The vhost-user-blk daemon's untrusted input: the front end's messages and the fds that come with
 //! them. [`check_messages`] frames arbitrary bytes as messages, each sent with the fds its first byte
 //! picks, and lets the daemon's own message handling (rust-vmm's `BackendReqHandler` over
-//! [`BlkBackend`], taking a message only once [`framing::queued`] sees it whole, as the daemon does)
+//! [`BlkBackend`], taking a message only once [`framing::queued`](examples::vhost_user_blk::framing::queued) sees it whole, as the daemon does)
 //! handle them until one is refused, as the daemon would before closing the connection. Then the
 //! front end goes away and every ring must stop.
 //!

@@ -120,6 +120,8 @@ pub struct Setup {
     /// Leave the all-zero 4 KiB blocks of `contents` unwritten: holes in the file.
     pub sparse: bool,
     pub drain_timeout: Duration,
+    /// Require TLS with these credentials.
+    pub tls: Option<examples::nbd::TlsConfig>,
 }
 
 impl Default for Setup {
@@ -132,6 +134,7 @@ impl Default for Setup {
             contents: vec![0xee; 8 << 20],
             sparse: false,
             drain_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -153,6 +156,7 @@ impl TestServer {
             read_only: setup.read_only,
             direct: setup.direct,
             drain_timeout: setup.drain_timeout,
+            tls: setup.tls,
             ..Config::default()
         })
         .unwrap_or_else(|e| panic!("starting the NBD server: {e}"));

@@ -59,6 +59,8 @@ pub mod opt {
     pub const INFO: u32 = 6;
     /// Describe an export and enter transmission with it.
     pub const GO: u32 = 7;
+    /// Upgrade the connection to TLS; the rest of the handshake and transmission run over it.
+    pub const STARTTLS: u32 = 5;
     /// Use structured reply chunks in transmission.
     pub const STRUCTURED_REPLY: u32 = 8;
     /// List the metadata contexts matching some queries.
@@ -81,8 +83,12 @@ pub mod rep {
     pub const META_CONTEXT: u32 = 4;
     /// The option is not supported.
     pub const ERR_UNSUP: u32 = (1 << 31) + 1;
+    /// The server's configuration forbids the option (`STARTTLS` on a server without TLS).
+    pub const ERR_POLICY: u32 = (1 << 31) + 2;
     /// The option data is malformed.
     pub const ERR_INVALID: u32 = (1 << 31) + 3;
+    /// TLS is required before this option (`NBD_REP_ERR_TLS_REQD`).
+    pub const ERR_TLS_REQD: u32 = (1 << 31) + 5;
     /// No export of that name.
     pub const ERR_UNKNOWN: u32 = (1 << 31) + 6;
     /// Extended headers are negotiated: structured replies cannot be asked for any more.
