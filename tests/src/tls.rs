@@ -24,7 +24,9 @@ fn openssl(dir: &Path, args: &[&str]) {
         .args(args)
         .current_dir(dir)
         .output()
-        .expect("openssl must be installed (scripts/test installs it): the TLS tests make certificates");
+        .expect(
+            "openssl must be installed (scripts/test installs it): the TLS tests make certificates",
+        );
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",
@@ -53,8 +55,20 @@ fn make_ca(dir: &Path, name: &str) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-new", "-key", &key, "-out", &cert, "-days", "2", "-subj",
-            &format!("/CN=aioctx test {name}"), "-extensions", "v3", "-config",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=aioctx test {name}"),
+            "-extensions",
+            "v3",
+            "-config",
             &config(dir, name, &ext),
         ],
     );
@@ -87,14 +101,35 @@ fn make_leaf(dir: &Path, name: &str, ca: &str, purpose: &str, san: Option<&str>)
     openssl(dir, &["genrsa", "-out", &key, "2048"]);
     openssl(
         dir,
-        &["req", "-new", "-key", &key, "-out", &csr, "-subj", &format!("/CN={name}")],
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
     );
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &csr, "-CA", &format!("{ca}-cert.pem"), "-CAkey",
-            &format!("{ca}-key.pem"), "-CAcreateserial", "-out", &format!("{name}-cert.pem"),
-            "-days", "2", "-extfile", &ext,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &format!("{ca}-cert.pem"),
+            "-CAkey",
+            &format!("{ca}-key.pem"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}-cert.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
         ],
     );
 }
@@ -125,20 +160,39 @@ impl TlsCreds {
         for (dir, files) in [
             (
                 creds.server(),
-                &[("ca-cert.pem", "ca-cert.pem"), ("server-cert.pem", "server-cert.pem"), ("server-key.pem", "server-key.pem")][..],
+                &[
+                    ("ca-cert.pem", "ca-cert.pem"),
+                    ("server-cert.pem", "server-cert.pem"),
+                    ("server-key.pem", "server-key.pem"),
+                ][..],
             ),
             (
                 creds.client(),
-                &[("ca-cert.pem", "ca-cert.pem"), ("client-cert.pem", "client-cert.pem"), ("client-key.pem", "client-key.pem")][..],
+                &[
+                    ("ca-cert.pem", "ca-cert.pem"),
+                    ("client-cert.pem", "client-cert.pem"),
+                    ("client-key.pem", "client-key.pem"),
+                ][..],
             ),
-            (creds.client_no_cert(), &[("ca-cert.pem", "ca-cert.pem")][..]),
+            (
+                creds.client_no_cert(),
+                &[("ca-cert.pem", "ca-cert.pem")][..],
+            ),
             (
                 creds.client_other_ca(),
-                &[("other-ca-cert.pem", "ca-cert.pem"), ("stranger-cert.pem", "client-cert.pem"), ("stranger-key.pem", "client-key.pem")][..],
+                &[
+                    ("other-ca-cert.pem", "ca-cert.pem"),
+                    ("stranger-cert.pem", "client-cert.pem"),
+                    ("stranger-key.pem", "client-key.pem"),
+                ][..],
             ),
             (
                 creds.client_stranger(),
-                &[("ca-cert.pem", "ca-cert.pem"), ("stranger-cert.pem", "client-cert.pem"), ("stranger-key.pem", "client-key.pem")][..],
+                &[
+                    ("ca-cert.pem", "ca-cert.pem"),
+                    ("stranger-cert.pem", "client-cert.pem"),
+                    ("stranger-key.pem", "client-key.pem"),
+                ][..],
             ),
         ] {
             std::fs::create_dir_all(&dir).unwrap();
