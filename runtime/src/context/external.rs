@@ -97,6 +97,12 @@ impl HomeState {
         timeout
     }
 
+    /// Counts a wait the outside poller lets block (the context's `blocking_waits`), once the window
+    /// is open: from here a notification writes the eventfd.
+    pub(crate) fn external_will_block(&self) {
+        self.shared.stats.blocking_waits.bump();
+    }
+
     /// The fds the outside poller must watch for this context, appended to `out`.
     pub(crate) fn external_fds(&self, out: &mut Vec<libc::pollfd>) {
         self.monitor.borrow().external_fds(out);
