@@ -259,9 +259,11 @@ impl MainLoop {
     /// handled. Fails with `ResourceBusy` if another thread owns glib's default context (another
     /// main loop, or a `glib::MainLoop` running elsewhere).
     ///
-    /// ```no_run
+    /// ```
     /// let ml = aioctx::MainLoop::new()?;
-    /// ml.run(); // until SIGINT, SIGTERM or a quit
+    /// assert_eq!(ml.glib_context(), &aioctx::glib::MainContext::default());
+    /// ml.handle().quit(); // else run() goes on until SIGINT or SIGTERM
+    /// assert_eq!(ml.run(), aioctx::Stopped::Quit);
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn new() -> io::Result<MainLoop> {
