@@ -1,4 +1,5 @@
-//! [`IoThread`]: a named OS thread running one context (QEMU's iothread.c).
+//! [`IoThread`]: a named OS thread running one context (QEMU's iothread.c), and its glib mode
+//! (feature `glib`): once someone asks for its `GMainContext`, the thread runs glib instead of `poll`.
 
 use std::fmt;
 use std::io;
@@ -164,12 +165,16 @@ impl IoThreadBuilder {
             ));
         }
         let running = Arc::new(AtomicBool::new(true));
+        #[cfg(feature = "glib")]
+        let glib_mode = Arc::new(GlibMode::default());
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<(Remote, libc::pid_t)>>();
         let context = self.context.clone();
         let thread = thread::Builder::new()
             .name(format!("IO {}", self.name))
             .spawn({
                 let running = Arc::clone(&running);
+                #[cfg(feature = "glib")]
+                let glib_mode = Arc::clone(&glib_mode);
                 move || {
                     let ctx = context.build();
                     let ctx = match ctx {
@@ -188,6 +193,8 @@ impl IoThreadBuilder {
                     // in practice: a BH or the IOThread's own code clears the flag).
                     while running.load(Ordering::Acquire) {
                         ctx.poll(true);
+                        #[cfg(feature = "glib")]
+                        glib_mode.run_if_asked(&ctx, &running);
                     }
                     // Dropping the context here cancels the tasks still pending, on this thread.
                 }
@@ -199,6 +206,8 @@ impl IoThreadBuilder {
                 tid,
                 running,
                 thread: Some(thread),
+                #[cfg(feature = "glib")]
+                glib_mode,
             }),
             Ok(Err(err)) => {
                 let _ = thread.join();
@@ -233,6 +242,8 @@ pub struct IoThread {
     tid: libc::pid_t,
     running: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
+    #[cfg(feature = "glib")]
+    glib_mode: Arc<GlibMode>,
 }
 
 impl fmt::Debug for IoThread {
@@ -367,6 +378,47 @@ impl IoThread {
         })?
     }
 
+    /// The IOThread's own glib context (QEMU's `iothread_get_g_main_context`; feature `glib`). The
+    /// first call switches the thread from running its context's [`poll`](crate::AioContext::poll)
+    /// to running glib on this `MainContext`, with the context attached as a source
+    /// ([`AioContext::g_source`](crate::AioContext::g_source)): glib sources attached to it then run
+    /// on the IOThread, and so does everything the context ran before. The thread stays in glib mode
+    /// until it stops. Every call returns the same context.
+    ///
+    /// glib mode is the compatibility path: glib's timeouts are whole milliseconds (a timer of the
+    /// context fires up to 1 ms late), and it does not busy-poll (the poll parameters have no effect,
+    /// and every cross-thread wake is an eventfd write and a wakeup of glib's poll).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use aioctx::glib;
+    ///
+    /// let io = aioctx::IoThread::spawn("gio")?;
+    /// let gctx = io.g_main_context();
+    /// let (tx, rx) = mpsc::channel();
+    /// let source = glib::idle_source_new(None, glib::Priority::DEFAULT, move || {
+    ///     tx.send(std::thread::current().name().map(str::to_owned)).unwrap();
+    ///     glib::ControlFlow::Break
+    /// });
+    /// source.attach(Some(&gctx)); // from this thread; it runs on the IOThread
+    /// assert_eq!(rx.recv().unwrap().as_deref(), Some("IO gio"));
+    /// assert_eq!(io.remote().call(|| 1 + 1)?, 2); // the context still runs too
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[cfg(feature = "glib")]
+    pub fn g_main_context(&self) -> glib::MainContext {
+        let context = self
+            .glib_mode
+            .context
+            .get_or_init(glib::MainContext::new)
+            .clone();
+        // Release pairs with the Acquire load in `run_if_asked`: the context is visible there.
+        self.glib_mode.asked.store(true, Ordering::Release);
+        self.remote.notify();
+        context
+    }
+
     /// Stops the loop and joins the thread. Pending tasks are cancelled on the IOThread.
     ///
     /// ```
@@ -402,5 +454,33 @@ impl IoThread {
 impl Drop for IoThread {
     fn drop(&mut self) {
         self.stop_and_join();
+    }
+}
+
+/// An IOThread's glib mode: its `GMainContext`, created on first request, and whether it was
+/// requested (QEMU's `worker_context` and `run_gcontext`).
+#[cfg(feature = "glib")]
+#[derive(Debug, Default)]
+struct GlibMode {
+    context: std::sync::OnceLock<glib::MainContext>,
+    asked: AtomicBool,
+}
+
+#[cfg(feature = "glib")]
+impl GlibMode {
+    /// On the IOThread, after each `poll`: once glib mode was asked for, runs glib until the
+    /// IOThread stops. If another thread owns the glib context, stays on `poll`.
+    fn run_if_asked(&self, ctx: &crate::AioContext, running: &AtomicBool) {
+        // Acquire pairs with the Release store in `g_main_context`.
+        if !self.asked.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(context) = self.context.get() else {
+            return;
+        };
+        if !crate::gsource::run_gcontext(ctx, context, running) {
+            // Relaxed: read back only on this thread.
+            self.asked.store(false, Ordering::Relaxed);
+        }
     }
 }

@@ -170,7 +170,11 @@ pub mod signal;
 pub mod sync;
 pub mod time;
 // Threads:
+#[cfg(feature = "glib")]
+mod gsource;
 mod iothread;
+#[cfg(feature = "glib")]
+mod main_loop;
 
 #[cfg(all(test, loom))]
 mod loom_models;
@@ -180,10 +184,25 @@ pub use context::{
     FdRegistration, PollParams, Remote, RemoteBh, SqeCompletion, Stats,
 };
 pub use fdmon::Backend;
+/// The `glib` crate aioctx builds its glib face on (feature `glib`), re-exported so that a
+/// [`glib::MainContext`] or [`glib::Source`] handed to or taken from aioctx comes from the same
+/// version.
+///
+/// ```
+/// use aioctx::glib;
+/// let gctx = glib::MainContext::new();
+/// let ctx = aioctx::AioContext::new()?;
+/// ctx.g_source().attach(Some(&gctx)); // the same glib as aioctx's
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[cfg(feature = "glib")]
+pub use glib;
 /// The `io-uring` crate aioctx builds on, re-exported so that SQEs for
 /// [`AioContext::add_sqe`] come from the same version.
 pub use io_uring;
 pub use iothread::{IoThread, IoThreadBuilder};
+#[cfg(feature = "glib")]
+pub use main_loop::{MainLoop, MainLoopBuilder, MainLoopHandle, Stopped};
 pub use notifier::EventNotifier;
 pub use task::{
     reschedule, spawn, spawn_blocking, spawn_local, yield_now, JoinError, JoinHandle, PanicPayload,

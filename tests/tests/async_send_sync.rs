@@ -40,6 +40,9 @@
 //!   `net::IntoStdError<S>` holds a stream, so they are `!Send + !Sync` too. `net::lookup_host`'s
 //!   future is `Send + Sync` (the lookup runs on the pool; the future only waits for it).
 //! - `reschedule`'s future is `Send + Sync`: it is awaited inside the `Send` task it moves.
+//! - Feature `glib`: `MainLoop` is `!Send + !Sync` (it owns home-thread contexts and glib's context,
+//!   acquired by its thread); `MainLoopHandle` (wake or quit it from anywhere), `MainLoopBuilder` and
+//!   `Stopped` are `Send + Sync`.
 //! - Futures of `async fn`s are `!Unpin`; the named future types above are `Unpin`.
 
 #![allow(clippy::type_complexity, clippy::diverging_sub_expression)]
@@ -184,6 +187,16 @@ mod context {
     assert_value!(RemoteBh: Send & Sync & Unpin);
     assert_value!(SqeCompletion: Send & Sync & Unpin);
     assert_value!(Stats: Send & Sync & Unpin);
+}
+
+mod main_loop {
+    use super::*;
+    use aioctx::*;
+
+    assert_value!(MainLoop: !Send & !Sync & Unpin);
+    assert_value!(MainLoopBuilder: Send & Sync & Unpin);
+    assert_value!(MainLoopHandle: Send & Sync & Unpin);
+    assert_value!(Stopped: Send & Sync & Unpin);
 }
 
 mod task {

@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("loop", &["context"]),
     ("executor", &["task"]),
     ("futures", &["io", "fs", "net", "signal", "sync", "time"]),
-    ("threads", &["iothread"]),
+    ("threads", &["gsource", "iothread", "main_loop"]),
 ];
 
 /// Test-only modules that drive the others (the loom models).

@@ -126,14 +126,14 @@ impl HomeState {
     }
 
     /// The task step: the executor runs the tasks that were ready when it began.
-    fn run_task_step(&self) -> bool {
+    pub(super) fn run_task_step(&self) -> bool {
         let ran = self.shared.tasks.run_ready();
         self.shared.stats.tasks_run.add(ran as u64);
         ran > 0
     }
 
     /// QEMU's `aio_compute_timeout`.
-    fn compute_timeout(&self) -> i64 {
+    pub(super) fn compute_timeout(&self) -> i64 {
         // Completions left undispatched (a completion callback panicked) are due now.
         if self.shared.tasks.has_ready() || self.user_sqes.has_completions() {
             return 0;
@@ -150,7 +150,7 @@ impl HomeState {
     }
 
     /// Waits in the fd monitor and turns its events into ready entries.
-    fn wait(&self, mut timeout: i64, ready: &mut Vec<Ready>) {
+    pub(super) fn wait(&self, mut timeout: i64, ready: &mut Vec<Ready>) {
         if timeout != 0 && self.monitor.borrow_mut().completions_ready() {
             timeout = 0;
         }
@@ -184,7 +184,7 @@ impl HomeState {
     }
 
     /// QEMU's `aio_dispatch_ready_handlers`.
-    fn dispatch_ready(&self, ready: &mut Vec<Ready>, block_ns: i64) -> bool {
+    pub(super) fn dispatch_ready(&self, ready: &mut Vec<Ready>, block_ns: i64) -> bool {
         let params = self.polling.params();
         let mut progress = false;
         for Ready {

@@ -4,12 +4,14 @@
 //! - [`HomeState`]: what only the home thread touches. It is a composition of subsystem states, each
 //!   owned by its module, with private fields: the fd handler table (`handler_table.rs`), bottom-half
 //!   dispatch (`bh.rs`), the timer lists and clocks (`timer.rs`), busy-polling (`polling.rs`), user
-//!   SQEs (`user_sqe.rs`), the iteration's buffers (`aio_poll.rs`) and the blocking pool's slot
-//!   (`thread_pool.rs`), plus the fd monitor, which several of them drive.
+//!   SQEs (`user_sqe.rs`), the iteration's buffers (`aio_poll.rs`), the blocking pool's slot
+//!   (`thread_pool.rs`) and what an outside driver keeps between steps (`external.rs`), plus the fd
+//!   monitor, which several of them drive.
 //! - [`SharedState`]: what other threads reach through a [`Remote`]: the [`Wakeup`] (notify_me word,
 //!   eventfd), the lock-free BH list, the statistics, the closed flag, and the executor's hook.
 //!
-//! `aio_poll.rs` sequences one iteration over these states. The executor sits above the loop (in
+//! `aio_poll.rs` sequences one iteration over these states; `external.rs` splits the same iteration
+//! into prepare / check / dispatch for a poller outside the context (glib, the main loop). The executor sits above the loop (in
 //! `task/`), as QEMU's coroutine scheduling sits on a BH: the loop knows it only as a [`TaskStep`],
 //! called once per iteration, and knows nothing of futures.
 //!
@@ -38,6 +40,7 @@ mod bh;
 pub(crate) mod bh_list;
 mod builder;
 pub(crate) mod current;
+mod external;
 mod fd_handlers;
 mod handler_table;
 pub(crate) mod notify;
@@ -141,6 +144,8 @@ pub(crate) struct HomeState {
     user_sqes: user_sqe::UserSqes,
     buffers: aio_poll::IterationBuffers,
     pool: thread_pool::ThreadPoolSlot,
+    /// What an outside driver (glib, the main loop) keeps between the steps of an iteration.
+    external: external::ExternalState,
 }
 
 impl HomeState {
@@ -206,6 +211,7 @@ impl HomeState {
             user_sqes: user_sqe::UserSqes::new(simulate_uring_errno),
             buffers: aio_poll::IterationBuffers::default(),
             pool,
+            external: external::ExternalState::default(),
         });
         home_state.watch_own_notifier()?;
         sys::set_thread_timer_slack_1ns();
@@ -260,6 +266,7 @@ impl HomeState {
     /// values); then everything else, each taken out first and dropped after its borrow ended
     /// (ground rule 2).
     fn tear_down(&self) {
+        self.run_teardown_hooks();
         let tasks = Arc::clone(&self.shared.tasks);
         tasks.cancel_all();
         self.cancel_all_user_sqes();

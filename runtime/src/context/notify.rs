@@ -5,8 +5,13 @@
 //! `notify_me`; `aio_poll` stores `notify_me` then reads `notified`. The barriers guarantee that at least one
 //! side sees the other's store, so either the poller does not block or the notifier writes the eventfd.
 //!
-//! aioctx packs both into one atomic word: bit 0 is `notified`, the bits above count pollers in units of
-//! [`WAITER`]. Every step is then a read-modify-write of that single word, and all RMWs of one location are
+//! aioctx packs both into one atomic word: bit 1 is `notified`, the bits above count pollers in units of
+//! [`WAITER`], and bit 0 is QEMU's bit 0 of `notify_me`: the window between the prepare and the check
+//! of an iteration that something outside the context drives (glib through the context's GSource, or
+//! the `MainLoop`), see `external.rs`. It is a bit and not a count, as in QEMU,
+//! because glib may call prepare and never check (a source of higher priority was ready): the stale
+//! bit then only costs eventfd writes a sleeping loop would have needed anyway, until the next check
+//! clears it. Every step is then a read-modify-write of that single word, and all RMWs of one location are
 //! totally ordered, so "one side sees the other" follows from the modification order alone, with no
 //! reliance on fences (which also lets loom check the protocol exactly; it does not model SeqCst fences).
 //! The cost is the same as QEMU's: one locked instruction on each side.
@@ -32,9 +37,12 @@ use std::task::Wake;
 use crate::atomics::{AtomicU32, Ordering};
 use crate::EventNotifier;
 
-const NOTIFIED: u32 = 1;
-/// What one poller adds to the word while it is about to block (QEMU adds 2 to `notify_me` too).
-const WAITER: u32 = 2;
+/// The prepare..check window of an externally driven iteration (QEMU's bit 0 of `notify_me`).
+const WINDOW: u32 = 1;
+const NOTIFIED: u32 = 2;
+/// What one poller adds to the word while it is about to block (QEMU adds 2 to `notify_me`; aioctx
+/// needs one bit more, for `notified`).
+const WAITER: u32 = 4;
 
 /// The `notified` flag and the `notify_me` count in one atomic word.
 #[derive(Debug)]
@@ -55,7 +63,8 @@ impl NotifyState {
         // Pairs with `prepare_wait`'s fetch_add (whichever comes later in the word's modification order
         // sees the other), and releases the caller's work to `accept` and `is_notified`.
         let old = self.word.fetch_or(NOTIFIED, Ordering::AcqRel);
-        old & NOTIFIED == 0 && old >= WAITER
+        // A poller announced its wait, or an outside driver is between prepare and check.
+        old & NOTIFIED == 0 && old & !NOTIFIED != 0
     }
 
     /// Called by the poller right before it blocks. Returns true if a notification is already pending,
@@ -81,6 +90,27 @@ impl NotifyState {
         // Acquire pairs with the Release half of every `notify` it clears: the dispatch that follows sees
         // the work published before those notifications.
         self.word.fetch_and(!NOTIFIED, Ordering::AcqRel);
+    }
+
+    /// The prepare step of an externally driven iteration (QEMU's `aio_ctx_prepare` setting bit 0):
+    /// from now until [`close_window`](Self::close_window) a notification writes the eventfd, which
+    /// the outside poller watches. Returns true if a notification is already pending (then the
+    /// poller must not block). Idempotent: a window left open by a prepare without check stays open.
+    #[cfg_attr(not(any(feature = "glib", loom)), allow(dead_code))]
+    pub(crate) fn open_window(&self) -> bool {
+        // Pairs with `notify`'s fetch_or exactly as `prepare_wait` does: whichever comes later in
+        // the word's modification order sees the other.
+        let old = self.word.fetch_or(WINDOW, Ordering::AcqRel);
+        old & NOTIFIED != 0
+    }
+
+    /// The check step of an externally driven iteration (QEMU's `aio_ctx_check`: bit 0 cleared,
+    /// then `aio_notify_accept`), in one step: the window closes and pending notifications are
+    /// accepted. A notification after this leaves `notified` set for the next prepare to see.
+    #[cfg_attr(not(any(feature = "glib", loom)), allow(dead_code))]
+    pub(crate) fn close_window(&self) {
+        // Acquire pairs with the Release half of every `notify` it clears, as in `accept`.
+        self.word.fetch_and(!(WINDOW | NOTIFIED), Ordering::AcqRel);
     }
 
     /// The context notifier's userspace poll function: a notification is pending.

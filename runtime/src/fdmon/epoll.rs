@@ -140,6 +140,15 @@ impl MonitorOps for EpollMonitor {
         Ok(())
     }
 
+    fn external_fds(&self, out: &mut Vec<libc::pollfd>) {
+        // The epoll fd is readable while any fd in its set is ready.
+        out.push(libc::pollfd {
+            fd: self.epfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+
     fn backend(&self) -> Backend {
         Backend::Epoll
     }

@@ -22,6 +22,15 @@
 //!   but never stops the loop from sleeping; the sleeping enter runs pending work first anyway. Measured with the loop-tour example (polling off,
 //!   eventfd kick to completion across threads): p50 13.7 us with a plain ring, 2.1 us with deferred
 //!   task running (epoll: 1.1 us).
+//! - **Waited on from outside** (glib through the context's GSource, or the `MainLoop`; QEMU 10.2 does
+//!   the same): the ring fd is the one fd an outside poller watches; it is readable while CQEs wait.
+//!   Queued SQEs go out in the prepare step, CQEs are reaped in dispatch. A ring with deferred task
+//!   running cannot serve: its completions wait as task work that only an enter of the home thread
+//!   posts, and that wakes no poller of the ring fd (an eventfd registered with the ring is signalled,
+//!   but only after an RCU grace period: 15-35 ms measured on Linux 6.18). So `make_pollable`
+//!   replaces such a ring with a plain one, re-arming every fd's poll there: possible only while no
+//!   user SQE is in flight (their memory and callbacks belong to the old ring), so until then it
+//!   reports false and the caller bounds its waits (see `context/external.rs`).
 //! - **User SQEs** (QEMU's `aio_add_sqe`): code running in the context queues its own SQE with a completion
 //!   callback. Those go out at the next wait, or earlier when the SQ is full or `max_batch` SQEs are
 //!   queued; their completions are handed to the loop, which runs the callbacks first in dispatch.
@@ -100,6 +109,8 @@ pub(crate) struct UringMonitor {
     /// Reused buffer for reaped CQEs.
     cqes: Vec<cqueue::Entry>,
     stats: Arc<UringCounters>,
+    /// The ring defers task running (completions are posted only when the home thread enters).
+    deferred: bool,
 }
 
 /// Why io_uring cannot be used here, as an error for a forced backend (and a reason for `Auto` to fall
@@ -122,14 +133,18 @@ impl UringMonitor {
         max_batch: usize,
         stats: Arc<UringCounters>,
     ) -> io::Result<Self> {
-        let ring = IoUring::builder()
+        let (ring, deferred) = match IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_taskrun_flag()
             .build(entries)
-            .or_else(|_| IoUring::new(entries))
-            .map_err(unavailable)?;
-        Self::with_ring(ring, max_batch, stats)
+        {
+            Ok(ring) => (ring, true),
+            Err(_) => (IoUring::new(entries).map_err(unavailable)?, false),
+        };
+        let mut monitor = Self::with_ring(ring, max_batch, stats)?;
+        monitor.deferred = deferred;
+        Ok(monitor)
     }
 
     /// A ring whose fd becomes readable when completions arrive, for contexts that sleep in epoll or
@@ -166,6 +181,7 @@ impl UringMonitor {
             max_batch,
             cqes: Vec::new(),
             stats,
+            deferred: false,
         })
     }
 
@@ -392,6 +408,41 @@ impl MonitorOps for UringMonitor {
     #[cfg(all(test, not(loom)))]
     fn uring_fd(&self) -> Option<RawFd> {
         Some(self.ring_fd())
+    }
+
+    fn external_fds(&self, out: &mut Vec<libc::pollfd>) {
+        out.push(libc::pollfd {
+            fd: self.ring_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+
+    /// Swaps a deferred-task-running ring for a plain one (see the module docs), once no user SQE is
+    /// in flight. The old ring's polls point at no memory: dropping the ring cancels them, and each
+    /// fd's poll is armed again on the new ring (a completion reaped from neither ring is not lost:
+    /// readiness is level-triggered, and the new poll reports it again).
+    fn make_pollable(&mut self) -> bool {
+        if !self.deferred {
+            return true;
+        }
+        if !self.user_inflight.is_empty() {
+            return false;
+        }
+        let Ok(ring) = IoUring::new(self.ring.params().sq_entries()) else {
+            return false;
+        };
+        self.ring = ring;
+        self.deferred = false;
+        // Only poll adds and removes can be queued: no user SQE is in flight.
+        self.backlog.clear();
+        self.user_queued = 0;
+        self.polls.retain(|_, slot| !slot.removed);
+        let keys: Vec<usize> = self.polls.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.arm_poll(key);
+        }
+        true
     }
 
     fn submit_pending(&mut self) {

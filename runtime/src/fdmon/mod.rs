@@ -69,6 +69,8 @@ pub(crate) struct MonitorConfig {
 }
 
 /// What every fd monitor provides.
+// Without the glib feature nothing waits on a monitor from outside yet.
+#[cfg_attr(not(feature = "glib"), allow(dead_code))]
 pub(crate) trait MonitorOps {
     /// Starts watching `fd` for `interest` (never empty).
     fn add(&mut self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()>;
@@ -94,6 +96,14 @@ pub(crate) trait MonitorOps {
     }
     /// Hands queued submissions to the kernel without waiting (before the loop busy-polls).
     fn submit_pending(&mut self) {}
+    /// The fds a poller outside the loop watches to learn that this monitor has events (QEMU 10.2's
+    /// fdmon `gsource_prepare`): epoll and io_uring expose their own fd, poll every fd it watches.
+    fn external_fds(&self, out: &mut Vec<libc::pollfd>);
+    /// Makes [`external_fds`](Self::external_fds) wake an outside poller for every event. Only
+    /// io_uring has work to do (see its module docs); false while that is not possible yet.
+    fn make_pollable(&mut self) -> bool {
+        true
+    }
     /// The io_uring monitor's ring fd, for tests that put the ring in a state the kernel can reach.
     #[cfg(all(test, not(loom)))]
     fn uring_fd(&self) -> Option<RawFd> {
@@ -171,6 +181,18 @@ impl FdMonitor {
 
     pub(crate) fn submit_pending(&mut self) {
         self.ops.submit_pending();
+    }
+
+    /// See [`MonitorOps::external_fds`].
+    #[cfg_attr(not(feature = "glib"), allow(dead_code))]
+    pub(crate) fn external_fds(&self, out: &mut Vec<libc::pollfd>) {
+        self.ops.external_fds(out);
+    }
+
+    /// See [`MonitorOps::make_pollable`].
+    #[cfg_attr(not(feature = "glib"), allow(dead_code))]
+    pub(crate) fn make_pollable(&mut self) -> bool {
+        self.ops.make_pollable()
     }
 
     #[cfg(all(test, not(loom)))]

@@ -96,6 +96,14 @@ impl MonitorOps for PollMonitor {
         Ok(())
     }
 
+    fn external_fds(&self, out: &mut Vec<libc::pollfd>) {
+        out.extend(self.pollfds.iter().map(|p| libc::pollfd {
+            fd: p.fd,
+            events: p.events,
+            revents: 0,
+        }));
+    }
+
     fn backend(&self) -> Backend {
         Backend::Poll
     }

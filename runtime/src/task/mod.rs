@@ -32,4 +32,6 @@ pub use join_set::JoinSet;
 pub use spawn::{reschedule, spawn, spawn_local};
 pub use yield_now::{yield_now, YieldNow};
 
+#[cfg(feature = "glib")]
+pub(crate) use spawn::hide_running_task;
 pub(crate) use spawn::Task;

@@ -4,16 +4,18 @@
 
 use std::io;
 
-use crate::harness::{Config, Metric, Scenario, Side};
+use crate::harness::{Config, Metric, Scenario, Side, VS_TOKIO};
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "device_model_qd1",
+        sides: VS_TOKIO,
         metrics: &[Metric::higher("virtio-blk 4 KiB randrw, guest qd1", "IOPS")],
         run: |side, config| run(side, config, 1),
     },
     Scenario {
         name: "device_model_qd32",
+        sides: VS_TOKIO,
         metrics: &[Metric::higher(
             "virtio-blk 4 KiB randrw, guest qd32",
             "IOPS",

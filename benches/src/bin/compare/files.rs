@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use aioctx::fs::{AlignedBuf, OpenOptions};
 
 use crate::harness::{
-    aioctx_context, per_second, tokio_current_thread, Config, Metric, Scenario, Side,
+    aioctx_context, per_second, tokio_current_thread, Config, Metric, Scenario, Side, VS_TOKIO,
 };
 
 const BLOCK: usize = 4096;
@@ -24,21 +24,25 @@ const BLOCK: usize = 4096;
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "file_randread_qd32",
+        sides: VS_TOKIO,
         metrics: &[Metric::higher("4 KiB random reads, page cache", "IOPS")],
         run: |side, config| run(side, config, Job::Read, 32, false),
     },
     Scenario {
         name: "file_randread_qd1",
+        sides: VS_TOKIO,
         metrics: &[Metric::higher("4 KiB random reads, page cache", "IOPS")],
         run: |side, config| run(side, config, Job::Read, 1, false),
     },
     Scenario {
         name: "file_randread_qd32_direct",
+        sides: VS_TOKIO,
         metrics: &[Metric::higher("4 KiB random reads, O_DIRECT", "IOPS")],
         run: |side, config| run(side, config, Job::Read, 32, true),
     },
     Scenario {
         name: "file_randwrite_qd32",
+        sides: VS_TOKIO,
         metrics: &[Metric::higher("4 KiB random writes + 1 sync_data", "IOPS")],
         run: |side, config| run(side, config, Job::Write, 32, false),
     },

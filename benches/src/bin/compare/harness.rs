@@ -77,9 +77,15 @@ impl Config {
 /// A named workload with its metrics; `run` returns one value per metric, in order.
 pub struct Scenario {
     pub name: &'static str,
+    /// What each side runs: `Side::Aioctx` the first, `Side::Tokio` the second ([`VS_TOKIO`] for
+    /// the aioctx-vs-tokio table; the glib rows compare two ways of running aioctx).
+    pub sides: [&'static str; 2],
     pub metrics: &'static [Metric],
     pub run: fn(Side, &Config) -> io::Result<Vec<f64>>,
 }
+
+/// The sides of the main table.
+pub const VS_TOKIO: [&str; 2] = ["aioctx", "tokio"];
 
 /// All samples of one metric on one side.
 #[derive(Clone, Debug, Default)]
@@ -103,6 +109,7 @@ impl Samples {
 #[derive(Debug)]
 pub struct Row {
     pub scenario: &'static str,
+    pub sides: [&'static str; 2],
     pub metric: Metric,
     pub aioctx: Samples,
     pub tokio: Samples,
@@ -126,6 +133,7 @@ pub fn measure(scenario: &Scenario, config: &Config, rounds: usize) -> io::Resul
         .iter()
         .map(|&metric| Row {
             scenario: scenario.name,
+            sides: scenario.sides,
             metric,
             aioctx: Samples::default(),
             tokio: Samples::default(),
@@ -211,6 +219,7 @@ mod tests {
     fn speedup_is_oriented_so_above_one_favours_aioctx() {
         let row = |better, a: f64, t: f64| Row {
             scenario: "x",
+            sides: VS_TOKIO,
             metric: Metric {
                 name: "m",
                 unit: "u",

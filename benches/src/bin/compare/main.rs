@@ -4,9 +4,14 @@
 //! one context; the same client, `futures::channel` channels and payloads on both sides; tokio's
 //! idiomatic best for each job (`spawn_blocking` + positional `FileExt` I/O for files). Rounds
 //! alternate the two sides after a warm-up; the table shows medians and min-max spreads.
+//!
+//! A second table (`glib.rs`) compares two ways of running aioctx, to show what glib costs: sleeps
+//! on a `MainLoop` against a bare context and against glib's own 1 ms timeouts, and an IoThread's
+//! cross-thread round trip in poll mode against glib mode.
 
 mod device;
 mod files;
+mod glib;
 mod harness;
 mod net;
 mod report;
@@ -49,6 +54,7 @@ fn scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(net::SCENARIOS)
         .chain(files::SCENARIOS)
         .chain(device::SCENARIOS)
+        .chain(glib::SCENARIOS)
 }
 
 /// Lets the idle_fds scenario hold 20,000 descriptors.

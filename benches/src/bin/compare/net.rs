@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::harness::{
     aioctx_context, ns_per, per_second, tokio_current_thread, Config, Metric, Scenario, Side,
+    VS_TOKIO,
 };
 
 pub const IDLE_COUNTS: [usize; 3] = [10, 1_000, 10_000];
@@ -21,6 +22,7 @@ pub const IDLE_COUNTS: [usize; 3] = [10, 1_000, 10_000];
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "idle_fds",
+        sides: VS_TOKIO,
         metrics: &[
             Metric::lower("round trip, 10 idle fds", "us"),
             Metric::lower("round trip, 1000 idle fds", "us"),
@@ -30,6 +32,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "tcp_echo",
+        sides: VS_TOKIO,
         metrics: &[Metric::higher("64 conns x 64 B", "req/s")],
         run: tcp_echo,
     },

@@ -3,7 +3,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::harness::{Better, Row};
+use crate::harness::{Better, Row, VS_TOKIO};
 
 /// Formats a value with precision that suits its size.
 fn fmt_value(v: f64) -> String {
@@ -18,7 +18,42 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
+/// The aioctx-vs-tokio table, then the table of rows that compare two ways of running aioctx.
 pub fn print_table(rows: &[Row]) {
+    let (vs_tokio, versus): (Vec<&Row>, Vec<&Row>) =
+        rows.iter().partition(|row| row.sides == VS_TOKIO);
+    if !vs_tokio.is_empty() {
+        print_vs_tokio(&vs_tokio);
+    }
+    if !versus.is_empty() {
+        print_versus(&versus);
+    }
+}
+
+fn print_versus(rows: &[&Row]) {
+    println!(
+        "\nglib: what the compatibility path costs; both columns run aioctx, A and B named per row"
+    );
+    println!("(ratio = B/A for times: above 1 means B is slower or later than A)");
+    println!(
+        "{:<26} {:<36} {:>6} {:>12} {:>12} {:>8}   {:<30}",
+        "scenario", "metric", "unit", "A", "B", "ratio", "A vs B"
+    );
+    for row in rows {
+        println!(
+            "{:<26} {:<36} {:>6} {:>12} {:>12} {:>7.2}x   {:<30}",
+            row.scenario,
+            row.metric.name,
+            row.metric.unit,
+            fmt_value(row.aioctx.median()),
+            fmt_value(row.tokio.median()),
+            row.speedup(),
+            format!("{} vs {}", row.sides[0], row.sides[1]),
+        );
+    }
+}
+
+fn print_vs_tokio(rows: &[&Row]) {
     println!(
         "{:<26} {:<36} {:>6} {:>12} {:>12} {:>8}   {:<21} {:<21}",
         "scenario",
@@ -99,6 +134,7 @@ pub fn write_json(rows: &[Row], path: &Path) -> io::Result<()> {
                 "tokio_min": row.tokio.min(),
                 "tokio_max": row.tokio.max(),
                 "rounds": row.aioctx.0.len(),
+                "sides": row.sides,
             })
         })
         .collect();

@@ -11,27 +11,31 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 
 use crate::harness::{
-    aioctx_context, ns_per, tokio_current_thread, Config, Metric, Scenario, Side,
+    aioctx_context, ns_per, tokio_current_thread, Config, Metric, Scenario, Side, VS_TOKIO,
 };
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "spawn_join",
+        sides: VS_TOKIO,
         metrics: &[Metric::lower("per task", "ns")],
         run: spawn_join,
     },
     Scenario {
         name: "yield_many",
+        sides: VS_TOKIO,
         metrics: &[Metric::lower("per yield", "ns")],
         run: yield_many,
     },
     Scenario {
         name: "ping_pong_local",
+        sides: VS_TOKIO,
         metrics: &[Metric::lower("per round trip", "ns")],
         run: ping_pong_local,
     },
     Scenario {
         name: "timer_churn",
+        sides: VS_TOKIO,
         metrics: &[Metric::lower("per arm+cancel", "ns")],
         run: timer_churn,
     },

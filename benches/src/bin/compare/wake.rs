@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 use futures::channel::mpsc;
 use futures::StreamExt;
 
-use crate::harness::{percentile, tokio_current_thread, Config, Metric, Scenario, Side};
+use crate::harness::{percentile, tokio_current_thread, Config, Metric, Scenario, Side, VS_TOKIO};
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "cross_thread_wake",
+        sides: VS_TOKIO,
         metrics: &[
             Metric::lower("p50 round trip, polling on", "us"),
             Metric::lower("p99 round trip, polling on", "us"),
@@ -19,6 +20,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "cross_thread_wake",
+        sides: VS_TOKIO,
         metrics: &[
             Metric::lower("p50 round trip, polling off", "us"),
             Metric::lower("p99 round trip, polling off", "us"),
@@ -27,6 +29,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "timer_accuracy",
+        sides: VS_TOKIO,
         metrics: &[
             Metric::lower("median lateness of sleep(50us)", "us"),
             Metric::lower("p99 lateness of sleep(50us)", "us"),
@@ -35,6 +38,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "timer_accuracy",
+        sides: VS_TOKIO,
         metrics: &[
             Metric::lower("median lateness, polling on", "us"),
             Metric::lower("p99 lateness, polling on", "us"),
