@@ -1,5 +1,7 @@
-//! Adaptive busy-polling (QEMU's per-handler poll windows, `poll_begin`/`poll_end`, run-time poll
-//! parameters) and the notify_me protocol.
+//! Adaptive busy-polling (QEMU's poll window sized from per-handler weighted averages of block time,
+//! `poll_begin`/`poll_end`, run-time poll parameters) and the notify_me protocol. The window rule's
+//! decisions are unit-tested on scripted block times next to it (`runtime/src/context/poll_params.rs`);
+//! here the real loop runs it.
 //!
 //! The polling tests do not race another thread against the poll window. All their work is made by the
 //! loop's own thread: the test queues a request that the device's poll function sees from a chosen
@@ -24,13 +26,14 @@ use std::time::{Duration, Instant};
 use aioctx::{AioContext, Backend, EventNotifier, FdHandlers, FdRegistration, PollParams, Stats};
 use tests::{per_backend, spin_until, Guard, BOUND};
 
-/// What the polling tests run with: windows grow x100 (0, 4 us, 400 us, 40 ms) up to 100 ms, so a few
-/// dispatches make a window far wider than the requests it is to catch, and only a wait of 100 ms (a
-/// thread descheduled for that long) shrinks it.
+/// What the polling tests run with: the window grows x100 per step (or straight to the block-time
+/// average, whichever is larger) up to 100 ms, so a few dispatches make it far wider than the requests
+/// it is to catch, and only waits averaging 100 ms (a thread descheduled for that long) reset it.
 const PARAMS: PollParams = PollParams {
     max_ns: 100_000_000,
     grow: 100,
     shrink: 0,
+    weight: 0,
 };
 /// A request in a growth round is visible to polling this long after it is queued...
 const ARRIVES: Duration = Duration::from_millis(2);
@@ -270,11 +273,11 @@ per_backend! {
         let ctx = polling_context(backend, PARAMS);
         let dev = Device::new(&ctx);
         // The guard's poll takes the notifications that creating the context and registering the device
-        // left: the context's own notifier is dispatched once and its window becomes 4 us.
+        // left: the context's own notifier is dispatched once and the window opens to that short block.
         let guard = Guard::new(&ctx);
         let before = ctx.stats();
-        // The device's window starts at 0: a request that arrives in 50 ms can only come in through the
-        // fd. That wait is shorter than max_ns: the window starts growing.
+        // The device has no block-time average yet: a request that arrives in 50 ms can only come in
+        // through the fd. That wait is shorter than max_ns: the window grows toward it.
         let late = Duration::from_millis(50);
         assert_eq!(dev.serve_one(&ctx, &guard, late, late), Path::Read);
         assert_eq!(ctx.stats().poll_hits, before.poll_hits, "{:?}", ctx.stats());
@@ -354,7 +357,7 @@ per_backend! {
         let dev = Device::new(&ctx);
         dev.poll_until_hit(&ctx, &guard);
 
-        let off = PollParams { max_ns: 0, grow: 0, shrink: 0 };
+        let off = PollParams { max_ns: 0, grow: 0, shrink: 0, weight: 0 };
         ctx.set_poll_params(off).unwrap();
         assert_eq!(ctx.poll_params(), off);
         let before = ctx.stats();
@@ -380,7 +383,8 @@ per_backend! {
         for bad in [
             PollParams { max_ns: u64::MAX, ..off },
             PollParams { max_ns: i64::MAX as u64 + 1, ..off },
-            PollParams { max_ns: 32_768, grow: u64::MAX, shrink: 0 },
+            PollParams { max_ns: 32_768, grow: u64::MAX, shrink: 0, weight: 0 },
+            PollParams { max_ns: 32_768, weight: 63, ..off },
         ] {
             let err = ctx.set_poll_params(bad).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}: {err}");
