@@ -268,6 +268,77 @@ fn no_polling_since(ctx: &AioContext, before: &Stats) {
     assert_eq!(polling(&now), polling(before), "{now:?}");
 }
 
+/// The `poll-weight` tests: a 10 ms cap, growth x100, reset when averages pass the cap, and the
+/// default weight (the newest block counts 1/8).
+const WEIGHTED: PollParams = PollParams {
+    max_ns: 10_000_000,
+    grow: 100,
+    shrink: 0,
+    weight: 0,
+};
+
+impl Device {
+    /// Short rounds (visible after 1 ms, kicked after 5 ms: waits far under `WEIGHTED.max_ns`) until
+    /// polling catches one. A round that a descheduled thread stretched past the cap is repeated.
+    fn short_rounds_until_hit(&self, ctx: &AioContext, guard: &Guard) {
+        for _ in 0..ROUNDS {
+            let hits = ctx.stats().poll_hits;
+            let path = self.serve_one(
+                ctx,
+                guard,
+                Duration::from_millis(1),
+                Duration::from_millis(5),
+            );
+            if path == Path::Poll && ctx.stats().poll_hits > hits {
+                return;
+            }
+        }
+        panic!("the poll window never caught a request: {:?}", ctx.stats());
+    }
+
+    /// A round in which the loop blocks `long` (the request shows up only with the kick).
+    fn long_round(&self, ctx: &AioContext, guard: &Guard, long: Duration) {
+        self.serve_one(ctx, guard, long, long);
+    }
+}
+
+per_backend! {
+    /// QEMU's `poll-weight` rule in the real loop: waits that keep exceeding `max_ns` close the window
+    /// (no polling phase at all while they last), and short waits open it again.
+    fn a_loop_that_keeps_blocking_long_stops_polling(backend) {
+        let ctx = polling_context(backend, WEIGHTED);
+        let dev = Device::new(&ctx);
+        let guard = Guard::new(&ctx);
+        dev.short_rounds_until_hit(&ctx, &guard);
+        // 100 ms moves an average of at most 10 ms past the cap: the window resets.
+        dev.long_round(&ctx, &guard, Duration::from_millis(100));
+        let before = ctx.stats();
+        for _ in 0..2 {
+            dev.long_round(&ctx, &guard, Duration::from_millis(30));
+        }
+        no_polling_since(&ctx, &before);
+        dev.short_rounds_until_hit(&ctx, &guard);
+    }
+
+    /// One wait past `max_ns` among short ones moves the handler's average by 1/8 of itself, so the
+    /// window stays open and the next short request is caught by polling (the rule before
+    /// `poll-weight` reset the window on any wait over `max_ns`). A descheduled thread can stretch
+    /// the outlier far enough to reset the average: the sequence is retried.
+    fn one_long_wait_does_not_close_the_window(backend) {
+        let ctx = polling_context(backend, WEIGHTED);
+        let dev = Device::new(&ctx);
+        let guard = Guard::new(&ctx);
+        let caught = (0..20).any(|_| {
+            dev.short_rounds_until_hit(&ctx, &guard);
+            dev.long_round(&ctx, &guard, Duration::from_millis(20));
+            let hits = ctx.stats().poll_hits;
+            let path = dev.serve_one(&ctx, &guard, Duration::from_millis(1), Duration::from_millis(5));
+            path == Path::Poll && ctx.stats().poll_hits > hits
+        });
+        assert!(caught, "the window closed after every outlier: {:?}", ctx.stats());
+    }
+}
+
 per_backend! {
     fn adaptive_polling_grows_and_then_finds_kicks_by_polling(backend) {
         let ctx = polling_context(backend, PARAMS);
