@@ -27,8 +27,8 @@ const MAX_POLL_WEIGHT: u64 = 62;
 ///
 /// ```
 /// let ctx = aioctx::AioContext::new()?;
-/// // What an IOThread uses: poll up to 32 us, double on growth, reset when blocks keep being long, and
-/// // average block times with the newest one counting 1/8.
+/// // What an IOThread uses (weight 0 is the default, 3): poll up to 32 us, double on growth, reset
+/// // when blocks keep being long, and average block times with the newest one counting 1/8.
 /// ctx.set_poll_params(aioctx::PollParams { max_ns: 32_768, grow: 0, shrink: 0, weight: 3 })?;
 /// assert_eq!(ctx.poll_params().weight, 3);
 /// // A heavier newest sample (1/2) follows changes in the load faster.
@@ -55,7 +55,8 @@ impl PollParams {
     /// (QEMU's `POLL_WEIGHT_SHIFT`).
     pub const DEFAULT_WEIGHT: u64 = 3;
 
-    /// QEMU's IOThread defaults: `max_ns` 32768, grow x2, shrink to 0, weight 3 (1/8).
+    /// QEMU's IOThread defaults: `max_ns` 32768, grow x2, shrink to 0, weight 0 (the default, 3: the
+    /// newest block time counts 1/8).
     ///
     /// ```
     /// let io = aioctx::IoThread::spawn("defaults")?;
