@@ -102,6 +102,20 @@ impl IoThreadBuilder {
         self
     }
 
+    /// QEMU's `poll-weight` (0: 3, the newest block time counts 1/8 in the average that sizes the
+    /// poll window): see [`Builder::poll_weight`](crate::Builder::poll_weight).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().poll_weight(1).spawn()?;
+    /// assert_eq!(io.poll_params()?.weight, 1);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn poll_weight(mut self, weight: u64) -> Self {
+        self.context = self.context.poll_weight(weight);
+        self
+    }
+
     /// How long a handler's poll function may find nothing before the loop stops polling it (QEMU's
     /// 7 s; io_uring only): see [`Builder::poll_idle_timeout`](crate::Builder::poll_idle_timeout).
     ///

@@ -511,6 +511,7 @@ per_backend! {
                     max_ns: 100_000_000,
                     grow: 2,
                     shrink: 2,
+                    weight: 0,
                 })
                 .build()
                 .unwrap(),

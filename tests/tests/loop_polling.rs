@@ -1,5 +1,7 @@
-//! Adaptive busy-polling (QEMU's per-handler poll windows, `poll_begin`/`poll_end`, run-time poll
-//! parameters) and the notify_me protocol.
+//! Adaptive busy-polling (QEMU's poll window sized from per-handler weighted averages of block time,
+//! `poll_begin`/`poll_end`, run-time poll parameters) and the notify_me protocol. The window rule's
+//! decisions are unit-tested on scripted block times next to it (`runtime/src/context/poll_params.rs`);
+//! here the real loop runs it.
 //!
 //! The polling tests do not race another thread against the poll window. All their work is made by the
 //! loop's own thread: the test queues a request that the device's poll function sees from a chosen
@@ -24,13 +26,14 @@ use std::time::{Duration, Instant};
 use aioctx::{AioContext, Backend, EventNotifier, FdHandlers, FdRegistration, PollParams, Stats};
 use tests::{per_backend, spin_until, Guard, BOUND};
 
-/// What the polling tests run with: windows grow x100 (0, 4 us, 400 us, 40 ms) up to 100 ms, so a few
-/// dispatches make a window far wider than the requests it is to catch, and only a wait of 100 ms (a
-/// thread descheduled for that long) shrinks it.
+/// What the polling tests run with: the window grows x100 per step (or straight to the block-time
+/// average, whichever is larger) up to 100 ms, so a few dispatches make it far wider than the requests
+/// it is to catch, and only waits averaging 100 ms (a thread descheduled for that long) reset it.
 const PARAMS: PollParams = PollParams {
     max_ns: 100_000_000,
     grow: 100,
     shrink: 0,
+    weight: 0,
 };
 /// A request in a growth round is visible to polling this long after it is queued...
 const ARRIVES: Duration = Duration::from_millis(2);
@@ -265,16 +268,87 @@ fn no_polling_since(ctx: &AioContext, before: &Stats) {
     assert_eq!(polling(&now), polling(before), "{now:?}");
 }
 
+/// The `poll-weight` tests: a 10 ms cap, growth x100, reset when averages pass the cap, and the
+/// default weight (the newest block counts 1/8).
+const WEIGHTED: PollParams = PollParams {
+    max_ns: 10_000_000,
+    grow: 100,
+    shrink: 0,
+    weight: 0,
+};
+
+impl Device {
+    /// Short rounds (visible after 1 ms, kicked after 5 ms: waits far under `WEIGHTED.max_ns`) until
+    /// polling catches one. A round that a descheduled thread stretched past the cap is repeated.
+    fn short_rounds_until_hit(&self, ctx: &AioContext, guard: &Guard) {
+        for _ in 0..ROUNDS {
+            let hits = ctx.stats().poll_hits;
+            let path = self.serve_one(
+                ctx,
+                guard,
+                Duration::from_millis(1),
+                Duration::from_millis(5),
+            );
+            if path == Path::Poll && ctx.stats().poll_hits > hits {
+                return;
+            }
+        }
+        panic!("the poll window never caught a request: {:?}", ctx.stats());
+    }
+
+    /// A round in which the loop blocks `long` (the request shows up only with the kick).
+    fn long_round(&self, ctx: &AioContext, guard: &Guard, long: Duration) {
+        self.serve_one(ctx, guard, long, long);
+    }
+}
+
+per_backend! {
+    /// QEMU's `poll-weight` rule in the real loop: waits that keep exceeding `max_ns` close the window
+    /// (no polling phase at all while they last), and short waits open it again.
+    fn a_loop_that_keeps_blocking_long_stops_polling(backend) {
+        let ctx = polling_context(backend, WEIGHTED);
+        let dev = Device::new(&ctx);
+        let guard = Guard::new(&ctx);
+        dev.short_rounds_until_hit(&ctx, &guard);
+        // 100 ms moves an average of at most 10 ms past the cap: the window resets.
+        dev.long_round(&ctx, &guard, Duration::from_millis(100));
+        let before = ctx.stats();
+        for _ in 0..2 {
+            dev.long_round(&ctx, &guard, Duration::from_millis(30));
+        }
+        no_polling_since(&ctx, &before);
+        dev.short_rounds_until_hit(&ctx, &guard);
+    }
+
+    /// One wait past `max_ns` among short ones moves the handler's average by 1/8 of itself, so the
+    /// window stays open and the next short request is caught by polling (the rule before
+    /// `poll-weight` reset the window on any wait over `max_ns`). A descheduled thread can stretch
+    /// the outlier far enough to reset the average: the sequence is retried.
+    fn one_long_wait_does_not_close_the_window(backend) {
+        let ctx = polling_context(backend, WEIGHTED);
+        let dev = Device::new(&ctx);
+        let guard = Guard::new(&ctx);
+        let caught = (0..20).any(|_| {
+            dev.short_rounds_until_hit(&ctx, &guard);
+            dev.long_round(&ctx, &guard, Duration::from_millis(20));
+            let hits = ctx.stats().poll_hits;
+            let path = dev.serve_one(&ctx, &guard, Duration::from_millis(1), Duration::from_millis(5));
+            path == Path::Poll && ctx.stats().poll_hits > hits
+        });
+        assert!(caught, "the window closed after every outlier: {:?}", ctx.stats());
+    }
+}
+
 per_backend! {
     fn adaptive_polling_grows_and_then_finds_kicks_by_polling(backend) {
         let ctx = polling_context(backend, PARAMS);
         let dev = Device::new(&ctx);
         // The guard's poll takes the notifications that creating the context and registering the device
-        // left: the context's own notifier is dispatched once and its window becomes 4 us.
+        // left: the context's own notifier is dispatched once and the window opens to that short block.
         let guard = Guard::new(&ctx);
         let before = ctx.stats();
-        // The device's window starts at 0: a request that arrives in 50 ms can only come in through the
-        // fd. That wait is shorter than max_ns: the window starts growing.
+        // The device has no block-time average yet: a request that arrives in 50 ms can only come in
+        // through the fd. That wait is shorter than max_ns: the window grows toward it.
         let late = Duration::from_millis(50);
         assert_eq!(dev.serve_one(&ctx, &guard, late, late), Path::Read);
         assert_eq!(ctx.stats().poll_hits, before.poll_hits, "{:?}", ctx.stats());
@@ -354,7 +428,7 @@ per_backend! {
         let dev = Device::new(&ctx);
         dev.poll_until_hit(&ctx, &guard);
 
-        let off = PollParams { max_ns: 0, grow: 0, shrink: 0 };
+        let off = PollParams { max_ns: 0, grow: 0, shrink: 0, weight: 0 };
         ctx.set_poll_params(off).unwrap();
         assert_eq!(ctx.poll_params(), off);
         let before = ctx.stats();
@@ -380,7 +454,8 @@ per_backend! {
         for bad in [
             PollParams { max_ns: u64::MAX, ..off },
             PollParams { max_ns: i64::MAX as u64 + 1, ..off },
-            PollParams { max_ns: 32_768, grow: u64::MAX, shrink: 0 },
+            PollParams { max_ns: 32_768, grow: u64::MAX, shrink: 0, weight: 0 },
+            PollParams { max_ns: 32_768, weight: 63, ..off },
         ] {
             let err = ctx.set_poll_params(bad).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}: {err}");

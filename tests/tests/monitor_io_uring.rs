@@ -387,6 +387,7 @@ fn polling_submits_queued_sqes_and_peeks_the_cq_without_sleeping() {
                 max_ns: 10_000_000_000,
                 grow: 0,
                 shrink: 0,
+                weight: 0,
             })
             .build()
             .unwrap(),

@@ -280,6 +280,7 @@ fn set_poll_params_on_a_running_iothread_changes_its_behaviour() {
         max_ns: 0,
         grow: 0,
         shrink: 0,
+        weight: 0,
     })
     .unwrap();
     assert_eq!(io.poll_params().unwrap().max_ns, 0);
@@ -300,6 +301,7 @@ fn set_poll_params_on_a_running_iothread_changes_its_behaviour() {
         max_ns: u64::MAX,
         grow: 0,
         shrink: 0,
+        weight: 0,
     };
     assert_eq!(
         io.set_poll_params(bad).unwrap_err().kind(),

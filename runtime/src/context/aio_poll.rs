@@ -16,7 +16,9 @@
 //!    iteration in a row, so fds are not starved by a loop that stays busy.
 //! 5. Withdraw the announcement, accept notifications, measure how long this call blocked.
 //! 6. Dispatch: user-SQE completions first (QEMU runs the monitor's CQE handlers before BHs), then BHs,
-//!    then ready handlers (adjusting each polled handler's window), then expired timers, then the task
+//!    then ready handlers (marking each polled handler as having had an event); then the poll window
+//!    adapts (every polled handler's weighted block-time average takes this iteration's block time,
+//!    and the window follows those dispatched: `poll_params.rs`); then expired timers, then the task
 //!    step (the executor's hook: the tasks ready when it began).
 //! 7. Report whether anything made progress.
 
@@ -118,8 +120,9 @@ impl HomeState {
 
         progress |= self.dispatch_completions();
         progress |= self.bh_poll();
-        progress |= self.dispatch_ready(&mut ready, block_ns);
+        progress |= self.dispatch_ready(&mut ready, params.max_ns > 0);
         self.buffers.ready_lists.borrow_mut().push(ready);
+        self.adjust_polling(block_ns);
         progress |= self.run_timers();
         progress |= self.run_task_step();
         progress
@@ -183,9 +186,9 @@ impl HomeState {
         *self.buffers.completions.borrow_mut() = completions;
     }
 
-    /// QEMU's `aio_dispatch_ready_handlers`.
-    pub(super) fn dispatch_ready(&self, ready: &mut Vec<Ready>, block_ns: i64) -> bool {
-        let params = self.polling.params();
+    /// QEMU's `aio_dispatch_ready_handlers`. With `adapt` (polling on, called from `aio_poll`), each
+    /// polled handler dispatched is marked for [`HomeState::adjust_polling`].
+    pub(super) fn dispatch_ready(&self, ready: &mut Vec<Ready>, adapt: bool) -> bool {
         let mut progress = false;
         for Ready {
             node,
@@ -204,8 +207,8 @@ impl HomeState {
                 }
                 self.shared.stats.handlers_dispatched.bump();
             }
-            if params.max_ns > 0 && node.has_poll() && !node.is_deleted() {
-                node.window().adjust(params, block_ns);
+            if adapt && node.has_poll() && !node.is_deleted() {
+                node.window().mark_event();
             }
         }
         progress

@@ -12,6 +12,7 @@ use crate::PollParams;
 ///     .poll_max_ns(32_768)
 ///     .poll_grow(2)
 ///     .poll_shrink(0)
+///     .poll_weight(3)
 ///     .build()?;
 /// assert_eq!(ctx.backend(), Backend::Epoll);
 /// assert_eq!(ctx.poll_params().max_ns, 32_768);
@@ -106,6 +107,23 @@ impl Builder {
     /// ```
     pub fn poll_shrink(mut self, divisor: u64) -> Self {
         self.poll.shrink = divisor;
+        self
+    }
+
+    /// QEMU's `poll-weight`: the newest block time counts `1/2^weight` in each polled handler's
+    /// moving average of how long the loop blocked, which sizes the poll window; 0 means
+    /// [`PollParams::DEFAULT_WEIGHT`] (3). Higher values adapt more slowly; at most 62 (`build` fails
+    /// with `InvalidInput` otherwise).
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::builder().poll_max_ns(32_768).poll_weight(2).build()?;
+    /// assert_eq!(ctx.poll_params().weight, 2);
+    /// let bad = aioctx::AioContext::builder().poll_max_ns(32_768).poll_weight(63).build();
+    /// assert_eq!(bad.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn poll_weight(mut self, weight: u64) -> Self {
+        self.poll.weight = weight;
         self
     }
 

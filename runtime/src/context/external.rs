@@ -141,7 +141,7 @@ impl HomeState {
         }
         let mut progress = self.dispatch_completions();
         progress |= self.bh_poll();
-        progress |= self.dispatch_ready(&mut ready, 0);
+        progress |= self.dispatch_ready(&mut ready, false);
         progress |= self.run_timers();
         progress |= self.run_task_step();
         let mut slot = self.external.ready.borrow_mut();

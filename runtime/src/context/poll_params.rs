@@ -1,24 +1,39 @@
-//! [`PollParams`]: the adaptive polling parameters, and the per-handler window rule (QEMU's
-//! `adjust_polling_time`). The machinery that spins is `polling.rs`.
+//! [`PollParams`]: the adaptive polling parameters, and the rule that sizes the busy-poll window from
+//! how long the loop blocked (QEMU's `adjust_block_ns`, `grow_polling_time` and `shrink_polling_time`
+//! of the `poll-weight` series, which replaced `adjust_polling_time`). The rule is pure: the machinery
+//! that spins and feeds it block times is `polling.rs`.
 
+use std::cell::Cell;
 use std::io;
 
-/// The window a handler starts polling with once it first qualifies (QEMU: 4 us).
-const INITIAL_WINDOW_NS: i64 = 4_000;
+/// The largest accepted weight (a shift of an `i64`).
+const MAX_POLL_WEIGHT: u64 = 62;
 
-/// How long the loop may busy-poll before it sleeps, and how each handler's window adapts.
+/// How long the loop may busy-poll before it sleeps, and how that window adapts.
 ///
-/// Every handler with a poll function has its own window. After each dispatch of that handler the loop
-/// compares how long it blocked (`block_ns`) with the window: a wait that the window would have covered
-/// leaves it as is; a wait longer than `max_ns` shrinks it (divided by `shrink`, or reset to 0 when `shrink`
-/// is 0); a wait between the two grows it (multiplied by `grow`, 2 when `grow` is 0, starting at 4 us),
-/// capped at `max_ns`. `max_ns == 0` turns polling off entirely.
+/// Every handler with a poll function keeps an estimate of how long the loop blocks between its events:
+/// a weighted moving average of the block times of the iterations that dispatched it (the newest counts
+/// `1/2^weight`; the first one after a reset counts fully). An iteration that does not dispatch the
+/// handler adds its block time to the estimate, so a handler that goes quiet soon stops counting. An
+/// estimate that reaches `max_ns` drops to 0: the loop keeps blocking longer than it would ever poll,
+/// so polling for that handler would only burn CPU.
+///
+/// The context polls for one window, adjusted after each iteration that dispatched a polled handler,
+/// toward the largest estimate among those handlers: a larger estimate grows it (multiplied by `grow`,
+/// 2 when `grow` is 0, or straight to the estimate if that is larger), capped at `max_ns`; an estimate
+/// that dropped to 0 shrinks it (divided by `shrink`, or reset to 0 when `shrink` is 0); an estimate
+/// below the window divided by `shrink` (2 when 0) divides it. `max_ns == 0` turns polling off
+/// entirely.
 ///
 /// ```
 /// let ctx = aioctx::AioContext::new()?;
-/// // What an IOThread uses: poll up to 32 us, double on growth, reset on shrink.
-/// ctx.set_poll_params(aioctx::PollParams { max_ns: 32_768, grow: 0, shrink: 0 })?;
-/// assert_eq!(ctx.poll_params().max_ns, 32_768);
+/// // What an IOThread uses (weight 0 is the default, 3): poll up to 32 us, double on growth, reset
+/// // when blocks keep being long, and average block times with the newest one counting 1/8.
+/// ctx.set_poll_params(aioctx::PollParams { max_ns: 32_768, grow: 0, shrink: 0, weight: 3 })?;
+/// assert_eq!(ctx.poll_params().weight, 3);
+/// // A heavier newest sample (1/2) follows changes in the load faster.
+/// ctx.set_poll_params(aioctx::PollParams { weight: 1, ..ctx.poll_params() })?;
+/// assert_eq!(ctx.poll_params().weight, 1);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,12 +42,21 @@ pub struct PollParams {
     pub max_ns: u64,
     /// Growth factor; 0 means 2.
     pub grow: u64,
-    /// Shrink divisor; 0 means reset the window to 0.
+    /// Shrink divisor; 0 means reset the window to 0 when block times keep exceeding `max_ns` (and
+    /// halve it when they are merely below half the window).
     pub shrink: u64,
+    /// QEMU's `poll-weight`: the newest block time counts `1/2^weight` in a handler's moving average;
+    /// 0 means [`PollParams::DEFAULT_WEIGHT`] (3, i.e. 1/8). Larger values adapt more slowly. At most 62.
+    pub weight: u64,
 }
 
 impl PollParams {
-    /// QEMU's IOThread defaults: `max_ns` 32768, grow x2, shrink to 0.
+    /// The weight used when [`weight`](Self::weight) is 0: the newest block time counts 1/2^3 = 1/8
+    /// (QEMU's `POLL_WEIGHT_SHIFT`).
+    pub const DEFAULT_WEIGHT: u64 = 3;
+
+    /// QEMU's IOThread defaults: `max_ns` 32768, grow x2, shrink to 0, weight 0 (the default, 3: the
+    /// newest block time counts 1/8).
     ///
     /// ```
     /// let io = aioctx::IoThread::spawn("defaults")?;
@@ -44,44 +68,135 @@ impl PollParams {
         max_ns: 32_768,
         grow: 0,
         shrink: 0,
+        weight: 0,
     };
 
     pub(crate) fn validate(self) -> io::Result<Self> {
-        if self.max_ns > i64::MAX as u64 || self.grow > i64::MAX as u64 {
+        if self.max_ns > i64::MAX as u64
+            || self.grow > i64::MAX as u64
+            || self.weight > MAX_POLL_WEIGHT
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("poll parameters out of range (max_ns and grow must fit in i64): {self:?}"),
+                format!(
+                    "poll parameters out of range (max_ns and grow must fit in i64, weight be at most \
+                     {MAX_POLL_WEIGHT}): {self:?}"
+                ),
             ));
         }
         Ok(self)
     }
 
     pub(crate) fn max_ns_i64(self) -> i64 {
-        self.max_ns as i64
+        self.max_ns.min(i64::MAX as u64) as i64
     }
 
-    /// The new window for a handler that blocked `block_ns` before being dispatched.
-    pub(crate) fn adjust_window(self, window: i64, block_ns: i64) -> i64 {
-        let max = self.max_ns_i64();
-        if block_ns <= window {
-            window
-        } else if block_ns > max {
-            match self.shrink {
-                0 => 0,
-                shrink => window / shrink.min(i64::MAX as u64) as i64,
-            }
-        } else if window < max && block_ns < max {
-            let grow = if self.grow == 0 { 2 } else { self.grow as i64 };
-            let grown = if window == 0 {
-                INITIAL_WINDOW_NS
-            } else {
-                window.saturating_mul(grow)
-            };
-            grown.min(max)
-        } else {
-            window
+    /// The weight as a shift, 0 meaning the default.
+    fn shift(self) -> u32 {
+        match self.weight {
+            0 => Self::DEFAULT_WEIGHT as u32,
+            w => w.min(MAX_POLL_WEIGHT) as u32,
         }
     }
+
+    /// A handler's new block-time estimate after an iteration that blocked `block_ns`: the weighted
+    /// average if the iteration dispatched it (`event`), else the estimate plus the block time (a
+    /// quiet handler's estimate only grows, and 0 stays 0 until its next event). Reaching `max_ns`
+    /// resets it to 0.
+    pub(crate) fn next_estimate(self, estimate: i64, block_ns: i64, event: bool) -> i64 {
+        let block_ns = block_ns.max(0);
+        let next = if event {
+            if estimate == 0 {
+                block_ns
+            } else {
+                let shift = self.shift();
+                estimate - (estimate >> shift) + (block_ns >> shift)
+            }
+        } else if estimate == 0 {
+            0
+        } else {
+            estimate.saturating_add(block_ns)
+        };
+        if next >= self.max_ns_i64() {
+            0
+        } else {
+            next
+        }
+    }
+
+    /// The context's new window from `adj`, the largest estimate among the handlers an iteration
+    /// dispatched (QEMU's `grow_polling_time`/`shrink_polling_time`).
+    pub(crate) fn next_window(self, window: i64, adj: i64) -> i64 {
+        let max = self.max_ns_i64();
+        if adj > window {
+            let grow = if self.grow == 0 {
+                2
+            } else {
+                self.grow.min(i64::MAX as u64) as i64
+            };
+            adj.max(window.saturating_mul(grow)).min(max)
+        } else {
+            let shrink = if self.shrink == 0 {
+                2
+            } else {
+                self.shrink.min(i64::MAX as u64) as i64
+            };
+            if adj == 0 {
+                // Blocks keep exceeding max_ns.
+                if self.shrink == 0 {
+                    0
+                } else {
+                    window / shrink
+                }
+            } else if adj < window / shrink {
+                window / shrink
+            } else {
+                window
+            }
+        }
+    }
+}
+
+/// A polled handler's share of the adaptation: its block-time estimate and whether the current
+/// iteration dispatched it (QEMU's `AioPolledEvent`).
+#[derive(Debug, Default)]
+pub(crate) struct BlockEstimate {
+    ns: Cell<i64>,
+    event: Cell<bool>,
+}
+
+impl BlockEstimate {
+    /// The iteration dispatched the handler.
+    pub(crate) fn mark_event(&self) {
+        self.event.set(true);
+    }
+
+    /// Forgets the history (new parameters).
+    pub(crate) fn reset(&self) {
+        self.ns.set(0);
+        self.event.set(false);
+    }
+}
+
+/// After an iteration that blocked `block_ns`: updates every polled handler's estimate and returns the
+/// context's new window (QEMU's `adjust_block_ns`). Iterations that dispatched no polled handler leave
+/// the window as it is.
+pub(crate) fn adjust_after_iteration<'a>(
+    params: PollParams,
+    window: i64,
+    block_ns: i64,
+    handlers: impl IntoIterator<Item = &'a BlockEstimate>,
+) -> i64 {
+    let mut adj = None;
+    for h in handlers {
+        let event = h.event.replace(false);
+        let ns = params.next_estimate(h.ns.get(), block_ns, event);
+        h.ns.set(ns);
+        if event {
+            adj = Some(adj.map_or(ns, |a: i64| a.max(ns)));
+        }
+    }
+    adj.map_or(window, |adj| params.next_window(window, adj))
 }
 
 #[cfg(all(test, not(loom)))]
@@ -90,45 +205,208 @@ mod tests {
 
     const P: PollParams = PollParams::IOTHREAD;
 
-    #[test]
-    fn window_grows_from_4us_doubling_up_to_max() {
-        let mut w = 0;
-        let mut seen = vec![];
-        for _ in 0..6 {
-            w = P.adjust_window(w, 32_500);
-            seen.push(w);
+    /// A scripted loop: each step is one iteration's block time and the handlers it dispatched.
+    struct Script {
+        params: PollParams,
+        window: i64,
+        handlers: Vec<BlockEstimate>,
+    }
+
+    impl Script {
+        fn new(params: PollParams, handlers: usize) -> Self {
+            Script {
+                params,
+                window: 0,
+                handlers: (0..handlers).map(|_| BlockEstimate::default()).collect(),
+            }
         }
-        assert_eq!(seen, [4_000, 8_000, 16_000, 32_000, 32_768, 32_768]);
+
+        fn step(&mut self, block_ns: i64, events: &[usize]) -> i64 {
+            for &i in events {
+                self.handlers[i].mark_event();
+            }
+            self.window =
+                adjust_after_iteration(self.params, self.window, block_ns, &self.handlers);
+            self.window
+        }
+
+        fn steps(&mut self, n: usize, block_ns: i64, events: &[usize]) -> i64 {
+            for _ in 0..n {
+                self.step(block_ns, events);
+            }
+            self.window
+        }
+
+        fn estimate(&self, i: usize) -> i64 {
+            self.handlers[i].ns.get()
+        }
     }
 
     #[test]
-    fn covered_wait_keeps_window() {
-        assert_eq!(P.adjust_window(16_000, 10_000), 16_000);
-        assert_eq!(P.adjust_window(16_000, 16_000), 16_000);
+    fn first_event_takes_the_block_time_then_the_average_weighs_it_by_weight() {
+        assert_eq!(P.next_estimate(0, 8_000, true), 8_000);
+        // Weight 3 (the default): 8000 - 8000/8 + 16000/8.
+        assert_eq!(P.next_estimate(8_000, 16_000, true), 9_000);
+        let halves = PollParams { weight: 1, ..P };
+        assert_eq!(halves.next_estimate(8_000, 16_000, true), 12_000);
+        // A negative block time (a clock step) counts as 0.
+        assert_eq!(P.next_estimate(8_000, -5, true), 7_000);
     }
 
     #[test]
-    fn long_wait_resets_or_divides() {
-        assert_eq!(P.adjust_window(16_000, 1_000_000), 0);
-        let halving = PollParams { shrink: 2, ..P };
-        assert_eq!(halving.adjust_window(16_000, 1_000_000), 8_000);
+    fn an_estimate_reaching_max_ns_drops_to_zero() {
+        assert_eq!(P.next_estimate(30_000, 40_000, true), 31_250);
+        assert_eq!(P.next_estimate(31_250, 1_000_000, true), 0);
+        assert_eq!(
+            P.next_estimate(0, 32_768, true),
+            0,
+            "a first block at max_ns"
+        );
     }
 
     #[test]
-    fn custom_grow_factor() {
-        let p = PollParams { grow: 4, ..P };
-        assert_eq!(p.adjust_window(4_000, 20_000), 16_000);
+    fn a_quiet_handler_accumulates_block_time_until_it_drops_out() {
+        assert_eq!(P.next_estimate(10_000, 10_000, false), 20_000);
+        assert_eq!(P.next_estimate(20_000, 10_000, false), 30_000);
+        assert_eq!(P.next_estimate(30_000, 10_000, false), 0);
+        assert_eq!(P.next_estimate(0, 10_000, false), 0, "0 waits for an event");
+    }
+
+    #[test]
+    fn the_window_grows_to_the_estimate_or_by_the_grow_factor_up_to_max() {
+        assert_eq!(P.next_window(0, 5_000), 5_000);
+        assert_eq!(P.next_window(5_000, 6_000), 10_000);
+        assert_eq!(P.next_window(10_000, 30_000), 30_000);
+        assert_eq!(P.next_window(30_000, 31_000), 32_768);
+        let by4 = PollParams { grow: 4, ..P };
+        assert_eq!(by4.next_window(4_000, 5_000), 16_000);
+    }
+
+    #[test]
+    fn the_window_halves_when_blocks_get_much_shorter() {
+        assert_eq!(P.next_window(32_000, 10_000), 16_000);
+        assert_eq!(P.next_window(32_000, 20_000), 32_000, "within 2x: kept");
+        assert_eq!(P.next_window(16_000, 16_000), 16_000);
+        let by4 = PollParams { shrink: 4, ..P };
+        assert_eq!(by4.next_window(32_000, 4_000), 8_000);
+    }
+
+    #[test]
+    fn long_blocks_reset_the_window_or_divide_it_by_shrink() {
+        assert_eq!(P.next_window(16_000, 0), 0);
+        assert_eq!(PollParams { shrink: 2, ..P }.next_window(16_000, 0), 8_000);
+        assert_eq!(PollParams { shrink: 4, ..P }.next_window(16_000, 0), 4_000);
+    }
+
+    /// Cross-thread wakes and qd1 requests: the loop blocks about as long each time; the window opens
+    /// at once and covers that block time, so the next one is caught by polling.
+    #[test]
+    fn steady_short_blocks_open_a_window_that_covers_them() {
+        let mut s = Script::new(P, 2);
+        assert_eq!(s.step(6_000, &[0]), 6_000, "open after one dispatch");
+        for _ in 0..50 {
+            let w = s.step(6_000, &[0, 1]);
+            assert!((6_000..=12_000).contains(&w), "window {w}");
+        }
+    }
+
+    /// The loss the weight fixes: a loop that keeps blocking longer than it may poll stops polling after
+    /// one such block, and stays stopped.
+    #[test]
+    fn a_loop_that_keeps_blocking_long_stops_polling() {
+        let mut s = Script::new(P, 1);
+        assert!(s.steps(20, 6_000, &[0]) > 0);
+        assert_eq!(s.step(1_000_000, &[0]), 0);
+        for _ in 0..100 {
+            assert_eq!(
+                s.step(1_000_000, &[0]),
+                0,
+                "no polling while blocks stay long"
+            );
+        }
+        let mut halving = Script::new(PollParams { shrink: 2, ..P }, 1);
+        let open = halving.steps(20, 20_000, &[0]);
+        let steps = (1..100)
+            .find(|_| halving.step(1_000_000, &[0]) == 0)
+            .expect("the window reaches 0");
+        assert!(steps <= 16, "{steps} halvings of {open}");
+        assert_eq!(halving.step(1_000_000, &[0]), 0, "and stays 0");
+    }
+
+    /// One outlier among short blocks moves the average by 1/8 of itself: the window survives, where
+    /// the rule before `poll-weight` reset it on any block over `max_ns`.
+    #[test]
+    fn one_long_block_among_short_ones_keeps_the_window() {
+        let mut s = Script::new(P, 1);
+        let open = s.steps(20, 5_000, &[0]);
+        assert!(s.step(100_000, &[0]) >= open);
+        assert!(s.estimate(0) > 5_000 && s.estimate(0) < 32_768);
+        let w = s.steps(50, 5_000, &[0]);
+        assert!(
+            (5_000..=10_000).contains(&w),
+            "covers the short blocks again: {w}"
+        );
+        // Two outliers in a row are a pattern: 5 us + 100/8 us, then + 200/8 us passes max_ns.
+        s.step(100_000, &[0]);
+        assert_eq!(s.step(200_000, &[0]), 0);
+    }
+
+    /// A handler that went quiet neither holds the window open (it is adjusted by the handlers that have
+    /// events) nor stays in the average (its estimate grows by every block and drops out).
+    #[test]
+    fn a_quiet_handler_does_not_hold_the_window_open() {
+        let mut s = Script::new(P, 2);
+        assert_eq!(s.steps(5, 30_000, &[0]), 30_000);
+        let w = s.steps(10, 2_000, &[1]);
+        assert!(w <= 4_000, "window {w}");
+        assert_eq!(s.estimate(0), 0, "the quiet handler dropped out");
+        assert_eq!(s.estimate(1), 2_000);
+    }
+
+    #[test]
+    fn iterations_that_dispatch_no_polled_handler_keep_the_window() {
+        let mut s = Script::new(P, 1);
+        let open = s.steps(3, 8_000, &[0]);
+        assert_eq!(s.steps(3, 10_000, &[]), open);
+        assert_eq!(
+            s.estimate(0),
+            0,
+            "30 us of quiet blocks on top of 8 us pass max_ns"
+        );
+    }
+
+    /// The knob: a lighter newest sample (higher weight) takes more blocks to follow a change.
+    #[test]
+    fn a_higher_weight_adapts_more_slowly() {
+        let steps_to_follow = |weight| {
+            let mut s = Script::new(PollParams { weight, ..P }, 1);
+            s.steps(30, 4_000, &[0]);
+            (1..1_000)
+                .find(|_| {
+                    s.step(20_000, &[0]);
+                    s.estimate(0) >= 16_000
+                })
+                .expect("the estimate follows")
+        };
+        let (w1, w3, w5) = (steps_to_follow(1), steps_to_follow(3), steps_to_follow(5));
+        assert!(w1 < w3 && w3 < w5, "{w1} {w3} {w5}");
+        assert_eq!(steps_to_follow(0), w3, "0 means the default, 3");
     }
 
     #[test]
     fn out_of_range_params_are_an_error() {
-        let bad = PollParams {
-            max_ns: u64::MAX,
-            ..P
-        };
-        assert_eq!(
-            bad.validate().unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
+        for bad in [
+            PollParams {
+                max_ns: u64::MAX,
+                ..P
+            },
+            PollParams { weight: 63, ..P },
+        ] {
+            assert_eq!(
+                bad.validate().unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+        }
+        assert!(PollParams { weight: 62, ..P }.validate().is_ok());
     }
 }

@@ -5,7 +5,8 @@
 //! This module owns the context's [`Polling`] state (parameters, whether poll mode is on, the measured
 //! wake-up latency) and each handler's [`PollWindow`], and holds the machinery QEMU spreads over
 //! `try_poll_mode`, `run_poll_handlers`, `remove_idle_poll_handlers` and `poll_set_started`. The window
-//! rule itself is [`PollParams::adjust_window`].
+//! rule itself (a weighted average of block times per handler, QEMU's `poll-weight`) is pure and lives
+//! in `poll_params.rs`.
 
 use std::cell::Cell;
 use std::io;
@@ -13,6 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::handler_table::HandlerNode;
+use super::poll_params::{adjust_after_iteration, BlockEstimate};
 use super::ready::{push_poll_ready, Ready};
 use super::wake_latency::WakeLatency;
 use super::HomeState;
@@ -23,6 +25,8 @@ use crate::{Backend, PollParams};
 /// A context's busy-polling state.
 pub(crate) struct Polling {
     params: Cell<PollParams>,
+    /// How long the next polling phase may spin, in ns (QEMU's `ctx->poll_ns`).
+    window_ns: Cell<i64>,
     /// Whether the loop is in poll mode (`poll_begin` called, `poll_end` not yet).
     started: Cell<bool>,
     /// Consecutive iterations that skipped the fd monitor because the loop was busy.
@@ -37,6 +41,7 @@ impl Polling {
     pub(crate) fn new(params: PollParams, idle_timeout: Duration) -> Self {
         Self {
             params: Cell::new(params),
+            window_ns: Cell::new(0),
             started: Cell::new(false),
             busy_iterations: Cell::new(0),
             wake_latency: WakeLatency::default(),
@@ -78,21 +83,20 @@ impl Polling {
     }
 }
 
-/// A handler's adaptive busy-poll window and idle clock.
+/// A handler's share of adaptive polling: its block-time estimate and idle clock.
 #[derive(Default)]
 pub(crate) struct PollWindow {
-    /// The window in ns.
-    window_ns: Cell<i64>,
+    /// How long the loop blocks between this handler's events (a weighted moving average).
+    estimate: BlockEstimate,
     /// When the handler leaves the poll list if its poll function keeps finding nothing (0: not set
     /// yet; set at the next idle check).
     idle_deadline: Cell<i64>,
 }
 
 impl PollWindow {
-    /// After a dispatch: the window follows how long the loop blocked (QEMU's `adjust_polling_time`).
-    pub(crate) fn adjust(&self, params: PollParams, block_ns: i64) {
-        self.window_ns
-            .set(params.adjust_window(self.window_ns.get(), block_ns));
+    /// The iteration dispatched this handler: its block time goes into the handler's average.
+    pub(crate) fn mark_event(&self) {
+        self.estimate.mark_event();
     }
 }
 
@@ -107,11 +111,26 @@ impl HomeState {
     pub(crate) fn set_poll_params(&self, params: PollParams) -> io::Result<()> {
         let params = params.validate()?;
         self.polling.params.set(params);
+        self.polling.window_ns.set(0);
         for node in self.handlers.poll_list().iter() {
-            node.window().window_ns.set(0);
+            node.window().estimate.reset();
         }
         self.shared.notify();
         Ok(())
+    }
+
+    /// After an iteration that blocked `block_ns` (polling included): every polled handler's estimate
+    /// takes it in, and the window follows those the iteration dispatched (QEMU's `adjust_block_ns`).
+    pub(super) fn adjust_polling(&self, block_ns: i64) {
+        let params = self.polling.params();
+        if params.max_ns == 0 {
+            return;
+        }
+        let list = self.handlers.poll_list();
+        let window = self.polling.window_ns.get();
+        let estimates = list.iter().map(|node| &node.window().estimate);
+        let window = adjust_after_iteration(params, window, block_ns, estimates);
+        self.polling.window_ns.set(window);
     }
 
     /// Busy-polling is impossible while a handler lacks a poll function or the monitor has work queued.
@@ -129,12 +148,7 @@ impl HomeState {
         if list.is_empty() {
             return false;
         }
-        let widest = list
-            .iter()
-            .map(|n| n.window().window_ns.get())
-            .max()
-            .unwrap_or(0);
-        let max_ns = soonest(*timeout, widest);
+        let max_ns = soonest(*timeout, self.polling.window_ns.get());
         if max_ns > 0 {
             // Queued submissions go out now, so that polling never holds them back.
             self.monitor.borrow_mut().submit_pending();
