@@ -607,6 +607,39 @@ per_backend! {
     }
 }
 
+per_backend! {
+    /// Two polling waiters on one eventfd (a front end may hand one kick fd to several queues), with
+    /// busy polling off: one set makes both readable, the first handler clears the counter, and the
+    /// second must still find its work through its poll function instead of waiting for another set.
+    fn polling_waiters_sharing_one_eventfd_both_see_their_work(backend) {
+        let ctx = AioContext::builder()
+            .backend(backend)
+            .poll_max_ns(0)
+            .build()
+            .unwrap();
+        let kick = EventNotifier::new().unwrap();
+        let same = EventNotifier::from_eventfd(kick.as_fd_owned().unwrap()).unwrap();
+        let work = [Rc::new(Cell::new(false)), Rc::new(Cell::new(false))];
+        let _enter = ctx.enter();
+        let waiters: Vec<_> = [&kick, &same]
+            .into_iter()
+            .zip(&work)
+            .map(|(n, w)| {
+                let w = w.clone();
+                n.waiter_polling(move || w.get()).unwrap()
+            })
+            .collect();
+        for w in &work {
+            w.set(true);
+        }
+        kick.set().unwrap();
+        let both = futures::future::join(waiters[0].wait(), waiters[1].wait());
+        let seen = ctx.block_on(aioctx::time::timeout(BOUND, both));
+        assert!(seen.is_ok(), "a waiter missed work whose set the other waiter took");
+        assert_eq!(ctx.stats().poll_hits, 0, "polling was off: the readiness path found both");
+    }
+}
+
 /// Polling phases the loop has run so far.
 fn polling_phases(ctx: &AioContext) -> u64 {
     let stats = ctx.stats();

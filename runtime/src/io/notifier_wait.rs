@@ -68,11 +68,17 @@ impl NotifierWaiter {
         hooks: Option<PollHooks>,
     ) -> io::Result<Self> {
         let state = Rc::new(WaitState::default());
+        let poll: Option<Rc<dyn Fn() -> bool>> = poll.map(Rc::from);
         let mut handlers = FdHandlers::new().read({
             let (state, n) = (Rc::downgrade(&state), notifier.clone());
+            let poll = poll.clone();
             move || {
-                // Clearing here keeps the level-triggered fd from firing again.
-                if n.test_and_clear().unwrap_or(false) {
+                // Clearing here keeps the level-triggered fd from firing again. If the counter was
+                // already clear, another waiter on the same eventfd (a front end may hand one kick
+                // fd to several queues) took the set that made it readable: a polling waiter then
+                // asks its poll function, so work meant for it is not left until the next set.
+                let set = n.test_and_clear().unwrap_or(false);
+                if set || poll.as_ref().is_some_and(|poll| poll()) {
                     if let Some(s) = state.upgrade() {
                         s.fire();
                     }
@@ -81,7 +87,7 @@ impl NotifierWaiter {
         });
         if let Some(poll) = poll {
             let state = Rc::downgrade(&state);
-            handlers.poll = Some(poll);
+            handlers.poll = Some(Box::new(move || poll()));
             handlers.poll_ready = Some(Box::new(move || {
                 if let Some(s) = state.upgrade() {
                     s.fire();
