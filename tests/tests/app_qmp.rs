@@ -27,7 +27,7 @@ struct AioctxMonitor {
     socket: PathBuf,
     /// The main loop's aio context, to block the main thread from the test.
     main: Remote,
-    thread: Option<JoinHandle<(Stopped, u64)>>,
+    thread: Option<JoinHandle<(Stopped, u64, usize)>>,
 }
 
 impl AioctxMonitor {
@@ -62,7 +62,8 @@ impl AioctxMonitor {
                 let stopped = ml.run();
                 monitor.shutdown();
                 let io1_max_ns = io1.poll_params().expect("io1 params").max_ns;
-                (stopped, io1_max_ns)
+                let io1_max_batch = io1.max_batch().expect("io1 max_batch");
+                (stopped, io1_max_ns, io1_max_batch)
             }
         });
         let main = rx.recv().expect("the monitor thread failed to start");
@@ -88,8 +89,9 @@ impl AioctxMonitor {
         unblock_tx
     }
 
-    /// Waits for the main loop to stop (after `quit`); returns why and io1's final poll-max-ns.
-    fn join(mut self) -> (Stopped, u64) {
+    /// Waits for the main loop to stop (after `quit`); returns why, and io1's final poll-max-ns
+    /// and aio-max-batch as the runtime reports them.
+    fn join(mut self) -> (Stopped, u64, usize) {
         self.thread
             .take()
             .unwrap()
@@ -238,9 +240,10 @@ fn qemu_qmp_client_on_aioctx_and_qemu_storage_daemon_sees_the_same_shapes() {
         }
         _ => None,
     });
-    let (stopped, io1_max_ns) = monitor.join();
+    let (stopped, io1_max_ns, io1_max_batch) = monitor.join();
     assert_eq!(stopped, Stopped::Quit, "quit stops the main loop");
     assert_eq!(io1_max_ns, 0, "qom-set reached the running IOThread");
+    assert_eq!(io1_max_batch, 16, "qom-set reached the running IOThread");
 
     assert!(qsd_shapes.len() >= 20, "{qsd_shapes:?}");
     assert_eq!(

@@ -333,7 +333,10 @@ fn query_iothreads(
             "poll-max-ns": params.max_ns,
             "poll-grow": params.grow,
             "poll-shrink": params.shrink,
-            "aio-max-batch": entry.max_batch.load(Ordering::Acquire),
+            "aio-max-batch": entry
+                .io
+                .max_batch()
+                .map_err(|e| generic(format!("IOThread '{}': {e}", entry.io.name())))?,
             "x-aioctx-stats": {
                 "iterations": stats.iterations,
                 "poll-hits": stats.poll_hits,
@@ -421,7 +424,10 @@ fn qom_get(shared: &Shared, _: &Session, args: &mut Args) -> Result<(Value, Afte
         return Err(no_property(&node, &property));
     };
     let value = if property == "aio-max-batch" {
-        entry.max_batch.load(Ordering::Acquire)
+        entry
+            .io
+            .max_batch()
+            .map_err(|e| generic(format!("IOThread '{}': {e}", entry.io.name())))? as u64
     } else {
         let params = entry
             .io

@@ -13,8 +13,8 @@
 //!
 //! Commands: `qmp_capabilities`, `query-version`, `query-commands`, `qom-list` (`/objects` lists
 //! one `child<iothread>` per IOThread), `qom-get`/`qom-set` of an IOThread's `poll-max-ns`,
-//! `poll-grow`, `poll-shrink` (applied to the running IOThread) and `aio-max-batch` (recorded and
-//! reported: aioctx sets the batch size when an IOThread starts), `query-iothreads` (the system
+//! `poll-grow`, `poll-shrink` and `aio-max-batch` (applied to the running IOThread and read back
+//! from it), `query-iothreads` (the system
 //! emulator's shape plus `x-aioctx-stats`: iterations, poll hits and misses, ns spent polling,
 //! eventfd writes made and avoided, io_uring enters; allowed out of band, unlike QEMU),
 //! `query-block-exports` and `quit` (replies, sends the `SHUTDOWN` event and stops the main loop).
@@ -32,7 +32,7 @@ mod wire;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -190,10 +190,7 @@ impl MonitorBuilder {
             iothreads: self
                 .iothreads
                 .into_iter()
-                .map(|io| IoThreadEntry {
-                    io,
-                    max_batch: AtomicU64::new(0),
-                })
+                .map(|io| IoThreadEntry { io })
                 .collect(),
             exports: self.exports,
             dispatch_remote,
@@ -341,18 +338,19 @@ impl Drop for Monitor {
     }
 }
 
-/// An IOThread the monitor shows, with what aioctx cannot read back from it.
+/// An IOThread the monitor shows.
 struct IoThreadEntry {
     io: Arc<IoThread>,
-    max_batch: AtomicU64,
 }
 
 impl IoThreadEntry {
     /// Sets one of the iothread's int properties on the running IOThread.
     fn set(&self, property: &str, value: u64) -> io::Result<()> {
         if property == "aio-max-batch" {
-            self.max_batch.store(value, Ordering::Release);
-            return Ok(());
+            let max_batch = usize::try_from(value).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidInput, "aio-max-batch too large")
+            })?;
+            return self.io.set_max_batch(max_batch);
         }
         let current = self.io.poll_params()?;
         let params = match property {
