@@ -476,3 +476,100 @@ fn a_client_that_leaves_mid_command_costs_the_others_nothing() {
     quit(&monitor.socket);
     assert_eq!(monitor.join().0, Stopped::Quit);
 }
+
+#[test]
+fn nbd_server_with_a_monitor_serves_on_the_main_loop_and_quits_gracefully() {
+    use examples::nbd::{Config, Listen, Server};
+    let dir = tempfile::tempdir().unwrap();
+    let nbd_socket = dir.path().join("nbd.sock");
+    let qmp_socket = dir.path().join("qmp.sock");
+    let (ready_tx, ready_rx) = mpsc::channel();
+    // What nbd-server's main does with --iothread io0 --iothread io1,poll-max-ns=0 --monitor.
+    let main = std::thread::spawn({
+        let (nbd_socket, qmp_socket) = (nbd_socket.clone(), qmp_socket.clone());
+        move || {
+            let ml = MainLoop::builder()
+                .context(glib::MainContext::new())
+                .handle_signals(false)
+                .build()?;
+            let server = Server::bind(Config {
+                listen: Listen::Unix(nbd_socket),
+                size: 1 << 20,
+                named_iothreads: vec!["io0".parse().unwrap(), "io1,poll-max-ns=0".parse().unwrap()],
+                ..Config::default()
+            })?;
+            let monitor = server.monitor(&ml, &qmp_socket)?;
+            ready_tx.send(()).unwrap();
+            let served = server.serve_on(&ml);
+            monitor.shutdown();
+            served
+        }
+    });
+    ready_rx.recv().expect("nbd-server failed to start");
+
+    let mut raw = Raw::connect(&qmp_socket);
+    assert_eq!(
+        raw.call(br#"{"execute":"qmp_capabilities"}"#),
+        json!({"return": {}})
+    );
+    let objects = raw.call(br#"{"execute":"qom-list","arguments":{"path":"/objects"}}"#);
+    for id in ["io0", "io1"] {
+        assert!(
+            objects["return"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": id, "type": "child<iothread>"})),
+            "{objects}"
+        );
+    }
+    let io1 = raw.call(
+        br#"{"execute":"qom-get","arguments":{"path":"/objects/io1","property":"poll-max-ns"}}"#,
+    );
+    assert_eq!(io1, json!({"return": 0}));
+    let exports = raw.call(br#"{"execute":"query-block-exports"}"#);
+    assert_eq!(
+        exports,
+        json!({"return": [{"id": "disk", "type": "nbd", "node-name": "disk", "shutting-down": false}]})
+    );
+
+    // The NBD side serves while the monitor is up (its accept loop on the same main loop).
+    let uri = format!("nbd+unix:///disk?socket={}", nbd_socket.display());
+    let out = Command::new("timeout")
+        .args(["60", "qemu-io", "-f", "raw"])
+        .args([
+            "-c",
+            "write -P 0xa5 0 64k",
+            "-c",
+            "read -P 0xa5 0 64k",
+            &uri,
+        ])
+        .output()
+        .expect("qemu-io is not installed (qemu-utils): this test needs it");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.contains("fail"),
+        "qemu-io: {text}"
+    );
+
+    // quit: the reply, the SHUTDOWN event, then the server stops gracefully and closes the monitor.
+    assert_eq!(
+        raw.call(br#"{"execute":"quit","id":"bye"}"#),
+        json!({"return": {}, "id": "bye"})
+    );
+    let event = raw.read();
+    assert_eq!(event["event"], json!("SHUTDOWN"), "{event}");
+    let mut rest = String::new();
+    assert_eq!(
+        raw.reader.read_line(&mut rest).unwrap(),
+        0,
+        "closed after quit: {rest:?}"
+    );
+    main.join()
+        .expect("nbd-server thread panicked")
+        .expect("nbd-server's serve_on returned an error");
+    assert!(
+        !nbd_socket.exists() && !qmp_socket.exists(),
+        "both sockets removed"
+    );
+}

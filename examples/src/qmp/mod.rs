@@ -84,6 +84,7 @@ pub struct MonitorBuilder {
     exports: Option<ExportsFn>,
     version: Value,
     dispatch: Option<(Remote, QuitFn)>,
+    quit_hooks: Vec<QuitFn>,
 }
 
 impl std::fmt::Debug for MonitorBuilder {
@@ -160,6 +161,17 @@ impl MonitorBuilder {
         self
     }
 
+    /// Also runs `hook` on the main thread when `quit` succeeds, after its reply and the SHUTDOWN
+    /// event (e.g. to stop a server whose `serve` runs the main loop).
+    ///
+    /// ```
+    /// let _builder = examples::qmp::Monitor::builder().on_quit(|| eprintln!("quitting"));
+    /// ```
+    pub fn on_quit(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.quit_hooks.push(Box::new(hook));
+        self
+    }
+
     /// Listens on `path` (a stale socket there is replaced, as QEMU's socket chardev does) and
     /// starts the monitor IOThread.
     ///
@@ -173,7 +185,7 @@ impl MonitorBuilder {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn bind(self, path: impl AsRef<Path>) -> io::Result<Monitor> {
-        let Some((dispatch_remote, on_quit)) = self.dispatch else {
+        let Some((dispatch_remote, quit_main_loop)) = self.dispatch else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a QMP monitor needs a main loop to run its in-band commands",
@@ -194,7 +206,13 @@ impl MonitorBuilder {
                 .collect(),
             exports: self.exports,
             dispatch_remote,
-            on_quit,
+            on_quit: {
+                let hooks = self.quit_hooks;
+                Box::new(move || {
+                    quit_main_loop();
+                    hooks.iter().for_each(|hook| hook());
+                })
+            },
             clients: Mutex::new(slab::Slab::new()),
             connections: Mutex::new(Vec::new()),
         });
@@ -267,6 +285,7 @@ impl Monitor {
                 concat!("aioctx-examples ", env!("CARGO_PKG_VERSION")),
             ),
             dispatch: None,
+            quit_hooks: Vec::new(),
         }
     }
 
