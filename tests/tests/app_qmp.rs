@@ -334,6 +334,7 @@ const BAD_AFTER_NEGOTIATION: &[&str] = &[
     r#"{"execute":"qom-set","arguments":{"path":"/objects/io0","property":"poll-shrink","value":1e3}}"#,
     r#"{"execute":"qom-set","arguments":{"path":"/objects/io0","property":"aio-max-batch","value":9223372036854775808}}"#,
     r#"{"execute":"qom-set","arguments":{"path":"/objects/io0","property":"nope","value":1}}"#,
+    r#"{"execute":"qom-set","arguments":{"path":"/objects/io0","property":"type","value":"x"}}"#,
     r#"{"execute":"qom-list","arguments":{"path":"/nope"}}"#,
     r#"{"execute":"qmp_capabilities","id":"again"}"#,
     r#"{"execute":"quit","arguments":{"now":true}}"#,
