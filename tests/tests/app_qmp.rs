@@ -574,3 +574,67 @@ fn nbd_server_with_a_monitor_serves_on_the_main_loop_and_quits_gracefully() {
         "both sockets removed"
     );
 }
+
+#[test]
+fn a_client_that_never_reads_stops_being_read_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let monitor = AioctxMonitor::start(dir.path());
+    let mut greedy = Raw::connect(&monitor.socket);
+    greedy.call(br#"{"execute":"qmp_capabilities","arguments":{"enable":["oob"]}}"#);
+
+    // 2 MiB of requests, sent without reading a reply.
+    let mut requests = Vec::new();
+    let mut n = 0u64;
+    while requests.len() < 2 << 20 {
+        requests.extend_from_slice(format!(r#"{{"execute":"query-version","id":{n}}}"#).as_bytes());
+        n += 1;
+    }
+    greedy.stream.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    while sent < requests.len() {
+        match greedy.stream.write(&requests[sent..]) {
+            Ok(written) => sent += written,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Writable again within a second while the monitor reads; a monitor that stopped
+                // reading leaves the socket full.
+                let mut pfd = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&greedy.stream),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the duration of the call.
+                if unsafe { libc::poll(&mut pfd, 1, 1000) } == 0 {
+                    break;
+                }
+            }
+            Err(e) => panic!("writing requests: {e}"),
+        }
+    }
+    assert!(
+        sent < requests.len(),
+        "the monitor read all 2 MiB of requests with no reply read: its output is unbounded"
+    );
+
+    // Another client is served meanwhile.
+    let mut other = Raw::connect(&monitor.socket);
+    other.call(br#"{"execute":"qmp_capabilities"}"#);
+    let reply = other.call(br#"{"execute":"query-version","id":"other"}"#);
+    assert_eq!(reply["id"], json!("other"), "{reply}");
+
+    // The greedy client now reads: every reply comes, in order, while the rest is sent.
+    greedy.stream.set_nonblocking(false).unwrap();
+    let writer = {
+        let mut stream = greedy.stream.try_clone().unwrap();
+        let rest = requests[sent..].to_vec();
+        std::thread::spawn(move || stream.write_all(&rest).unwrap())
+    };
+    for id in 0..n {
+        let reply = greedy.read();
+        assert_eq!(reply["id"], json!(id), "{reply}");
+    }
+    writer.join().unwrap();
+    drop((greedy, other));
+
+    quit(&monitor.socket);
+    assert_eq!(monitor.join().0, Stopped::Quit);
+}

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::commands::{self, After};
 use super::wire::{self, Input, Parser};
-use super::{Client, Session, Shared, QUEUE_LEN};
+use super::{Client, Session, Shared, OUT_QUEUE_LEN, QUEUE_LEN};
 
 /// What the writer task sends.
 #[derive(Debug)]
@@ -31,8 +31,10 @@ struct Request {
 pub(crate) async fn serve(stream: aioctx::net::UnixStream, shared: Arc<Shared>) {
     let stream = Rc::new(stream);
     let session = Arc::new(Session::default());
-    let (out_tx, out_rx) = mpsc::unbounded::<Out>();
-    let _ = out_tx.unbounded_send(Out::Line(wire::line(&shared.greeting())));
+    // Bounded: a client that does not read its replies stops being read (and its in-band commands
+    // stop running) once this many lines wait; see `Shared::event` for events.
+    let (mut out_tx, out_rx) = mpsc::channel::<Out>(OUT_QUEUE_LEN);
+    let _ = out_tx.send(Out::Line(wire::line(&shared.greeting()))).await;
     let writer = aioctx::spawn_local(write_loop(Rc::clone(&stream), out_rx));
     let key = shared.add_client(Client {
         session: Arc::clone(&session),
@@ -48,18 +50,18 @@ pub(crate) async fn serve(stream: aioctx::net::UnixStream, shared: Arc<Shared>) 
         out_tx.clone(),
     ));
     drop(dispatcher); // detached: it ends when the queue's sender is dropped
-    read_loop(&stream, &shared, &session, &out_tx, queue_tx).await;
-    // The peer is gone (or the monitor closes): no events for it any more. Replies the dispatcher
-    // still sends go to a closed channel.
+    read_loop(&stream, &shared, &session, out_tx.clone(), queue_tx).await;
+    // The peer stopped sending (or is gone): no events for it any more. The writer flushes what is
+    // queued and closes; replies the dispatcher still sends then go to a closed channel.
     shared.remove_client(key);
-    let _ = out_tx.unbounded_send(Out::Close);
+    let _ = out_tx.send(Out::Close).await;
 }
 
 async fn read_loop(
     stream: &aioctx::net::UnixStream,
     shared: &Arc<Shared>,
     session: &Arc<Session>,
-    out: &mpsc::UnboundedSender<Out>,
+    mut out: mpsc::Sender<Out>,
     mut queue: mpsc::Sender<Request>,
 ) {
     let mut parser = Parser::default();
@@ -76,7 +78,9 @@ async fn read_loop(
                 Input::Value(v) if commands::is_oob(&v) => {
                     // Out of band: at once, here on the monitor IOThread.
                     let (reply, _) = commands::dispatch(shared, session, v);
-                    let _ = out.unbounded_send(Out::Line(wire::line(&reply)));
+                    if out.send(Out::Line(wire::line(&reply))).await.is_err() {
+                        return;
+                    }
                     continue;
                 }
                 Input::Value(v) => Ok(v),
@@ -94,7 +98,7 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(stream: Rc<aioctx::net::UnixStream>, mut rx: mpsc::UnboundedReceiver<Out>) {
+async fn write_loop(stream: Rc<aioctx::net::UnixStream>, mut rx: mpsc::Receiver<Out>) {
     while let Some(out) = rx.next().await {
         match out {
             Out::Line(line) => {
@@ -113,7 +117,7 @@ async fn dispatch_loop(
     mut queue: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
     session: Arc<Session>,
-    out: mpsc::UnboundedSender<Out>,
+    mut out: mpsc::Sender<Out>,
 ) {
     while let Some(request) = queue.next().await {
         let (reply, after) = match request.body {
@@ -123,7 +127,8 @@ async fn dispatch_loop(
                 After::Nothing,
             ),
         };
-        let _ = out.unbounded_send(Out::Line(wire::line(&reply)));
+        // Waits while the client does not read (only this connection's commands wait).
+        let _ = out.send(Out::Line(wire::line(&reply))).await;
         if after == After::Quit {
             shared.quit();
         }

@@ -34,7 +34,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aioctx::{IoThread, JoinHandle, MainLoop, PollParams, Remote};
 use futures::channel::mpsc;
@@ -45,6 +45,13 @@ pub use wire::MAX_INPUT;
 /// In-band requests queued per connection before the monitor stops reading its input (QEMU's
 /// `QMP_REQ_QUEUE_LEN_MAX`).
 pub const QUEUE_LEN: usize = 8;
+
+/// Lines (replies and events) queued for one client before the monitor stops reading its input;
+/// events that find the queue full are dropped for that client.
+pub const OUT_QUEUE_LEN: usize = 64;
+
+/// How long [`Monitor::shutdown`] waits for a client to take the replies and events queued for it.
+pub const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 /// One entry of `query-block-exports`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -336,15 +343,26 @@ impl Monitor {
             task.abort();
         }
         let clients: Vec<Client> = lock(&self.shared.clients).drain().collect();
-        let writers: Vec<JoinHandle<()>> = clients
+        // Each writer flushes what is queued, then closes; one whose client does not read is
+        // aborted after FLUSH_LIMIT.
+        let flushes: Vec<JoinHandle<()>> = clients
             .into_iter()
-            .map(|client| {
-                let _ = client.out.unbounded_send(conn::Out::Close);
-                client.writer
+            .map(|mut client| {
+                let _ = client.out.try_send(conn::Out::Close);
+                drop(client.out);
+                let mut writer = client.writer;
+                thread.remote().spawn(async move {
+                    if aioctx::time::timeout(FLUSH_LIMIT, &mut writer)
+                        .await
+                        .is_err()
+                    {
+                        writer.abort();
+                    }
+                })
             })
             .collect();
-        for writer in writers {
-            let _ = writer.join_blocking();
+        for flush in flushes {
+            let _ = flush.join_blocking();
         }
         thread.stop();
         let _ = std::fs::remove_file(&self.path);
@@ -393,7 +411,7 @@ impl IoThreadEntry {
 /// A connection past its greeting, as events reach it.
 struct Client {
     session: Arc<Session>,
-    out: mpsc::UnboundedSender<conn::Out>,
+    out: mpsc::Sender<conn::Out>,
     writer: JoinHandle<()>,
 }
 
@@ -447,9 +465,10 @@ impl Shared {
             "data": data,
             "timestamp": {"seconds": now.as_secs(), "microseconds": now.subsec_micros()},
         }));
-        for (_, client) in lock(&self.clients).iter() {
+        for (_, client) in lock(&self.clients).iter_mut() {
             if client.session.negotiated.load(Ordering::Acquire) {
-                let _ = client.out.unbounded_send(conn::Out::Line(line.clone()));
+                // A client with OUT_QUEUE_LEN lines unread misses the event.
+                let _ = client.out.try_send(conn::Out::Line(line.clone()));
             }
         }
     }
