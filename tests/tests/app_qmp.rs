@@ -638,3 +638,72 @@ fn a_client_that_never_reads_stops_being_read_and_loses_nothing() {
     quit(&monitor.socket);
     assert_eq!(monitor.join().0, Stopped::Quit);
 }
+
+#[test]
+fn vhost_user_blk_daemon_with_a_monitor_quits_gracefully() {
+    use examples::vhost_user_blk::{Daemon, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let vhost_socket = dir.path().join("vhost.sock");
+    let qmp_socket = dir.path().join("qmp.sock");
+    let (ready_tx, ready_rx) = mpsc::channel();
+    // What vhost-user-blk's main does with --iothread io0,poll-max-ns=0 --monitor.
+    let main = std::thread::spawn({
+        let (vhost_socket, qmp_socket) = (vhost_socket.clone(), qmp_socket.clone());
+        move || {
+            let ml = MainLoop::builder()
+                .context(glib::MainContext::new())
+                .handle_signals(false)
+                .build()?;
+            let daemon = Daemon::bind(&Options {
+                named_iothreads: vec!["io0,poll-max-ns=0".parse().unwrap()],
+                ..Options::new(image, vhost_socket)
+            })?;
+            let (quit, quitted) = futures::channel::oneshot::channel::<()>();
+            let quit = std::sync::Mutex::new(Some(quit));
+            let monitor = daemon.monitor(&ml, &qmp_socket, move || {
+                if let Some(quit) = quit.lock().unwrap().take() {
+                    let _ = quit.send(());
+                }
+            })?;
+            ready_tx.send(()).unwrap();
+            let served = ml.block_on(daemon.serve_until(async {
+                let _ = quitted.await;
+            }));
+            monitor.shutdown();
+            served?;
+            daemon.shutdown()
+        }
+    });
+    ready_rx.recv().expect("the daemon failed to start");
+
+    let mut raw = Raw::connect(&qmp_socket);
+    raw.call(br#"{"execute":"qmp_capabilities"}"#);
+    let objects = raw.call(br#"{"execute":"qom-list","arguments":{"path":"/objects"}}"#);
+    assert!(
+        objects["return"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "io0", "type": "child<iothread>"})),
+        "{objects}"
+    );
+    let io0 = raw.call(
+        br#"{"execute":"qom-get","arguments":{"path":"/objects/io0","property":"poll-max-ns"}}"#,
+    );
+    assert_eq!(io0, json!({"return": 0}));
+    let exports = raw.call(br#"{"execute":"query-block-exports"}"#);
+    assert_eq!(
+        exports,
+        json!({"return": [{"id": "vhost-user-blk0", "type": "vhost-user-blk", "node-name": "disk.raw", "shutting-down": false}]})
+    );
+    assert_eq!(raw.call(br#"{"execute":"quit"}"#), json!({"return": {}}));
+    assert_eq!(raw.read()["event"], json!("SHUTDOWN"));
+    main.join()
+        .expect("daemon thread panicked")
+        .expect("the daemon failed");
+    assert!(
+        !vhost_socket.exists() && !qmp_socket.exists(),
+        "both sockets removed"
+    );
+}
