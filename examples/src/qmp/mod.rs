@@ -53,6 +53,9 @@ pub const OUT_QUEUE_LEN: usize = 64;
 /// How long [`Monitor::shutdown`] waits for a client to take the replies and events queued for it.
 pub const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
+/// How long the monitor waits before accepting again after a failed accept (at the fd limit, say).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// One entry of `query-block-exports`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockExport {
@@ -243,8 +246,9 @@ async fn accept_loop(listener: std::os::unix::net::UnixListener, shared: Arc<Sha
     };
     loop {
         let Ok((stream, _)) = listener.accept().await else {
-            // EMFILE and friends: the monitor stays up; try again on the next connection.
-            aioctx::yield_now().await;
+            // EMFILE and friends: the monitor stays up and its clients are served; accepting again
+            // at once would spin on the still-readable listener.
+            aioctx::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
         let task = aioctx::spawn_local(conn::serve(stream, Arc::clone(&shared)));
