@@ -202,6 +202,20 @@ impl ShutdownHandle {
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.
+    ///
+    /// ```
+    /// use examples::nbd::{Config, Listen, Server};
+    /// let server = Server::bind(Config {
+    ///     listen: Listen::Tcp("127.0.0.1:0".parse().unwrap()),
+    ///     size: 1 << 20,
+    ///     ..Config::default()
+    /// })?;
+    /// let stop = server.shutdown_handle();
+    /// assert!(!stop.is_shutting_down());
+    /// stop.shutdown();
+    /// assert!(stop.is_shutting_down());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn is_shutting_down(&self) -> bool {
         self.sender
             .lock()
@@ -395,11 +409,37 @@ impl Server {
     }
 
     /// The IOThreads serving connections (to show them on a QMP monitor, say).
+    ///
+    /// ```
+    /// use examples::nbd::{Config, Listen, Server};
+    /// let server = Server::bind(Config {
+    ///     listen: Listen::Tcp("127.0.0.1:0".parse().unwrap()),
+    ///     size: 1 << 20,
+    ///     named_iothreads: vec!["io0".parse().unwrap(), "io1,poll-max-ns=0".parse().unwrap()],
+    ///     ..Config::default()
+    /// })?;
+    /// let names: Vec<String> = server.iothreads().iter().map(|t| t.name().to_owned()).collect();
+    /// assert_eq!(names, ["io0", "io1"]);
+    /// assert_eq!(server.iothreads()[1].poll_params()?.max_ns, 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn iothreads(&self) -> Vec<Arc<IoThread>> {
         self.threads.clone()
     }
 
     /// The export's name.
+    ///
+    /// ```
+    /// use examples::nbd::{Config, Listen, Server};
+    /// let server = Server::bind(Config {
+    ///     listen: Listen::Tcp("127.0.0.1:0".parse().unwrap()),
+    ///     size: 1 << 20,
+    ///     export_name: "boot".into(),
+    ///     ..Config::default()
+    /// })?;
+    /// assert_eq!(server.export_name(), "boot");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn export_name(&self) -> &str {
         &self.export_name
     }
@@ -420,6 +460,18 @@ impl Server {
     /// [`serve`](Self::serve) on a [`MainLoop`]: the accept loop and the signal handlers run on its
     /// aio context, and glib and the iohandler context (a QMP monitor's in-band commands) run
     /// while it serves.
+    ///
+    /// ```no_run
+    /// use examples::nbd::{Config, Listen, Server};
+    /// let ml = aioctx::MainLoop::builder().handle_signals(false).build()?;
+    /// let server = Server::bind(Config {
+    ///     listen: Listen::Unix("/tmp/nbd.sock".into()),
+    ///     ..Config::default()
+    /// })?;
+    /// server.shutdown_handle().on_termination_signals()?;
+    /// server.serve_on(&ml)?; // until SIGINT or SIGTERM
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn serve_on(self, ml: &MainLoop) -> io::Result<()> {
         self.serve_with(ml.aio_context().remote(), &|run| ml.block_on(run))
     }
