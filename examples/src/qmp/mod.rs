@@ -16,7 +16,8 @@
 //! `poll-grow`, `poll-shrink` and `aio-max-batch` (applied to the running IOThread and read back
 //! from it), `query-iothreads` (the system
 //! emulator's shape plus `x-aioctx-stats`: iterations, poll hits and misses, ns spent polling,
-//! eventfd writes made and avoided, io_uring enters; allowed out of band, unlike QEMU),
+//! eventfd writes made and avoided, io_uring enters; allowed out of band, unlike QEMU: it needs no main
+//! thread, but it asks each IOThread for its parameters, so an IOThread stuck in a callback delays it),
 //! `query-block-exports` and `quit` (replies, sends the `SHUTDOWN` event and stops the main loop).
 //!
 //! Bad input gets QEMU's replies and the monitor serves on: malformed JSON (`JSON parse error,
