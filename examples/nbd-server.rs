@@ -4,10 +4,18 @@
 //! --map`, `qemu-img map`) and copy it sparse. SIGINT or SIGTERM stop it gracefully: no new
 //! connections, in-flight requests answered, the file flushed, exit status 0.
 //!
+//! The accept loop runs on an `aioctx::MainLoop` (glib and QEMU's two main-thread contexts in one
+//! wait). `--monitor PATH` adds a QMP monitor (`examples::qmp`; `qemu.qmp`'s clients and
+//! `socat - UNIX:PATH` speak to it): `qom-set` of the named IOThreads' `poll-max-ns` while they
+//! serve, `query-iothreads`, `query-block-exports`, and `quit` (a graceful stop, exit status 0).
+//!
 //! ```text
 //! cargo run --release -p examples --example nbd-server -- disk.img --socket /tmp/nbd.sock
 //! qemu-io -f raw -c 'write -P 0xa5 0 1M' -c 'read -P 0xa5 0 1M' 'nbd+unix:///disk?socket=/tmp/nbd.sock'
 //! nbdinfo --map 'nbd+unix:///disk?socket=/tmp/nbd.sock'
+//!
+//! cargo run --release -p examples --example nbd-server -- disk.img --socket /tmp/nbd.sock \
+//!     --iothread io0 --iothread io1,poll-max-ns=0 --monitor /tmp/qmp.sock
 //! ```
 
 use std::net::SocketAddr;
@@ -16,7 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use examples::nbd::{Config, Listen, Server, TlsConfig};
+use examples::nbd::{Config, IoThreadSpec, Listen, Server, TlsConfig};
 
 /// Serves a file as an NBD export from aioctx IOThreads.
 #[derive(Parser, Debug)]
@@ -36,9 +44,16 @@ struct Args {
     /// Unix socket path to listen on instead of TCP.
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// IOThreads serving connections (default: one per core).
-    #[arg(long)]
+    /// IOThreads serving connections (default: one per core), named nbd0, nbd1...
+    #[arg(long, conflicts_with = "iothread")]
     iothreads: Option<usize>,
+    /// A named IOThread serving connections, as QEMU's `-object iothread,id=ID`: ID[,poll-max-ns=NS].
+    /// Repeat for more; connections go round-robin over them.
+    #[arg(long, value_name = "ID[,poll-max-ns=NS]")]
+    iothread: Vec<IoThreadSpec>,
+    /// Serve a QMP monitor on this Unix socket path.
+    #[arg(long, value_name = "PATH")]
+    monitor: Option<PathBuf>,
     /// Refuse writes.
     #[arg(long)]
     read_only: bool,
@@ -79,6 +94,7 @@ fn main() -> ExitCode {
             None => Listen::Tcp(args.listen),
         },
         iothreads: args.iothreads.unwrap_or(defaults.iothreads),
+        named_iothreads: args.iothread,
         read_only: args.read_only,
         direct: args.direct,
         poll_max_ns: args.poll_max_ns,
@@ -103,6 +119,14 @@ fn main() -> ExitCode {
             verify_peer: args.tls_verify_peer == "yes",
         }),
     };
+    // The main loop first: it owns glib's default context and becomes the thread's context.
+    let ml = match aioctx::MainLoop::builder().handle_signals(false).build() {
+        Ok(ml) => ml,
+        Err(e) => {
+            eprintln!("nbd-server: main loop: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => {
@@ -114,8 +138,24 @@ fn main() -> ExitCode {
         eprintln!("nbd-server: installing signal handlers: {e}");
         return ExitCode::FAILURE;
     }
+    let monitor = match args
+        .monitor
+        .map(|path| server.monitor(&ml, path))
+        .transpose()
+    {
+        Ok(monitor) => monitor,
+        Err(e) => {
+            eprintln!("nbd-server: --monitor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!("{}", server.uri());
-    match server.serve() {
+    let served = server.serve_on(&ml);
+    // After the server: replies and events already produced (quit's, SHUTDOWN) reach their clients.
+    if let Some(monitor) = monitor {
+        monitor.shutdown();
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nbd-server: {e}");

@@ -1,6 +1,8 @@
 //! A vhost-user-blk daemon on aioctx IOThreads: serves IMAGE to a QEMU front end on a Unix socket.
 //! SIGINT or SIGTERM stop it gracefully: rings stopped after their requests in flight, the image
-//! flushed, exit status 0.
+//! flushed, exit status 0. The accept loop and the front end's messages run on an
+//! `aioctx::MainLoop`; `--monitor PATH` adds a QMP monitor (`examples::qmp`) for the IoThreads
+//! (named with `--iothread ID[,poll-max-ns=NS]`) and the export, whose `quit` stops it the same way.
 //!
 //! ```text
 //! cargo run --release -p examples --example vhost-user-blk -- disk.img --socket /tmp/vhost-blk.sock \
@@ -29,8 +31,15 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     num_queues: u16,
     /// IOThreads serving the queues (default: one per core, at most --num-queues).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "iothread")]
     iothreads: Option<usize>,
+    /// A named IOThread serving queues, as QEMU's `-object iothread,id=ID`: ID[,poll-max-ns=NS].
+    /// Repeat for more.
+    #[arg(long, value_name = "ID[,poll-max-ns=NS]")]
+    iothread: Vec<examples::nbd::IoThreadSpec>,
+    /// Serve a QMP monitor on this Unix socket path.
+    #[arg(long, value_name = "PATH")]
+    monitor: Option<PathBuf>,
     /// Offer a read-only disk (and open the image read-only).
     #[arg(long)]
     read_only: bool,
@@ -55,6 +64,7 @@ fn main() -> ExitCode {
         socket: args.socket,
         num_queues: args.num_queues,
         iothreads: args.iothreads,
+        named_iothreads: args.iothread,
         read_only: args.read_only,
         direct: args.direct,
         poll_max_ns: args.poll_max_ns,
@@ -62,7 +72,7 @@ fn main() -> ExitCode {
         backend: args.backend,
         ..Options::new("", "")
     };
-    match run(&options) {
+    match run(&options, args.monitor.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vhost-user-blk: {e}");
@@ -71,20 +81,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(options: &Options) -> std::io::Result<()> {
-    let daemon = Daemon::bind(options)?;
-    let ctx = aioctx::AioContext::builder()
+fn run(options: &Options, monitor: Option<&std::path::Path>) -> std::io::Result<()> {
+    // The main loop first: it owns glib's default context and becomes the thread's context.
+    let ml = aioctx::MainLoop::builder()
         .backend(options.backend)
+        .handle_signals(false)
         .build()?;
-    ctx.block_on(async {
+    let daemon = Daemon::bind(options)?;
+    let (quit, quitted) = futures::channel::oneshot::channel::<()>();
+    let quit = std::sync::Mutex::new(Some(quit));
+    let monitor = monitor
+        .map(|path| {
+            daemon.monitor(&ml, path, move || {
+                let quit = quit.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(quit) = quit {
+                    let _ = quit.send(());
+                }
+            })
+        })
+        .transpose()?;
+    let served = ml.block_on(async {
         let mut term = aioctx::signal::signal(libc::SIGTERM)?;
         let mut int = aioctx::signal::signal(libc::SIGINT)?;
         println!("vhost-user-blk: listening on {}", daemon.socket().display());
         let stop = async {
-            futures::future::select(Box::pin(term.recv()), Box::pin(int.recv())).await;
+            let signals = futures::future::select(Box::pin(term.recv()), Box::pin(int.recv()));
+            futures::future::select(signals, quitted).await;
         };
         daemon.serve_until(stop).await
-    })?;
+    });
+    // Replies and events already produced (quit's, SHUTDOWN) reach their clients.
+    if let Some(monitor) = monitor {
+        monitor.shutdown();
+    }
+    served?;
     eprintln!(
         "vhost-user-blk: stopping after {} front end(s)",
         daemon.front_ends()

@@ -2,5 +2,6 @@
 //! `cargo run --release -p examples --example NAME`. Their reusable parts live here.
 
 pub mod nbd;
+pub mod qmp;
 pub mod vhost_user_blk;
 pub mod virtio_blk;

@@ -377,6 +377,39 @@ impl IoThread {
             .call(|| crate::context::with_current_home(|home| Ok(home.poll_params())))?
     }
 
+    /// Changes QEMU's `aio-max-batch` of the running context (its `qom-set`; see
+    /// [`IoThreadBuilder::max_batch`]) and returns once it is in effect.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::spawn("batch")?;
+    /// assert_eq!(io.max_batch()?, 0); // QEMU's default: submit at the next wait
+    /// io.set_max_batch(32)?;
+    /// assert_eq!(io.max_batch()?, 32);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_max_batch(&self, max_batch: usize) -> io::Result<()> {
+        self.remote.call(move || {
+            crate::context::with_current_home(|home| {
+                home.set_max_batch(max_batch);
+                Ok(())
+            })
+        })?
+    }
+
+    /// QEMU's `aio-max-batch` in effect.
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().max_batch(8).spawn()?;
+    /// assert_eq!(io.max_batch()?, 8);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn max_batch(&self) -> io::Result<usize> {
+        self.remote
+            .call(|| crate::context::with_current_home(|home| Ok(home.max_batch())))?
+    }
+
     /// Changes the IOThread's blocking thread pool bounds (QEMU's `thread-pool-min`/`-max`).
     ///
     /// ```

@@ -12,7 +12,7 @@
 //! | `time_` | the time futures (`sleep`, `timeout`, `interval`, `Instant`) and virtual time |
 //! | `net_` | readiness futures (`aioctx::io::Async`), sockets, event-notifier waits, stream reads |
 //! | `fs_` | block I/O (`aioctx::fs::File`) |
-//! | `app_` | the example applications (the virtio-blk device model, the NBD server), their parsers, the property-test twins of the fuzz targets, and real Linux guests driving block backends (`app_guest_`: the harness is [`guest`]) |
+//! | `app_` | the example applications (the virtio-blk device model, the NBD server, the QMP monitor), their parsers, the property-test twins of the fuzz targets, and real Linux guests driving block backends (`app_guest_`: the harness is [`guest`]) |
 //! | `faults_` | fault injection: io_uring refused, fd and file-size limits, a full file system, signal storms, panicking callbacks |
 //! | `stress_` | load over time: remote BH storms, connection churn (soak) |
 //! | `glib_` | feature `glib`: the `MainLoop` (glib and two contexts in one wait), `AioContext::g_source` driven by glib, IoThreads in glib mode |

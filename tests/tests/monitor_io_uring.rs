@@ -456,3 +456,39 @@ fn dropping_the_context_with_reads_in_flight_waits_for_their_cqes() {
     drop(ctx); // cancels them and waits for their CQEs before dropping the buffers
     assert_eq!(dropped.get(), 4);
 }
+
+#[test]
+fn max_batch_set_on_a_running_iothread_submits_early() {
+    let io = aioctx::IoThread::builder()
+        .backend(Backend::IoUring)
+        .spawn()
+        .unwrap();
+    // Eight NOPs queued in one go (one call on the IOThread, no wait in between): how many
+    // io_uring_enter calls they cost before the loop waits again.
+    let enters_for_eight = |io: &aioctx::IoThread| {
+        io.remote()
+            .call(|| {
+                aioctx::with_current(|ctx| {
+                    let before = ctx.stats().uring_enters;
+                    for _ in 0..8 {
+                        // SAFETY: NOP references no memory.
+                        unsafe { ctx.add_sqe(opcode::Nop::new().build(), |_| {}) }.unwrap();
+                    }
+                    ctx.stats().uring_enters - before
+                })
+            })
+            .unwrap()
+    };
+    assert_eq!(io.max_batch().unwrap(), 0);
+    assert_eq!(
+        enters_for_eight(&io),
+        0,
+        "max_batch 0: submitted at the next wait"
+    );
+    io.set_max_batch(4).unwrap();
+    assert_eq!(io.max_batch().unwrap(), 4);
+    assert_eq!(enters_for_eight(&io), 2, "one io_uring_enter per 4 SQEs");
+    io.set_max_batch(0).unwrap();
+    assert_eq!(enters_for_eight(&io), 0);
+    io.stop();
+}

@@ -18,8 +18,10 @@
 //! - `export`: the block operations on `aioctx::fs::File` (io_uring on the IOThread's ring), holes by
 //!   `lseek`, `CACHE` by `posix_fadvise`; `block`: the data buffers, with room for reply headers.
 //! - [`replay`]: the handshake driven from a client's bytes in memory (for fuzzing and property tests).
-//! - [`Server`]: accepts on the calling thread, spreads connections round-robin over IOThreads, stops
-//!   gracefully through a [`ShutdownHandle`].
+//! - [`Server`]: accepts on the calling thread (on its own context, or on an `aioctx::MainLoop` with
+//!   [`Server::serve_on`]), spreads connections round-robin over IOThreads (numbered, or named with
+//!   [`IoThreadSpec`]), stops gracefully through a [`ShutdownHandle`]; `monitor`: a QMP monitor
+//!   for it ([`Server::monitor`]).
 
 mod block;
 mod commands;
@@ -27,6 +29,7 @@ mod conn;
 mod export;
 mod framing;
 mod handshake;
+mod monitor;
 pub mod proto;
 pub mod replay;
 mod replies;
@@ -34,7 +37,7 @@ mod server;
 pub mod tls;
 
 pub use handshake::{Outcome as HandshakeOutcome, MAX_OPTIONS};
-pub use server::{Activity, Config, Listen, Server, ShutdownHandle};
+pub use server::{Activity, Config, IoThreadSpec, Listen, Server, ShutdownHandle};
 pub use tls::TlsConfig;
 
 /// Parses a size for the command line: `4096`, `64k`, `16M`, `1G`, `1T` (binary units, any case,

@@ -2,16 +2,18 @@
 //! thread's own context and hands each connection (a std socket, which is `Send`) round-robin to an
 //! IOThread, where it becomes an aioctx stream served by [`serve_connection`].
 
+use std::future::Future;
 use std::io::{self, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aioctx::io::Async;
-use aioctx::{AioContext, IoThread, JoinHandle};
+use aioctx::{AioContext, IoThread, JoinHandle, MainLoop};
 use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -41,8 +43,12 @@ pub struct Config {
     pub export_name: String,
     /// Where to listen.
     pub listen: Listen,
-    /// How many IOThreads serve connections (at least 1).
+    /// How many IOThreads serve connections (at least 1), named `nbd0`, `nbd1`... Ignored when
+    /// `named_iothreads` is not empty.
     pub iothreads: usize,
+    /// IOThreads by name (`--iothread ID[,poll-max-ns=NS]`), as QEMU's `-object iothread,id=ID`:
+    /// their ids are what a QMP monitor shows (`/objects/ID`).
+    pub named_iothreads: Vec<IoThreadSpec>,
     /// Refuse writes with `EPERM`.
     pub read_only: bool,
     /// Open the file with `O_DIRECT` (requests must then be 512-byte aligned; the server says so).
@@ -72,6 +78,7 @@ impl Default for Config {
             export_name: "disk".into(),
             listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 10809))),
             iothreads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            named_iothreads: Vec::new(),
             read_only: false,
             direct: false,
             poll_max_ns: None,
@@ -80,6 +87,55 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             tls: None,
         }
+    }
+}
+
+/// A named IOThread: `ID[,poll-max-ns=NS]` on the command line.
+///
+/// ```
+/// use examples::nbd::IoThreadSpec;
+/// let spec: IoThreadSpec = "io1,poll-max-ns=0".parse().unwrap();
+/// assert_eq!(spec, IoThreadSpec { id: "io1".into(), poll_max_ns: Some(0) });
+/// assert!("io1,poll-grow=2".parse::<IoThreadSpec>().is_err());
+/// assert!("".parse::<IoThreadSpec>().is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoThreadSpec {
+    /// The IOThread's id (QOM path `/objects/ID`; OS thread `IO ID`).
+    pub id: String,
+    /// Its busy-polling budget (`None`: [`Config::poll_max_ns`], else the IOThread default).
+    pub poll_max_ns: Option<u64>,
+}
+
+impl std::str::FromStr for IoThreadSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let id = parts.next().unwrap_or_default();
+        if id.is_empty() || id.contains('/') || id.contains('=') {
+            return Err(format!("{s:?}: expected ID[,poll-max-ns=NS]"));
+        }
+        let mut spec = IoThreadSpec {
+            id: id.to_owned(),
+            poll_max_ns: None,
+        };
+        for part in parts {
+            match part.split_once('=') {
+                Some(("poll-max-ns", ns)) => {
+                    let ns = ns
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|&ns| ns <= i64::MAX as u64)
+                        .ok_or_else(|| {
+                            format!("{s:?}: poll-max-ns must be an integer in [0, 2^63)")
+                        })?;
+                    spec.poll_max_ns = Some(ns);
+                }
+                _ => return Err(format!("{s:?}: unknown option {part:?} (only poll-max-ns)")),
+            }
+        }
+        Ok(spec)
     }
 }
 
@@ -143,6 +199,28 @@ impl ShutdownHandle {
         if let Some(sender) = sender {
             let _ = sender.send(());
         }
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    ///
+    /// ```
+    /// use examples::nbd::{Config, Listen, Server};
+    /// let server = Server::bind(Config {
+    ///     listen: Listen::Tcp("127.0.0.1:0".parse().unwrap()),
+    ///     size: 1 << 20,
+    ///     ..Config::default()
+    /// })?;
+    /// let stop = server.shutdown_handle();
+    /// assert!(!stop.is_shutting_down());
+    /// stop.shutdown();
+    /// assert!(stop.is_shutting_down());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn is_shutting_down(&self) -> bool {
+        self.sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
     }
 
     /// Shuts down on the first SIGINT or SIGTERM; a second one exits the process at once with status
@@ -214,7 +292,8 @@ pub struct Server {
     /// Taken by `serve`.
     listener: Option<Listener>,
     export: Arc<Export>,
-    threads: Vec<IoThread>,
+    threads: Vec<Arc<IoThread>>,
+    export_name: String,
     uri: String,
     handle: ShutdownHandle,
     signal: ShutdownSignal,
@@ -285,6 +364,7 @@ impl Server {
             listener: Some(listener),
             export,
             threads,
+            export_name: config.export_name.clone(),
             uri,
             handle: ShutdownHandle {
                 sender: Arc::new(Mutex::new(Some(sender))),
@@ -328,6 +408,42 @@ impl Server {
         Arc::clone(&self.activity)
     }
 
+    /// The IOThreads serving connections (to show them on a QMP monitor, say).
+    ///
+    /// ```
+    /// use examples::nbd::{Config, Listen, Server};
+    /// let server = Server::bind(Config {
+    ///     listen: Listen::Tcp("127.0.0.1:0".parse().unwrap()),
+    ///     size: 1 << 20,
+    ///     named_iothreads: vec!["io0".parse().unwrap(), "io1,poll-max-ns=0".parse().unwrap()],
+    ///     ..Config::default()
+    /// })?;
+    /// let names: Vec<String> = server.iothreads().iter().map(|t| t.name().to_owned()).collect();
+    /// assert_eq!(names, ["io0", "io1"]);
+    /// assert_eq!(server.iothreads()[1].poll_params()?.max_ns, 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn iothreads(&self) -> Vec<Arc<IoThread>> {
+        self.threads.clone()
+    }
+
+    /// The export's name.
+    ///
+    /// ```
+    /// use examples::nbd::{Config, Listen, Server};
+    /// let server = Server::bind(Config {
+    ///     listen: Listen::Tcp("127.0.0.1:0".parse().unwrap()),
+    ///     size: 1 << 20,
+    ///     export_name: "boot".into(),
+    ///     ..Config::default()
+    /// })?;
+    /// assert_eq!(server.export_name(), "boot");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn export_name(&self) -> &str {
+        &self.export_name
+    }
+
     /// A handle that stops [`serve`](Server::serve).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.handle.clone()
@@ -336,8 +452,35 @@ impl Server {
     /// Accepts and serves connections on the calling thread (which runs its own context for the
     /// accept loop) until [`ShutdownHandle::shutdown`]; then stops accepting, waits for every
     /// connection to finish its in-flight requests, flushes the file and returns.
-    pub fn serve(mut self) -> io::Result<()> {
+    pub fn serve(self) -> io::Result<()> {
         let ctx = AioContext::new()?;
+        self.serve_with(ctx.remote(), &|run| ctx.block_on(run))
+    }
+
+    /// [`serve`](Self::serve) on a [`MainLoop`]: the accept loop and the signal handlers run on its
+    /// aio context, and glib and the iohandler context (a QMP monitor's in-band commands) run
+    /// while it serves.
+    ///
+    /// ```no_run
+    /// use examples::nbd::{Config, Listen, Server};
+    /// let ml = aioctx::MainLoop::builder().handle_signals(false).build()?;
+    /// let server = Server::bind(Config {
+    ///     listen: Listen::Unix("/tmp/nbd.sock".into()),
+    ///     ..Config::default()
+    /// })?;
+    /// server.shutdown_handle().on_termination_signals()?;
+    /// server.serve_on(&ml)?; // until SIGINT or SIGTERM
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn serve_on(self, ml: &MainLoop) -> io::Result<()> {
+        self.serve_with(ml.aio_context().remote(), &|run| ml.block_on(run))
+    }
+
+    fn serve_with(
+        mut self,
+        remote: aioctx::Remote,
+        block_on: &dyn for<'a> Fn(Run<'a>) -> io::Result<()>,
+    ) -> io::Result<()> {
         let listener = self
             .listener
             .take()
@@ -349,23 +492,23 @@ impl Server {
         let signals = Arc::clone(&self.handle.signals);
         let requested = {
             let mut watch = signals.lock().unwrap_or_else(|e| e.into_inner());
-            watch.serving = Some(ctx.remote());
+            watch.serving = Some(remote);
             watch.requested
         };
-        let result = ctx.block_on(async {
+        let result = block_on(Box::pin(async {
             if requested {
                 watch_termination_signals(self.handle.clone())?;
             }
             let accept = AcceptOn::new(listener)?;
             self.accept_loop(accept).await
-        });
+        }));
         if let Some(path) = socket_path {
             let _ = std::fs::remove_file(path);
         }
         let flushed = match result {
             Ok(()) => {
                 let export = Arc::clone(&self.export);
-                ctx.block_on(async move { export.flush().await })
+                block_on(Box::pin(async move { export.flush().await }))
             }
             Err(e) => Err(e),
         };
@@ -456,6 +599,9 @@ impl Server {
         })
     }
 }
+
+/// A future `serve` drives to completion on its context.
+type Run<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>;
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -602,14 +748,25 @@ impl AcceptOn {
     }
 }
 
-fn spawn_iothreads(config: &Config) -> io::Result<Vec<IoThread>> {
-    (0..config.iothreads.max(1))
-        .map(|i| {
-            let mut builder = IoThread::builder().name(format!("nbd{i}"));
-            if let Some(ns) = config.poll_max_ns {
+fn spawn_iothreads(config: &Config) -> io::Result<Vec<Arc<IoThread>>> {
+    let specs: Vec<IoThreadSpec> = if config.named_iothreads.is_empty() {
+        (0..config.iothreads.max(1))
+            .map(|i| IoThreadSpec {
+                id: format!("nbd{i}"),
+                poll_max_ns: None,
+            })
+            .collect()
+    } else {
+        config.named_iothreads.clone()
+    };
+    specs
+        .into_iter()
+        .map(|spec| {
+            let mut builder = IoThread::builder().name(spec.id);
+            if let Some(ns) = spec.poll_max_ns.or(config.poll_max_ns) {
                 builder = builder.poll_max_ns(ns);
             }
-            builder.spawn()
+            builder.spawn().map(Arc::new)
         })
         .collect()
 }

@@ -38,8 +38,12 @@ pub struct Options {
     pub socket: PathBuf,
     /// Virtqueues offered to the front end.
     pub num_queues: u16,
-    /// IoThreads serving them (default: one per core, at most `num_queues`).
+    /// IoThreads serving them (default: one per core, at most `num_queues`), named `vhost-blk-N`.
+    /// Ignored when `named_iothreads` is not empty.
     pub iothreads: Option<usize>,
+    /// IoThreads by name (`--iothread ID[,poll-max-ns=NS]`), as a QMP monitor shows them
+    /// (`/objects/ID`); queues go round-robin over them.
+    pub named_iothreads: Vec<crate::nbd::IoThreadSpec>,
     /// Offer VIRTIO_BLK_F_RO and open the image read-only.
     pub read_only: bool,
     /// Open the image with `O_DIRECT` (guest buffers must then be 512-byte aligned, as a Linux
@@ -65,6 +69,7 @@ impl Options {
             socket: socket.into(),
             num_queues: 1,
             iothreads: None,
+            named_iothreads: Vec::new(),
             read_only: false,
             direct: false,
             poll_max_ns: None,
@@ -82,7 +87,8 @@ pub struct Daemon {
     config: Arc<BackendConfig>,
     listener: UnixListener,
     socket: PathBuf,
-    iothreads: Vec<IoThread>,
+    image_path: PathBuf,
+    iothreads: Vec<Arc<IoThread>>,
     front_ends: Cell<u64>,
     stall_limit: Duration,
 }
@@ -142,15 +148,24 @@ impl Daemon {
             .iothreads
             .unwrap_or(cores)
             .clamp(1, usize::from(options.num_queues));
-        let iothreads = (0..threads)
-            .map(|i| {
-                let mut builder = IoThread::builder()
-                    .name(format!("vhost-blk-{i}"))
-                    .backend(options.backend);
-                if let Some(ns) = options.poll_max_ns {
+        let specs: Vec<crate::nbd::IoThreadSpec> = if options.named_iothreads.is_empty() {
+            (0..threads)
+                .map(|i| crate::nbd::IoThreadSpec {
+                    id: format!("vhost-blk-{i}"),
+                    poll_max_ns: None,
+                })
+                .collect()
+        } else {
+            options.named_iothreads.clone()
+        };
+        let iothreads = specs
+            .into_iter()
+            .map(|spec| {
+                let mut builder = IoThread::builder().name(spec.id).backend(options.backend);
+                if let Some(ns) = spec.poll_max_ns.or(options.poll_max_ns) {
                     builder = builder.poll_max_ns(ns);
                 }
-                builder.spawn()
+                builder.spawn().map(Arc::new)
             })
             .collect::<io::Result<Vec<_>>>()?;
         let limits = Limits {
@@ -180,6 +195,7 @@ impl Daemon {
             config,
             listener,
             socket: options.socket.clone(),
+            image_path: options.image.clone(),
             iothreads,
             front_ends: Cell::new(0),
             stall_limit: options.stall_limit,
@@ -192,7 +208,7 @@ impl Daemon {
     }
 
     /// The IoThreads serving the queues.
-    pub fn iothreads(&self) -> &[IoThread] {
+    pub fn iothreads(&self) -> &[Arc<IoThread>] {
         &self.iothreads
     }
 
@@ -262,19 +278,68 @@ impl Daemon {
         }
     }
 
-    /// Stops the daemon: rings stopped (requests in flight finish), IoThreads stopped, the image
-    /// flushed, the socket removed.
+    /// Stops the daemon: rings stopped (requests in flight finish), IoThreads stopped (once no
+    /// one else, a QMP monitor say, holds them), the image flushed, the socket removed.
     pub fn shutdown(self) -> io::Result<()> {
         self.lock().disconnect();
         drop(self.backend);
-        for thread in self.iothreads {
-            thread.stop();
-        }
+        drop(self.iothreads);
         let _ = std::fs::remove_file(&self.socket);
         if self.config.read_only {
             return Ok(());
         }
         self.config.image.sync_all()
+    }
+}
+
+impl Daemon {
+    /// Starts a QMP monitor on `path` whose in-band commands run on `ml` (serve with
+    /// [`serve_until`](Self::serve_until) inside `ml.block_on`): `qom-list /objects` and
+    /// `query-iothreads` show the daemon's IoThreads, `qom-set` tunes them while they serve,
+    /// `query-block-exports` lists the export (`type` `vhost-user-blk`, id `vhost-user-blk0`, the
+    /// image's file name as `node-name`), and `quit` calls `on_quit` (make it end `serve_until`).
+    ///
+    /// ```no_run
+    /// use examples::vhost_user_blk::{Daemon, Options};
+    /// let ml = aioctx::MainLoop::builder().handle_signals(false).build()?;
+    /// let daemon = Daemon::bind(&Options::new("disk.img", "/tmp/vhost.sock"))?;
+    /// let (quit, quitted) = futures::channel::oneshot::channel::<()>();
+    /// let quit = std::sync::Mutex::new(Some(quit));
+    /// let monitor = daemon.monitor(&ml, "/tmp/qmp.sock", move || {
+    ///     if let Some(quit) = quit.lock().unwrap().take() {
+    ///         let _ = quit.send(());
+    ///     }
+    /// })?;
+    /// ml.block_on(daemon.serve_until(async { let _ = quitted.await; }))?;
+    /// monitor.shutdown();
+    /// daemon.shutdown()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn monitor(
+        &self,
+        ml: &aioctx::MainLoop,
+        path: impl AsRef<Path>,
+        on_quit: impl Fn() + Send + Sync + 'static,
+    ) -> io::Result<crate::qmp::Monitor> {
+        let node_name = self
+            .image_path
+            .file_name()
+            .map_or_else(|| "image".into(), |n| n.to_string_lossy().into_owned());
+        let mut builder = crate::qmp::Monitor::builder()
+            .main_loop(ml)
+            .on_quit(on_quit)
+            .block_exports(move || {
+                vec![crate::qmp::BlockExport {
+                    id: "vhost-user-blk0".into(),
+                    kind: "vhost-user-blk".into(),
+                    node_name: node_name.clone(),
+                    shutting_down: false,
+                }]
+            });
+        for io in &self.iothreads {
+            builder = builder.iothread(Arc::clone(io));
+        }
+        builder.bind(path)
     }
 }
 

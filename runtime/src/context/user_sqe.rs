@@ -165,6 +165,17 @@ struct UserSqeRing {
 }
 
 impl HomeState {
+    /// QEMU's `aio_context_set_aio_params`: the io_uring monitor submits user SQEs once this many
+    /// are queued (0: at the next wait). Kept, but unused, on other backends (the user-SQE ring of
+    /// an epoll or poll context submits once per iteration).
+    pub(crate) fn set_max_batch(&self, max_batch: usize) {
+        self.monitor.borrow_mut().set_max_batch(max_batch);
+    }
+
+    pub(crate) fn max_batch(&self) -> usize {
+        self.monitor.borrow().max_batch()
+    }
+
     /// Queues `sqe` (see [`AioContext::add_sqe`]); returns the `user_data` it was given.
     pub(crate) fn add_sqe(
         self: &Rc<Self>,

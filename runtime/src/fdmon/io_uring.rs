@@ -445,6 +445,10 @@ impl MonitorOps for UringMonitor {
         true
     }
 
+    fn set_max_batch(&mut self, max_batch: usize) {
+        self.max_batch = max_batch;
+    }
+
     fn submit_pending(&mut self) {
         if !self.backlog.is_empty() {
             self.drain_backlog();

@@ -96,6 +96,9 @@ pub(crate) trait MonitorOps {
     }
     /// Hands queued submissions to the kernel without waiting (before the loop busy-polls).
     fn submit_pending(&mut self) {}
+    /// QEMU's `aio-max-batch` at run time: submit user SQEs once this many are queued (0: at the
+    /// next wait). Only io_uring batches.
+    fn set_max_batch(&mut self, _max_batch: usize) {}
     /// The fds a poller outside the loop watches to learn that this monitor has events (QEMU 10.2's
     /// fdmon `gsource_prepare`): epoll and io_uring expose their own fd, poll every fd it watches.
     fn external_fds(&self, out: &mut Vec<libc::pollfd>);
@@ -142,6 +145,8 @@ pub(crate) struct FdMonitor {
     epoll_named: bool,
     /// epoll refused one of our fds; stay on poll from then on.
     epoll_refused: bool,
+    /// QEMU's `aio-max-batch`, kept whatever the backend (only io_uring uses it).
+    max_batch: usize,
 }
 
 impl FdMonitor {
@@ -161,6 +166,7 @@ impl FdMonitor {
             fds: BTreeMap::new(),
             epoll_named: config.forced && config.backend == Backend::Epoll,
             epoll_refused: false,
+            max_batch: config.max_batch,
         })
     }
 
@@ -181,6 +187,15 @@ impl FdMonitor {
 
     pub(crate) fn submit_pending(&mut self) {
         self.ops.submit_pending();
+    }
+
+    pub(crate) fn set_max_batch(&mut self, max_batch: usize) {
+        self.max_batch = max_batch;
+        self.ops.set_max_batch(max_batch);
+    }
+
+    pub(crate) fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     /// See [`MonitorOps::external_fds`].
