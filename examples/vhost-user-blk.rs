@@ -104,9 +104,15 @@ fn run(options: &Options, monitor: Option<&std::path::Path>) -> std::io::Result<
         let mut term = aioctx::signal::signal(libc::SIGTERM)?;
         let mut int = aioctx::signal::signal(libc::SIGINT)?;
         println!("vhost-user-blk: listening on {}", daemon.socket().display());
+        // Without a monitor the quit sender is gone: a cancelled channel is not a quit.
+        let quitted = async {
+            if quitted.await.is_err() {
+                futures::future::pending::<()>().await;
+            }
+        };
         let stop = async {
             let signals = futures::future::select(Box::pin(term.recv()), Box::pin(int.recv()));
-            futures::future::select(signals, quitted).await;
+            futures::future::select(signals, Box::pin(quitted)).await;
         };
         daemon.serve_until(stop).await
     });
