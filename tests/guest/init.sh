@@ -104,10 +104,14 @@ per_job_size() {
 
 filenames() { echo "$devs" | sed 's,\([^:]*\),/dev/\1,g'; }
 
-# fio_section NAME ARGS...: fio's JSON in section NAME, its stderr in section NAME.log.
+# fio_section NAME ARGS...: mark NAME.started, then fio's JSON in section NAME, its stderr in section
+# NAME.log.
 fio_section() {
     name=$1
     shift
+    # The JSON comes only once fio is done: this mark says when it starts (the benchmark reads the
+    # backend's CPU time between the two).
+    mark "$name.started"
     fio --eta=never --output-format=json --output="/tmp/$name.json" "$@" 2>"/tmp/$name.err"
     rc=$?
     begin "$name"

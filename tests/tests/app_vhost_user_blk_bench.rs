@@ -179,19 +179,23 @@ fn bench_vhost_user_blk_against_qemu_backends() {
                     .cpus(cpus.into())
                     .disk(disk)
                     .start();
-                let stat = match backend {
-                    Backend::AioctxPoll | Backend::AioctxNoPoll => {
-                        format!("/proc/{}/stat", aioctx.as_ref().unwrap().0.id()).into()
-                    }
-                    Backend::Qsd => format!("/proc/{}/stat", qsd.as_ref().unwrap().pid()).into(),
-                    Backend::BuiltIn => thread_stat(running.pid(), "IO io0"),
-                };
                 let mut cpu = Vec::new();
                 for &(rw, qd, jobs) in runs {
                     let section = format!("bench.{rw}.qd{qd}.j{jobs}");
-                    running.wait_for(&format!("@@aioctx begin {section}"), guest::TIMEOUT);
+                    // fio starts after the mark and its JSON section is printed once it ends.
+                    running.wait_for_mark(&format!("{section}.started"), guest::TIMEOUT);
+                    // Looked up once the guest runs: QEMU's IOThread exists by then.
+                    let stat = match backend {
+                        Backend::AioctxPoll | Backend::AioctxNoPoll => {
+                            format!("/proc/{}/stat", aioctx.as_ref().unwrap().0.id()).into()
+                        }
+                        Backend::Qsd => {
+                            format!("/proc/{}/stat", qsd.as_ref().unwrap().pid()).into()
+                        }
+                        Backend::BuiltIn => thread_stat(running.pid(), "IO io0"),
+                    };
                     let before = cpu_seconds(&stat);
-                    running.wait_for(&format!("@@aioctx end {section}"), guest::TIMEOUT);
+                    running.wait_for(&format!("@@aioctx begin {section}"), guest::TIMEOUT);
                     cpu.push(cpu_seconds(&stat) - before);
                 }
                 let out = running.wait();

@@ -229,6 +229,8 @@ impl Guest {
         let image = image();
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-accel", "tcg", "-nographic", "-no-reboot", "-nic", "none"])
+            // Threads named after their role ("IO io0" for an IOThread), so their CPU time can be read.
+            .args(["-name", "guest,debug-threads=on"])
             .args(["-m", &self.memory_mib.to_string()])
             .args(["-smp", &self.cpus.to_string()])
             .arg("-kernel")
