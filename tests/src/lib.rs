@@ -31,6 +31,7 @@ use aioctx::{AioContext, Backend};
 pub mod fuzzing;
 pub mod guest;
 pub mod tls;
+pub mod tools;
 
 /// A context forced onto `backend`, panicking with a clear message if it cannot be created.
 pub fn context(backend: Backend) -> AioContext {

@@ -35,22 +35,7 @@ const DATA: &[(u64, u64)] = &[
 
 /// Runs `tool` under `timeout 120`; panics if it is not installed or fails; returns stdout.
 fn run(tool: &str, args: &[&str]) -> String {
-    let package = if tool.starts_with("nbd") {
-        "libnbd-bin"
-    } else {
-        "qemu-utils"
-    };
-    let version = Command::new(tool).arg("--version").output();
-    assert!(
-        version.is_ok_and(|o| o.status.success()),
-        "{tool} is not installed (install {package}): this test needs it"
-    );
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+    let out = tests::tools::run(tool, args, 120);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),

@@ -41,13 +41,15 @@ fn start(config: Config, dir: &TempDir) -> (String, SocketAddr, examples::nbd::S
 
 /// `qemu-io` writes a pattern and reads it back through the server, within a bound.
 fn well_behaved_client(uri: &str, pattern: u8) {
-    let out = Command::new("timeout")
-        .args(["60", "qemu-io", "-f", "raw"])
-        .args(["-c", &format!("write -P {pattern:#x} 0 64k")])
-        .args(["-c", &format!("read -P {pattern:#x} 0 64k")])
-        .arg(uri)
-        .output()
-        .expect("qemu-io (qemu-utils) must be installed: the test needs a real client");
+    let (write, read) = (
+        format!("write -P {pattern:#x} 0 64k"),
+        format!("read -P {pattern:#x} 0 64k"),
+    );
+    let out = tests::tools::run(
+        "qemu-io",
+        &["-f", "raw", "-c", &write, "-c", &read, uri],
+        60,
+    );
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

@@ -15,24 +15,12 @@ mod parsers;
 #[path = "app_nbd_server/structured.rs"]
 mod structured;
 
-use std::process::Command;
-
 use client::{Kind, Setup, TestServer};
 
 /// Runs a qemu tool under `timeout` (a hung server fails the test instead of hanging it); panics if
 /// the tool is missing or fails, returns its stdout and stderr.
 fn qemu(tool: &str, args: &[&str]) -> String {
-    let version = Command::new(tool).arg("--version").output();
-    assert!(
-        version.is_ok_and(|o| o.status.success()),
-        "{tool} is not installed (install qemu-utils): this test needs it"
-    );
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+    let out = tests::tools::run(tool, args, 120);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -14,7 +14,7 @@ mod client;
 mod structured;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use client::{Client, Kind, Setup, TestServer};
 use examples::nbd::proto::{opt, rep};
@@ -25,22 +25,7 @@ const MIB: usize = 1 << 20;
 
 /// Runs `tool` under `timeout 60` and returns what happened (it must be installed).
 fn run(tool: &str, args: &[&str]) -> Output {
-    let package = if tool.starts_with("nbd") {
-        "libnbd-bin"
-    } else {
-        "qemu-utils"
-    };
-    let version = Command::new(tool).arg("--version").output();
-    assert!(
-        version.is_ok_and(|o| o.status.success()),
-        "{tool} is not installed (install {package}): this test needs it"
-    );
-    Command::new("timeout")
-        .arg("60")
-        .arg(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"))
+    tests::tools::run(tool, args, 60)
 }
 
 fn ok(tool: &str, args: &[&str]) -> String {

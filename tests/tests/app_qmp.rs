@@ -535,17 +535,19 @@ fn nbd_server_with_a_monitor_serves_on_the_main_loop_and_quits_gracefully() {
 
     // The NBD side serves while the monitor is up (its accept loop on the same main loop).
     let uri = format!("nbd+unix:///disk?socket={}", nbd_socket.display());
-    let out = Command::new("timeout")
-        .args(["60", "qemu-io", "-f", "raw"])
-        .args([
+    let out = tests::tools::run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
             "-c",
             "write -P 0xa5 0 64k",
             "-c",
             "read -P 0xa5 0 64k",
             &uri,
-        ])
-        .output()
-        .expect("qemu-io is not installed (qemu-utils): this test needs it");
+        ],
+        60,
+    );
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
