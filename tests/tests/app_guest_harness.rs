@@ -36,20 +36,7 @@ fn randrw_on_qsd(queues: u16) {
         .run();
     out.assert_ok();
     assert_eq!(out.value("cpus"), queues.to_string());
-    // The guest drives as many virtqueues as it has vCPUs (blk-mq: one hardware queue each).
-    assert_eq!(out.value("vda.hw_queues"), queues.to_string());
-    let fio = out.fio("randrw");
-    assert_eq!(fio.error, 0);
-    assert!(
-        fio.write.total_ios > 0 && fio.read.total_ios > fio.write.total_ios,
-        "fio wrote and read back every written block: {fio:?}"
-    );
-    eprintln!(
-        "randrw {queues}q on qemu-storage-daemon: {:.0} read + {:.0} write IOPS, {:.1} s",
-        fio.read.iops,
-        fio.write.iops,
-        out.elapsed.as_secs_f64()
-    );
+    out.assert_randrw_verified(queues, "qemu-storage-daemon");
     daemon.stop();
 }
 

@@ -27,21 +27,8 @@ fn randrw(queues: u16, iothreads: usize) {
         .disk(Disk::vhost_user(&daemon.socket, queues))
         .run();
     out.assert_ok();
-    // The guest drives as many virtqueues as it has vCPUs (blk-mq: one hardware queue each).
-    assert_eq!(out.value("vda.hw_queues"), queues.to_string());
     assert_eq!(out.value("vda.bytes"), (32 * MIB).to_string());
-    let fio = out.fio("randrw");
-    assert_eq!(fio.error, 0);
-    assert!(
-        fio.write.total_ios > 0 && fio.read.total_ios > fio.write.total_ios,
-        "fio wrote and read back every written block: {fio:?}"
-    );
-    eprintln!(
-        "randrw {queues}q/{iothreads} IoThreads on aioctx: {:.0} read + {:.0} write IOPS, {:.1} s",
-        fio.read.iops,
-        fio.write.iops,
-        out.elapsed.as_secs_f64()
-    );
+    out.assert_randrw_verified(queues, &format!("aioctx with {iothreads} IoThreads"));
     daemon.stop().unwrap();
 }
 

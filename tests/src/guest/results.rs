@@ -161,6 +161,25 @@ impl Outcome {
         })
     }
 
+    /// Checks a [`Job::randrw`](super::Job::randrw) run on `queues` virtqueues: the guest drove that
+    /// many (blk-mq: one hardware queue per vCPU) and fio wrote, then read back and verified, every
+    /// written block without an error. Prints the IOPS, labelled with `backend`.
+    pub fn assert_randrw_verified(&self, queues: u16, backend: &str) {
+        assert_eq!(self.value("vda.hw_queues"), queues.to_string());
+        let fio = self.fio("randrw");
+        assert_eq!(fio.error, 0);
+        assert!(
+            fio.write.total_ios > 0 && fio.read.total_ios > fio.write.total_ios,
+            "fio wrote and read back every written block: {fio:?}"
+        );
+        eprintln!(
+            "randrw {queues}q on {backend}: {:.0} read + {:.0} write IOPS, {:.1} s",
+            fio.read.iops,
+            fio.write.iops,
+            self.elapsed.as_secs_f64()
+        );
+    }
+
     /// The console's tail, QEMU's stderr and command, for failure messages.
     pub fn report(&self) -> String {
         report(&self.console, &self.qemu_stderr, &self.command)
