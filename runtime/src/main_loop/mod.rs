@@ -18,9 +18,9 @@ use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use glib::ffi;
 use glib::translate::ToGlibPtr;
@@ -399,16 +399,13 @@ impl MainLoop {
     /// ```
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         let _hidden = crate::task::hide_running_task();
-        let flag = Arc::new(BlockOnWaker {
-            woken: AtomicBool::new(true),
-            aio: self.aio.remote(),
-        });
+        let flag =
+            crate::task::block_on::BlockOnWaker::new(Arc::clone(self.aio.home().shared().wakeup()));
         let waker = Waker::from(Arc::clone(&flag));
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
         loop {
-            // Acquire pairs with the Release store of `wake_by_ref`.
-            if flag.woken.swap(false, Ordering::AcqRel) {
+            if flag.take() {
                 if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                     return out;
                 }
@@ -485,24 +482,6 @@ impl MainLoopHandle {
     /// ```
     pub fn quit(&self) {
         self.shared.request_stop(QUIT);
-    }
-}
-
-/// The waker of a `block_on` future: a flag plus a notification of the aio context.
-struct BlockOnWaker {
-    woken: AtomicBool,
-    aio: Remote,
-}
-
-impl Wake for BlockOnWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        // Release pairs with the Acquire swap in `block_on`.
-        self.woken.store(true, Ordering::Release);
-        self.aio.notify();
     }
 }
 

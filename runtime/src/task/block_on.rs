@@ -12,10 +12,33 @@ use crate::context::notify::Wakeup;
 use crate::AioContext;
 
 /// The waker of a `block_on` future: a flag plus a notification of the context, so a wake from any
-/// thread ends the loop's wait (and costs no syscall while the loop runs or polls).
-struct BlockOnWaker {
+/// thread ends the loop's wait (and costs no syscall while the loop runs or polls). `MainLoop::block_on`
+/// uses it too, with the notification of its aio context.
+pub(crate) struct BlockOnWaker {
     woken: AtomicBool,
     wakeup: Arc<Wakeup>,
+}
+
+impl BlockOnWaker {
+    /// A waker that notifies `wakeup`, set at first so the future is polled once before any wait.
+    pub(crate) fn new(wakeup: Arc<Wakeup>) -> Arc<Self> {
+        Arc::new(BlockOnWaker {
+            woken: AtomicBool::new(true),
+            wakeup,
+        })
+    }
+
+    /// Whether the future was woken since the last call (then it is polled again).
+    pub(crate) fn take(&self) -> bool {
+        // Acquire pairs with the Release store of `wake_by_ref`.
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether the future has been woken, without clearing it.
+    fn is_woken(&self) -> bool {
+        // Acquire pairs with the Release store of `wake_by_ref`.
+        self.woken.load(Ordering::Acquire)
+    }
 }
 
 impl Wake for BlockOnWaker {
@@ -55,23 +78,17 @@ impl AioContext {
         let home = self.home();
         let _enter = current::enter(home);
         let _hidden = super::spawn::hide_running_task();
-        let flag = Arc::new(BlockOnWaker {
-            woken: AtomicBool::new(true),
-            wakeup: Arc::clone(home.shared().wakeup()),
-        });
+        let flag = BlockOnWaker::new(Arc::clone(home.shared().wakeup()));
         let waker = Waker::from(Arc::clone(&flag));
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
         loop {
-            // Acquire pairs with the Release store of `wake_by_ref`.
-            if flag.woken.swap(false, Ordering::AcqRel) {
+            if flag.take() {
                 if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                     return out;
                 }
             }
-            // Acquire pairs with the Release store of `wake_by_ref`.
-            let woken = || flag.woken.load(Ordering::Acquire);
-            if !home.poll_or_advance_paused_time(woken) {
+            if !home.poll_or_advance_paused_time(|| flag.is_woken()) {
                 home.aio_poll(true);
             }
         }

@@ -16,7 +16,7 @@
 //! Also here: `block_on`, `spawn_blocking` (the glue between the blocking pool and a task), and the
 //! executor's methods on the loop's types (`context_api.rs`).
 
-mod block_on;
+pub(crate) mod block_on;
 pub(crate) mod blocking;
 mod context_api;
 mod executor;
