@@ -18,16 +18,22 @@ use std::time::Duration;
 
 use aioctx::EventNotifier;
 use examples::virtio_blk::device::{self, unsupported, Chain, SERIAL};
+use examples::virtio_blk::workload::WorkloadResult;
 use examples::virtio_blk::{bench, DeviceParts, GuestMemory, Limits, Op, Rejected, Request};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use virtio_queue::{Queue, QueueT};
 
-/// IOPS of the tokio device at `iodepth` for `duration` on `disk`; the counterpart of
-/// [`examples::virtio_blk::bench::aioctx_iops`] (same guest, workload and verification).
-pub fn tokio_iops(iodepth: usize, duration: Duration, disk: &Path) -> io::Result<f64> {
-    bench::compare_iops(
+/// The compare workload against the tokio device at `iodepth` for `duration` on `disk`; the
+/// counterpart of
+/// [`examples::virtio_blk::bench::aioctx_compare_run`] (same guest, workload and verification).
+pub fn tokio_compare_run(
+    iodepth: usize,
+    duration: Duration,
+    disk: &Path,
+) -> io::Result<WorkloadResult> {
+    bench::compare_run(
         iodepth,
         duration,
         disk,
@@ -320,8 +326,10 @@ mod tests {
         let disk = dir.path().join("disk.img");
         let run = Duration::from_millis(50);
         for iodepth in [1, 32] {
-            let tokio = tokio_iops(iodepth, run, &disk).unwrap();
-            let aioctx = bench::aioctx_iops(iodepth, run, &disk).unwrap();
+            let tokio = tokio_compare_run(iodepth, run, &disk).unwrap().iops();
+            let aioctx = bench::aioctx_compare_run(iodepth, run, &disk)
+                .unwrap()
+                .iops();
             assert!(
                 tokio > 0.0 && aioctx > 0.0,
                 "qd{iodepth}: tokio {tokio}, aioctx {aioctx}"

@@ -172,14 +172,15 @@ pub const COMPARE_DISK_SIZE: u64 = 64 << 20;
 
 /// Runs the `compare` workload (see [`compare_workload`]) on `disk` (created with
 /// [`COMPARE_DISK_SIZE`] if missing) against the device `start` builds from the guest's parts, the guest
-/// waiting by interrupt, and returns its IOPS. Every read is verified. `stop` ends the device.
-pub fn compare_iops<D>(
+/// waiting by interrupt, and returns what the workload did (`.iops()` is its IOPS). Every read is
+/// verified. `stop` ends the device.
+pub fn compare_run<D>(
     iodepth: usize,
     duration: Duration,
     disk: &Path,
     start: impl FnOnce(DeviceParts) -> io::Result<D>,
     stop: impl FnOnce(D) -> io::Result<()>,
-) -> io::Result<f64> {
+) -> io::Result<WorkloadResult> {
     let (file, zeroed) = open_disk(disk, COMPARE_DISK_SIZE)?;
     let capacity = file.metadata()?.len();
     let layout = GuestLayout::new(iodepth, 4096)?;
@@ -196,14 +197,18 @@ pub fn compare_iops<D>(
     let stopped = stop(device);
     let result = result?;
     stopped?;
-    Ok(result.iops())
+    Ok(result)
 }
 
-/// IOPS of the aioctx device on an IoThread with its defaults (io_uring, 32 us adaptive polling); see
-/// [`compare_iops`].
-pub fn aioctx_iops(iodepth: usize, duration: Duration, disk: &Path) -> io::Result<f64> {
+/// The compare workload against the aioctx device on an IoThread with its defaults (io_uring, 32 us
+/// adaptive polling); see [`compare_run`].
+pub fn aioctx_compare_run(
+    iodepth: usize,
+    duration: Duration,
+    disk: &Path,
+) -> io::Result<WorkloadResult> {
     let iothread = IoThread::builder().name("virtio-blk").spawn()?;
-    compare_iops(
+    compare_run(
         iodepth,
         duration,
         disk,

@@ -18,36 +18,36 @@ use aioctx::glib;
 use futures::channel::mpsc;
 use futures::StreamExt;
 
-use crate::harness::{percentile, Config, Metric, Scenario, Side};
+use crate::harness::{percentile, Config, Metric, Scenario, Side, Table};
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "glib_timer_lateness",
-        sides: ["MainLoop", "bare ctx"],
+        table: Table::Versus(["MainLoop", "bare ctx"]),
         metrics: &[
             Metric::lower("median lateness of sleep(50us)", "us"),
             Metric::lower("p99 lateness of sleep(50us)", "us"),
         ],
         run: |side, config| match side {
             Side::Aioctx => main_loop_sleeps(config),
-            Side::Tokio => bare_context_sleeps(config),
+            _ => bare_context_sleeps(config),
         },
     },
     Scenario {
         name: "glib_timer_lateness",
-        sides: ["MainLoop 50us", "glib 1ms"],
+        table: Table::Versus(["MainLoop 50us", "glib 1ms"]),
         metrics: &[
             Metric::lower("median lateness, glib timeout_add", "us"),
             Metric::lower("p99 lateness, glib timeout_add", "us"),
         ],
         run: |side, config| match side {
             Side::Aioctx => main_loop_sleeps(config),
-            Side::Tokio => glib_timeouts(config),
+            _ => glib_timeouts(config),
         },
     },
     Scenario {
         name: "glib_iothread_wake",
-        sides: ["poll mode", "glib mode"],
+        table: Table::Versus(["poll mode", "glib mode"]),
         metrics: &[
             Metric::lower("p50 round trip, polling on", "us"),
             Metric::lower("p99 round trip, polling on", "us"),
@@ -56,7 +56,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "glib_iothread_wake",
-        sides: ["poll mode", "glib mode"],
+        table: Table::Versus(["poll mode", "glib mode"]),
         metrics: &[
             Metric::lower("p50 round trip, polling off", "us"),
             Metric::lower("p99 round trip, polling off", "us"),

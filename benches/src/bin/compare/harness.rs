@@ -1,18 +1,60 @@
 //! Scenario definitions and the alternating A/B round runner.
 //!
-//! Every scenario is one function that runs either side on demand, so both runtimes get the same
-//! workload, client, channels and payloads. Rounds alternate aioctx and tokio (A B A B ...) so slow
-//! drifts of a shared machine (other tenants, frequency changes) hit both sides alike; the report
-//! takes the median over rounds and shows the min-max spread next to it.
+//! Every scenario is one function that runs any side on demand, so every runtime gets the same
+//! workload, client, channels and payloads. Rounds take the runtimes in turn (aioctx, tokio, compio,
+//! monoio, smol, glommio, then again) so slow drifts of a shared machine (other tenants, frequency
+//! changes) hit every side alike; the report takes the median over rounds and keeps the min-max.
 
 use std::io;
 use std::time::Duration;
 
 /// Which runtime a scenario run measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Side {
     Aioctx,
     Tokio,
+    Compio,
+    Monoio,
+    Smol,
+    Glommio,
+}
+
+impl Side {
+    /// Every runtime of the main table, aioctx first.
+    pub const ALL: [Side; 6] = [
+        Side::Aioctx,
+        Side::Tokio,
+        Side::Compio,
+        Side::Monoio,
+        Side::Smol,
+        Side::Glommio,
+    ];
+
+    /// The runtimes aioctx is compared with.
+    pub const PEERS: [Side; 5] = [
+        Side::Tokio,
+        Side::Compio,
+        Side::Monoio,
+        Side::Smol,
+        Side::Glommio,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Aioctx => "aioctx",
+            Side::Tokio => "tokio",
+            Side::Compio => "compio",
+            Side::Monoio => "monoio",
+            Side::Smol => "smol",
+            Side::Glommio => "glommio",
+        }
+    }
+}
+
+/// The error a scenario returns for a runtime that cannot express it: the row shows `null` for
+/// that runtime, with `reason` under the table.
+pub fn cannot_express(reason: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, reason.to_string())
 }
 
 /// Whether smaller or larger values of a metric are better.
@@ -54,8 +96,8 @@ pub struct Config {
     pub quick: bool,
     /// Where scenarios that need a file put it (a fresh directory, removed at exit).
     pub scratch: std::path::PathBuf,
-    /// Run one side only (for profiling one runtime with perf or strace).
-    pub only: Option<Side>,
+    /// Run these sides only (to profile one runtime with perf or strace, or to compare two).
+    pub only: Option<Vec<Side>>,
 }
 
 impl Config {
@@ -74,18 +116,34 @@ impl Config {
     }
 }
 
-/// A named workload with its metrics; `run` returns one value per metric, in order.
+/// Which table a scenario belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// aioctx against every peer of [`Side::PEERS`].
+    Peers,
+    /// Two ways of running aioctx (the glib rows): `run` is called with `Side::Aioctx` for the
+    /// first, named A, and `Side::Tokio` for the second, named B.
+    Versus([&'static str; 2]),
+}
+
+impl Table {
+    /// The sides `measure` runs, in the order of every round.
+    fn sides(self) -> &'static [Side] {
+        match self {
+            Table::Peers => &Side::ALL,
+            Table::Versus(_) => &[Side::Aioctx, Side::Tokio],
+        }
+    }
+}
+
+/// A named workload with its metrics; `run` returns one value per metric, in order, or an error
+/// made by [`cannot_express`] for a runtime that has no way to run it.
 pub struct Scenario {
     pub name: &'static str,
-    /// What each side runs: `Side::Aioctx` the first, `Side::Tokio` the second ([`VS_TOKIO`] for
-    /// the aioctx-vs-tokio table; the glib rows compare two ways of running aioctx).
-    pub sides: [&'static str; 2],
+    pub table: Table,
     pub metrics: &'static [Metric],
     pub run: fn(Side, &Config) -> io::Result<Vec<f64>>,
 }
-
-/// The sides of the main table.
-pub const VS_TOKIO: [&str; 2] = ["aioctx", "tokio"];
 
 /// All samples of one metric on one side.
 #[derive(Clone, Debug, Default)]
@@ -105,50 +163,78 @@ impl Samples {
     }
 }
 
-/// One report row: a metric of a scenario with the samples of both sides.
+/// One report row: a metric of a scenario with the samples of every side that ran it.
 #[derive(Debug)]
 pub struct Row {
     pub scenario: &'static str,
-    pub sides: [&'static str; 2],
+    pub table: Table,
     pub metric: Metric,
-    pub aioctx: Samples,
-    pub tokio: Samples,
+    /// The samples of each side that ran, in [`Side`] order.
+    pub samples: Vec<(Side, Samples)>,
+    /// The sides that cannot express the scenario, with why.
+    pub not_expressible: Vec<(Side, String)>,
 }
 
 impl Row {
-    /// Above 1 means aioctx is better: tokio / aioctx for times, aioctx / tokio for rates.
-    pub fn speedup(&self) -> f64 {
-        let (a, t) = (self.aioctx.median(), self.tokio.median());
-        match self.metric.better {
-            Better::Lower => t / a,
-            Better::Higher => a / t,
-        }
+    pub fn samples(&self, side: Side) -> Option<&Samples> {
+        self.samples
+            .iter()
+            .find(|(s, _)| *s == side)
+            .map(|(_, samples)| samples)
+    }
+
+    /// The median of `side`, if it ran.
+    pub fn median(&self, side: Side) -> Option<f64> {
+        self.samples(side).map(Samples::median)
+    }
+
+    /// aioctx against `peer`; above 1 means aioctx is better: peer / aioctx for times,
+    /// aioctx / peer for rates. `None` when either did not run.
+    pub fn speedup(&self, peer: Side) -> Option<f64> {
+        let (a, p) = (self.median(Side::Aioctx)?, self.median(peer)?);
+        Some(match self.metric.better {
+            Better::Lower => p / a,
+            Better::Higher => a / p,
+        })
     }
 }
 
-/// Runs `scenario` for `rounds` measured rounds after one warm-up round per side.
+/// Runs `scenario` for `rounds` measured rounds after one warm-up round per side; the sides take
+/// turns within every round. A side whose warm-up says it cannot express the scenario is left out.
 pub fn measure(scenario: &Scenario, config: &Config, rounds: usize) -> io::Result<Vec<Row>> {
+    let mut not_expressible = Vec::new();
+    let mut sides = Vec::new();
+    for &side in scenario.table.sides() {
+        if config
+            .only
+            .as_ref()
+            .is_some_and(|only| !only.contains(&side))
+        {
+            continue;
+        }
+        match (scenario.run)(side, config) {
+            Ok(_) => sides.push(side),
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                not_expressible.push((side, e.to_string()))
+            }
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", side.name()))),
+        }
+    }
     let mut rows: Vec<Row> = scenario
         .metrics
         .iter()
         .map(|&metric| Row {
             scenario: scenario.name,
-            sides: scenario.sides,
+            table: scenario.table,
             metric,
-            aioctx: Samples::default(),
-            tokio: Samples::default(),
+            samples: sides.iter().map(|&s| (s, Samples::default())).collect(),
+            not_expressible: not_expressible.clone(),
         })
         .collect();
-    let sides: Vec<Side> = [Side::Aioctx, Side::Tokio]
-        .into_iter()
-        .filter(|side| config.only.is_none_or(|only| only == *side))
-        .collect();
-    for &side in &sides {
-        (scenario.run)(side, config)?;
-    }
     for _ in 0..rounds {
-        for &side in &sides {
-            let values = (scenario.run)(side, config)?;
+        for (index, &side) in sides.iter().enumerate() {
+            let values = (scenario.run)(side, config)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", side.name())))?;
             if values.len() != rows.len() {
                 return Err(io::Error::other(format!(
                     "{} returned {} values for {} metrics",
@@ -158,10 +244,7 @@ pub fn measure(scenario: &Scenario, config: &Config, rounds: usize) -> io::Resul
                 )));
             }
             for (row, value) in rows.iter_mut().zip(values) {
-                match side {
-                    Side::Aioctx => row.aioctx.0.push(value),
-                    Side::Tokio => row.tokio.0.push(value),
-                }
+                row.samples[index].1 .0.push(value);
             }
         }
     }
@@ -219,16 +302,23 @@ mod tests {
     fn speedup_is_oriented_so_above_one_favours_aioctx() {
         let row = |better, a: f64, t: f64| Row {
             scenario: "x",
-            sides: VS_TOKIO,
+            table: Table::Peers,
             metric: Metric {
                 name: "m",
                 unit: "u",
                 better,
             },
-            aioctx: Samples(vec![a]),
-            tokio: Samples(vec![t]),
+            samples: vec![
+                (Side::Aioctx, Samples(vec![a])),
+                (Side::Tokio, Samples(vec![t])),
+            ],
+            not_expressible: vec![(Side::Glommio, "why".into())],
         };
-        assert_eq!(row(Better::Lower, 2.0, 6.0).speedup(), 3.0);
-        assert_eq!(row(Better::Higher, 6.0, 2.0).speedup(), 3.0);
+        assert_eq!(row(Better::Lower, 2.0, 6.0).speedup(Side::Tokio), Some(3.0));
+        assert_eq!(
+            row(Better::Higher, 6.0, 2.0).speedup(Side::Tokio),
+            Some(3.0)
+        );
+        assert_eq!(row(Better::Higher, 6.0, 2.0).speedup(Side::Glommio), None);
     }
 }

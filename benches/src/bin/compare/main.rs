@@ -1,20 +1,25 @@
-//! `cargo run --release -p benches --bin compare`: aioctx against tokio, side by side, in one run.
+//! `cargo run --release -p benches --bin compare`: aioctx against tokio, compio, monoio, smol and
+//! glommio, side by side, in one run.
 //!
-//! Fairness rules, printed with the results: tokio's current-thread runtime wherever aioctx runs
-//! one context; the same client, `futures::channel` channels and payloads on both sides; tokio's
-//! idiomatic best for each job (`spawn_blocking` + positional `FileExt` I/O for files). Rounds
-//! alternate the two sides after a warm-up; the table shows medians and min-max spreads.
+//! Fairness rules, printed with the results: every runtime runs one single-threaded executor
+//! wherever aioctx runs one context (`runtimes.rs`); the same client, `futures::channel` channels
+//! and payloads for all; each runtime's idiomatic best for each job (its own timers, its io_uring
+//! file and socket APIs where it has them, its blocking pool where it does not). A scenario a
+//! runtime cannot express shows `null` with the reason. Rounds take the runtimes in turn after a
+//! warm-up; the table shows medians, the JSON file also the min-max spreads.
 //!
 //! A second table (`glib.rs`) compares two ways of running aioctx, to show what glib costs: sleeps
 //! on a `MainLoop` against a bare context and against glib's own 1 ms timeouts, and an IoThread's
 //! cross-thread round trip in poll mode against glib mode.
 
+mod cpu;
 mod device;
 mod files;
 mod glib;
 mod harness;
 mod net;
 mod report;
+mod runtimes;
 mod tasks;
 mod wake;
 
@@ -26,7 +31,8 @@ use clap::Parser;
 
 use harness::{Config, Scenario};
 
-/// Compare aioctx with tokio on the jobs device models and block layers care about.
+/// Compare aioctx with tokio, compio, monoio, smol and glommio on the jobs device models and block
+/// layers care about.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -39,9 +45,10 @@ struct Args {
     /// Measured rounds per scenario and side (after one warm-up round each).
     #[arg(long)]
     rounds: Option<usize>,
-    /// Measure one side only (to profile it with perf or strace); the other column shows "-".
+    /// Measure only these runtimes (repeatable; to profile one with perf or strace, or to compare
+    /// two); the other columns show null.
     #[arg(long, value_enum)]
-    only: Option<harness::Side>,
+    only: Vec<harness::Side>,
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -95,21 +102,32 @@ fn main() -> ExitCode {
     let config = Config {
         quick: args.quick,
         scratch: scratch.clone(),
-        only: args.only,
+        only: (!args.only.is_empty()).then_some(args.only),
     };
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 5 });
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "aioctx vs tokio: {rounds} rounds per side after a warm-up, alternating; {cores} cores; {}",
+        "aioctx vs tokio, compio, monoio, smol, glommio: {rounds} rounds per runtime after a \
+         warm-up, taking turns; {cores} cores; {}",
         if args.quick {
             "--quick (short runs)"
         } else {
             "full runs"
         }
     );
-    println!("tokio: current_thread runtime where aioctx runs one context; same client, channels");
-    println!("(futures::channel) and payloads; files: spawn_blocking + FileExt::read_at/write_at.");
-    println!("speedup = tokio/aioctx for times, aioctx/tokio for rates: above 1 favours aioctx.\n");
+    println!("every runtime single-threaded where aioctx runs one context (tokio current_thread,");
+    println!("compio Runtime, monoio IoUringDriver, smol LocalExecutor + async-io, glommio");
+    println!(
+        "LocalExecutor); same client, channels (futures::channel) and payloads; files: io_uring"
+    );
+    println!(
+        "files where the runtime has them, else FileExt::read_at/write_at on its blocking pool."
+    );
+    println!(
+        "CPU rows: CPU time of the serving side (the process minus the client thread) per request."
+    );
+    println!("cell = value (speedup); speedup = peer/aioctx for times, aioctx/peer for rates:");
+    println!("above 1 favours aioctx.\n");
 
     let mut rows = Vec::new();
     let mut failed = false;

@@ -1,56 +1,93 @@
-//! Socket scenarios: fd-monitor scaling with idle registered sockets, and a TCP echo server.
+//! Socket scenarios: fd-monitor scaling with idle registered sockets, and TCP echo servers.
 //!
-//! The TCP client is one plain thread driving 64 non-blocking std sockets with `poll(2)`, the
-//! same for both servers, so only the server side differs.
+//! The TCP client is one plain thread driving non-blocking std sockets with `ppoll(2)`, the same for
+//! every server, so only the server side differs. Each server runs its runtime's idiomatic code:
+//! readiness with borrowed buffers (aioctx, tokio, smol, glommio) or completions with owned buffers
+//! (compio, monoio). Besides throughput, every row reports the CPU time the server side spent per
+//! request: the whole process's CPU minus the client thread's, over the measured window.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream as StdTcpStream};
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::net::{UnixDatagram as StdUnixDatagram, UnixStream as StdUnixStream};
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::cpu;
 use crate::harness::{
-    aioctx_context, ns_per, per_second, tokio_current_thread, Config, Metric, Scenario, Side,
-    VS_TOKIO,
+    aioctx_context, ns_per, per_second, tokio_current_thread, Config, Metric, Scenario, Side, Table,
 };
+use crate::runtimes::{Compio, Executor, Glommio, Monoio, Smol};
 
 pub const IDLE_COUNTS: [usize; 3] = [10, 1_000, 10_000];
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "idle_fds",
-        sides: VS_TOKIO,
+        table: Table::Peers,
         metrics: &[
             Metric::lower("round trip, 10 idle fds", "us"),
             Metric::lower("round trip, 1000 idle fds", "us"),
             Metric::lower("round trip, 10000 idle fds", "us"),
+            Metric::lower("CPU per round trip, 10 idle fds", "us"),
+            Metric::lower("CPU per round trip, 1000 idle fds", "us"),
+            Metric::lower("CPU per round trip, 10000 idle fds", "us"),
         ],
         run: idle_fds,
     },
     Scenario {
         name: "tcp_echo",
-        sides: VS_TOKIO,
-        metrics: &[Metric::higher("64 conns x 64 B", "req/s")],
-        run: tcp_echo,
+        table: Table::Peers,
+        metrics: &[
+            Metric::higher("64 conns x 64 B", "req/s"),
+            Metric::lower("server CPU per request, 64 conns", "us"),
+        ],
+        run: |side, config| tcp_echo(side, config, 64, None),
+    },
+    Scenario {
+        name: "tcp_echo_1000",
+        table: Table::Peers,
+        metrics: &[
+            Metric::higher("1000 conns x 64 B", "req/s"),
+            Metric::lower("server CPU per request, 1000 conns", "us"),
+        ],
+        run: |side, config| tcp_echo(side, config, 1_000, None),
+    },
+    Scenario {
+        name: "tcp_echo_paced",
+        table: Table::Peers,
+        metrics: &[
+            Metric::higher("64 conns, 20k req/s offered", "req/s"),
+            Metric::lower("server CPU per request, paced", "us"),
+        ],
+        run: |side, config| tcp_echo(side, config, 64, Some(PACED_RATE)),
     },
 ];
 
-/// One body for both runtimes, so that they run the same code: `$stream` is the runtime's
-/// `UnixStream`, `$spawn` its spawn function, `$register` turns an idle std datagram socket into one
-/// registered with the runtime. Tasks wait on every idle socket while `ping` and `pong` bounce a byte.
+/// The offered load of `tcp_echo_paced`: well under what any server here sustains, so every
+/// server does the same work and only its CPU per request differs.
+const PACED_RATE: f64 = 20_000.0;
+
+/// One body for the runtimes with futures-style borrowed-buffer streams: `$wrap` turns a std
+/// `UnixStream` into the runtime's, `$spawn` spawns a task, `$wait_idle` turns an idle socket into a
+/// future that waits for it to become readable. Tasks wait on every idle socket while `ping` and
+/// `pong` bounce a byte. Returns the ns per round trip and the CPU per round trip.
 macro_rules! idle_round_trips {
-    ($stream:ty, $spawn:path, $register:path, $idle:ident, $ping:ident, $pong:ident, $trips:ident) => {
+    ($wrap:expr, $spawn:path, $wait_idle:expr, $idle:ident, $ping:ident, $pong:ident, $trips:ident) => {
         async move {
-            // The tasks end with the runtime, after the measurement.
+            let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+            let stopped = futures::FutureExt::shared(stopped);
             let mut waiting = Vec::with_capacity($idle.len());
             for socket in $idle {
-                let socket = $register(socket)?;
-                waiting.push($spawn(async move { socket.readable().await }));
+                let idle = $wait_idle(socket)?;
+                let stopped = stopped.clone();
+                waiting.push($spawn(async move {
+                    futures::future::select(std::pin::pin!(idle), stopped).await;
+                }));
             }
-            let mut pong = <$stream>::from_std($pong)?;
+            let mut pong = $wrap($pong)?;
             let _echo = $spawn(async move {
                 let mut byte = [0u8; 1];
                 while pong.read(&mut byte).await? == 1 {
@@ -58,79 +95,244 @@ macro_rules! idle_round_trips {
                 }
                 io::Result::Ok(())
             });
-            let mut ping = <$stream>::from_std($ping)?;
+            let mut ping = $wrap($ping)?;
             let mut byte = [0u8; 1];
             // Warm-up trips: the idle tasks run (and register their sockets) before the clock starts.
             for _ in 0..100 {
                 ping.write_all(&byte).await?;
                 ping.read_exact(&mut byte).await?;
             }
+            let cpu = cpu::process()?;
             let start = Instant::now();
             for _ in 0..$trips {
                 ping.write_all(&byte).await?;
                 ping.read_exact(&mut byte).await?;
             }
-            Ok(ns_per(start.elapsed(), $trips))
+            let (elapsed, cpu) = (start.elapsed(), cpu::process()? - cpu);
+            // End every idle task, so that no runtime keeps (or leaks) the sockets after the run.
+            drop(stop);
+            for task in waiting {
+                let _ = task.await;
+            }
+            io::Result::Ok((ns_per(elapsed, $trips) / 1e3, cpu::us_per(cpu, $trips)))
+        }
+    };
+}
+
+/// The same for the runtimes with owned-buffer (completion) streams, compio and monoio:
+/// `$read(stream, buf)` and `$write(stream, buf)` return the byte count and the buffer back.
+macro_rules! idle_round_trips_owned {
+    ($wrap:expr, $spawn:path, $wait_idle:expr, $read:expr, $write:expr,
+     $idle:ident, $ping:ident, $pong:ident, $trips:ident) => {
+        async move {
+            let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+            let stopped = futures::FutureExt::shared(stopped);
+            let mut waiting = Vec::with_capacity($idle.len());
+            for socket in $idle {
+                let idle = $wait_idle(socket)?;
+                let stopped = stopped.clone();
+                waiting.push($spawn(async move {
+                    futures::future::select(std::pin::pin!(idle), stopped).await;
+                }));
+            }
+            let mut pong = $wrap($pong)?;
+            let _echo = $spawn(async move {
+                let mut byte = Vec::with_capacity(1);
+                loop {
+                    let (n, back) = $read(&mut pong, byte).await;
+                    if n? != 1 {
+                        return io::Result::Ok(());
+                    }
+                    let (n, mut back) = $write(&mut pong, back).await;
+                    n?;
+                    back.clear();
+                    byte = back;
+                }
+            });
+            let mut ping = $wrap($ping)?;
+            let mut byte = vec![0u8];
+            let trip = async |ping: &mut _, byte: Vec<u8>| -> io::Result<Vec<u8>> {
+                let (n, mut back) = $write(ping, byte).await;
+                n?;
+                back.clear();
+                let (n, back) = $read(ping, back).await;
+                match n? {
+                    1 => Ok(back),
+                    _ => Err(io::Error::other("the echo task closed its socket")),
+                }
+            };
+            for _ in 0..100 {
+                byte = trip(&mut ping, byte).await?;
+            }
+            let cpu = cpu::process()?;
+            let start = Instant::now();
+            for _ in 0..$trips {
+                byte = trip(&mut ping, byte).await?;
+            }
+            let (elapsed, cpu) = (start.elapsed(), cpu::process()? - cpu);
+            // End every idle task, so that no runtime keeps (or leaks) the sockets after the run.
+            drop(stop);
+            for task in waiting {
+                let _ = task.await;
+            }
+            io::Result::Ok((ns_per(elapsed, $trips) / 1e3, cpu::us_per(cpu, $trips)))
         }
     };
 }
 
 fn idle_fds(side: Side, config: &Config) -> io::Result<Vec<f64>> {
     let trips = config.pick(20_000, 300);
-    IDLE_COUNTS
-        .iter()
-        .map(|&idle| idle_fds_round_trip(side, idle, trips).map(|ns| ns / 1e3))
-        .collect()
+    let mut times = Vec::new();
+    let mut cpus = Vec::new();
+    for idle in IDLE_COUNTS {
+        let (time, cpu) = idle_fds_round_trip(side, idle, trips)?;
+        times.push(time);
+        cpus.push(cpu);
+    }
+    times.extend(cpus);
+    Ok(times)
 }
 
-/// ns per round trip over one socket pair while tasks wait on `idle` registered sockets that never
-/// become readable.
-fn idle_fds_round_trip(side: Side, idle: usize, trips: u64) -> io::Result<f64> {
-    // Unbound datagram sockets: one descriptor each, and nothing can ever make them readable.
-    let idle_sockets = (0..idle)
+/// Sockets that never become readable: unbound datagram sockets (one descriptor each).
+fn idle_sockets(idle: usize) -> io::Result<Vec<StdUnixDatagram>> {
+    (0..idle)
         .map(|_| {
             let socket = StdUnixDatagram::unbound()?;
             socket.set_nonblocking(true)?;
             Ok(socket)
         })
-        .collect::<io::Result<Vec<_>>>()?;
+        .collect()
+}
+
+/// (us per round trip, CPU us per round trip) over one socket pair while tasks wait on `idle`
+/// registered sockets that never become readable.
+fn idle_fds_round_trip(side: Side, idle: usize, trips: u64) -> io::Result<(f64, f64)> {
+    let idle_sockets = idle_sockets(idle)?;
     let (ping, pong) = StdUnixStream::pair()?;
     ping.set_nonblocking(true)?;
     pong.set_nonblocking(true)?;
     match side {
         Side::Aioctx => aioctx_context()?.block_on(idle_round_trips!(
-            aioctx::net::UnixStream,
+            aioctx::net::UnixStream::from_std,
             aioctx::spawn_local,
-            aioctx::io::Async::new,
+            |s| aioctx::io::Async::new(s).map(|s| async move { s.readable().await }),
             idle_sockets,
             ping,
             pong,
             trips
         )),
         Side::Tokio => tokio_current_thread()?.block_on(idle_round_trips!(
-            tokio::net::UnixStream,
+            tokio::net::UnixStream::from_std,
             tokio::spawn,
-            tokio::net::UnixDatagram::from_std,
+            |s| tokio::net::UnixDatagram::from_std(s).map(|s| async move { s.readable().await }),
             idle_sockets,
             ping,
             pong,
             trips
         )),
+        Side::Smol => Smol::block_on(idle_round_trips!(
+            async_io::Async::new,
+            Smol::spawn_local,
+            |s| async_io::Async::new(s).map(|s| async move { s.readable().await }),
+            idle_sockets,
+            ping,
+            pong,
+            trips
+        ))?,
+        Side::Glommio => Glommio::block_on_spinning(
+            None,
+            idle_round_trips!(
+                |s: StdUnixStream| glommio_socket(s.into()),
+                glommio::spawn_local,
+                |s: StdUnixDatagram| glommio_socket(s.into()).map(|mut s| async move {
+                    let mut byte = [0u8; 1];
+                    s.read(&mut byte).await
+                }),
+                idle_sockets,
+                ping,
+                pong,
+                trips
+            ),
+        )?,
+        Side::Compio => Compio::runtime()?.block_on(idle_round_trips_owned!(
+            compio::net::UnixStream::from_std,
+            compio::runtime::spawn,
+            |s: StdUnixDatagram| compio::runtime::fd::PollFd::new(s)
+                .map(|s| async move { s.read_ready().await }),
+            async |s: &mut compio::net::UnixStream, b: Vec<u8>| {
+                let compio::BufResult(n, b) = compio::io::AsyncRead::read(s, b).await;
+                (n, b)
+            },
+            async |s: &mut compio::net::UnixStream, b: Vec<u8>| {
+                let compio::BufResult(n, b) = compio::io::AsyncWriteExt::write_all(s, b).await;
+                (n, b)
+            },
+            idle_sockets,
+            ping,
+            pong,
+            trips
+        )),
+        Side::Monoio => Monoio::runtime()?.block_on(async move {
+            let open_before = open_descriptors()?.saturating_sub(idle + 2);
+            let result = idle_round_trips_owned!(
+                monoio::net::UnixStream::from_std,
+                monoio::spawn,
+                |s| monoio::net::UnixDatagram::from_std(s)
+                    .map(|s| async move { s.readable(false).await }),
+                async |s: &mut monoio::net::UnixStream, b: Vec<u8>| {
+                    monoio::io::AsyncReadRent::read(s, b).await
+                },
+                async |s: &mut monoio::net::UnixStream, b: Vec<u8>| {
+                    monoio::io::AsyncWriteRentExt::write_all(s, b).await
+                },
+                idle_sockets,
+                ping,
+                pong,
+                trips
+            )
+            .await;
+            // monoio closes descriptors with io_uring operations that its next park submits: let
+            // it park once, or the dropped sockets would stay open after the runtime is gone.
+            // monoio closes descriptors with io_uring operations, a few hundred per park of its
+            // loop (seen here: 10,000 dropped sockets stay open past the runtime's end otherwise):
+            // park until they are closed, so the next run has the descriptors it needs.
+            for _ in 0..10_000 {
+                if open_descriptors()? <= open_before {
+                    break;
+                }
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            result
+        }),
     }
 }
 
-const CONNECTIONS: usize = 64;
+/// How many descriptors this process has open.
+fn open_descriptors() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count())
+}
+
+/// A Unix socket as glommio's `UnixStream`. glommio has no readiness wait and no datagram type
+/// made from a descriptor, so an idle datagram socket waits as a stream's pending 1-byte read (a
+/// `recv` on the socket, which no datagram ever satisfies).
+fn glommio_socket(socket: std::os::fd::OwnedFd) -> io::Result<glommio::net::UnixStream> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `into_raw_fd` hands over sole ownership of an open Unix socket descriptor.
+    Ok(unsafe { glommio::net::UnixStream::from_raw_fd(socket.into_raw_fd()) })
+}
+
 const MESSAGE: usize = 64;
 
-/// The echo server, one body for both runtimes: `$listener` is the runtime's `TcpListener`, `$spawn`
-/// its spawn function. It serves `CONNECTIONS` connections on `std_listener` until each closes.
+/// The echo server for the runtimes with futures-style streams: `$listener` is the runtime's
+/// listener made from `$std_listener`, `$spawn` its spawn function, `$accepted` maps what `accept`
+/// returns to the stream. It serves `$conns` connections until each closes.
 macro_rules! echo_server {
-    ($listener:ty, $spawn:path, $std_listener:ident) => {
+    ($listener:expr, $spawn:path, $accepted:expr, $conns:ident) => {
         async move {
-            let listener = <$listener>::from_std($std_listener)?;
-            let mut conns = Vec::with_capacity(CONNECTIONS);
-            for _ in 0..CONNECTIONS {
-                let (mut stream, _) = listener.accept().await?;
+            let listener = $listener?;
+            let mut conns = Vec::with_capacity($conns);
+            for _ in 0..$conns {
+                let mut stream = $accepted(listener.accept().await?);
                 conns.push($spawn(async move {
                     let mut buf = [0u8; MESSAGE];
                     loop {
@@ -142,58 +344,199 @@ macro_rules! echo_server {
                     }
                 }));
             }
-            for conn in conns {
-                conn.await??;
-            }
-            io::Result::Ok(())
+            io::Result::Ok(conns)
         }
     };
 }
 
-fn tcp_echo(side: Side, config: &Config) -> io::Result<Vec<f64>> {
-    // The same listening socket for both servers; the client may connect before the server runs.
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// The echo server for compio and monoio: `$read`/`$write` as in `idle_round_trips_owned!`.
+macro_rules! echo_server_owned {
+    ($listener:expr, $spawn:path, $accepted:expr, $read:expr, $write:expr, $conns:ident) => {
+        async move {
+            let listener = $listener?;
+            let mut conns = Vec::with_capacity($conns);
+            for _ in 0..$conns {
+                let mut stream = $accepted(listener.accept().await?);
+                conns.push($spawn(async move {
+                    let mut buf = Vec::with_capacity(MESSAGE);
+                    loop {
+                        let (n, back) = $read(&mut stream, buf).await;
+                        if n? == 0 {
+                            return io::Result::Ok(());
+                        }
+                        let (n, mut back) = $write(&mut stream, back).await;
+                        n?;
+                        back.clear();
+                        buf = back;
+                    }
+                }));
+            }
+            io::Result::Ok(conns)
+        }
+    };
+}
+
+/// Runs the echo server of `side` on this thread until every connection closed.
+fn serve_echo(side: Side, std_listener: StdTcpListener, conns: usize) -> io::Result<()> {
+    match side {
+        Side::Aioctx => aioctx_context()?.block_on(async move {
+            let tasks = echo_server!(
+                aioctx::net::TcpListener::from_std(std_listener),
+                aioctx::spawn_local,
+                |(s, _)| s,
+                conns
+            )
+            .await?;
+            for task in tasks {
+                task.await.map_err(io::Error::other)??;
+            }
+            Ok(())
+        }),
+        Side::Tokio => tokio_current_thread()?.block_on(async move {
+            let tasks = echo_server!(
+                tokio::net::TcpListener::from_std(std_listener),
+                tokio::spawn,
+                |(s, _)| s,
+                conns
+            )
+            .await?;
+            for task in tasks {
+                task.await??;
+            }
+            Ok(())
+        }),
+        Side::Smol => Smol::block_on(async move {
+            let tasks = echo_server!(
+                async_io::Async::new(std_listener),
+                Smol::spawn_local,
+                |(s, _)| s,
+                conns
+            )
+            .await?;
+            for task in tasks {
+                task.await?;
+            }
+            Ok(())
+        })?,
+        Side::Glommio => Glommio::block_on_spinning(None, async move {
+            use std::os::fd::FromRawFd;
+            // SAFETY: `into_raw_fd` hands over sole ownership of an open listening socket.
+            let listener =
+                unsafe { glommio::net::TcpListener::from_raw_fd(std_listener.into_raw_fd()) };
+            let tasks =
+                echo_server!(io::Result::Ok(listener), glommio::spawn_local, |s| s, conns).await?;
+            for task in tasks {
+                task.await?;
+            }
+            Ok(())
+        })?,
+        Side::Compio => Compio::runtime()?.block_on(async move {
+            let tasks = echo_server_owned!(
+                compio::net::TcpListener::from_std(std_listener),
+                compio::runtime::spawn,
+                |(s, _)| s,
+                async |s: &mut compio::net::TcpStream, b: Vec<u8>| {
+                    let compio::BufResult(n, b) = compio::io::AsyncRead::read(s, b).await;
+                    (n, b)
+                },
+                async |s: &mut compio::net::TcpStream, b: Vec<u8>| {
+                    let compio::BufResult(n, b) = compio::io::AsyncWriteExt::write_all(s, b).await;
+                    (n, b)
+                },
+                conns
+            )
+            .await?;
+            for task in tasks {
+                task.await
+                    .map_err(|e| io::Error::other(format!("{e:?}")))??;
+            }
+            Ok(())
+        }),
+        Side::Monoio => Monoio::runtime()?.block_on(async move {
+            let tasks = echo_server_owned!(
+                monoio::net::TcpListener::from_std(std_listener),
+                monoio::spawn,
+                |(s, _)| s,
+                async |s: &mut monoio::net::TcpStream, b: Vec<u8>| monoio::io::AsyncReadRent::read(
+                    s, b
+                )
+                .await,
+                async |s: &mut monoio::net::TcpStream, b: Vec<u8>| {
+                    monoio::io::AsyncWriteRentExt::write_all(s, b).await
+                },
+                conns
+            )
+            .await?;
+            for task in tasks {
+                task.await?;
+            }
+            Ok(())
+        }),
+    }
+}
+
+/// Echo throughput and the server side's CPU per request with `conns` connections, each with one
+/// 64-byte request in flight; `paced` offers that many requests per second in all instead of as
+/// many as the client can send.
+fn tcp_echo(side: Side, config: &Config, conns: usize, paced: Option<f64>) -> io::Result<Vec<f64>> {
+    // The client may connect before the server runs: the listening socket queues it.
+    let std_listener = StdTcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
-    let server = std::thread::spawn(move || match side {
-        Side::Aioctx => aioctx_context()?.block_on(echo_server!(
-            aioctx::net::TcpListener,
-            aioctx::spawn_local,
-            std_listener
-        )),
-        Side::Tokio => tokio_current_thread()?.block_on(echo_server!(
-            tokio::net::TcpListener,
-            tokio::spawn,
-            std_listener
-        )),
-    });
-    let requests = echo_client(addr, config.window())?;
-    server
+    let server = std::thread::Builder::new()
+        .name(format!("echo-{}", side.name()))
+        .spawn(move || serve_echo(side, std_listener, conns))?;
+    let window = config.window();
+    let result = echo_client(addr, window, conns, paced);
+    let served = server
         .join()
-        .map_err(|_| io::Error::other("echo server panicked"))??;
-    Ok(vec![per_second(requests.0, requests.1)])
+        .map_err(|_| io::Error::other("echo server panicked"))?;
+    let run = result?;
+    served?;
+    Ok(vec![
+        per_second(run.completed, run.elapsed),
+        cpu::us_per(run.server_cpu, run.completed),
+    ])
 }
 
 /// One connection of the client: a request is in flight until all its bytes came back.
 struct Conn {
     stream: StdTcpStream,
     echoed: usize,
+    in_flight: bool,
 }
 
-/// Drives every connection with one outstanding 64-byte request for `window`, verifying each echo.
-/// Returns the completed requests and the time they took.
-fn echo_client(addr: SocketAddr, window: Duration) -> io::Result<(u64, Duration)> {
+/// What the client measured over its window.
+struct EchoRun {
+    completed: u64,
+    elapsed: Duration,
+    /// CPU time of the rest of the process (the server, its helper threads and the kernel's
+    /// io_uring workers) over the window.
+    server_cpu: Duration,
+}
+
+/// Drives `conns` connections for `window`, each with at most one 64-byte request in flight, and
+/// verifies every echo. Unpaced, every connection sends again as soon as its echo is back; paced,
+/// requests are due at `rate` per second in all and go out on connections that are free.
+fn echo_client(
+    addr: SocketAddr,
+    window: Duration,
+    conns: usize,
+    rate: Option<f64>,
+) -> io::Result<EchoRun> {
     let payload: [u8; MESSAGE] = std::array::from_fn(|i| i as u8);
-    let mut conns = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
+    let mut sockets = Vec::with_capacity(conns);
+    for _ in 0..conns {
         let stream = StdTcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        let mut conn = Conn { stream, echoed: 0 };
-        conn.stream.write_all(&payload)?;
-        conn.stream.set_nonblocking(true)?;
-        conns.push(conn);
+        stream.set_nonblocking(true)?;
+        sockets.push(Conn {
+            stream,
+            echoed: 0,
+            in_flight: false,
+        });
     }
-    let mut pollfds: Vec<libc::pollfd> = conns
+    let mut pollfds: Vec<libc::pollfd> = sockets
         .iter()
         .map(|c| libc::pollfd {
             fd: c.stream.as_raw_fd(),
@@ -201,12 +544,60 @@ fn echo_client(addr: SocketAddr, window: Duration) -> io::Result<(u64, Duration)
             revents: 0,
         })
         .collect();
+    // One verified trip on every connection before the clock starts: the server has built its
+    // runtime (glommio's takes milliseconds) and accepted every connection.
+    for conn in &mut sockets {
+        conn.stream.write_all(&payload)?;
+    }
+    for conn in &mut sockets {
+        conn.stream.set_nonblocking(false)?;
+        let mut echo = [0u8; MESSAGE];
+        conn.stream.read_exact(&mut echo)?;
+        conn.stream.set_nonblocking(true)?;
+        if echo != payload {
+            return Err(io::Error::other("echo server returned wrong bytes"));
+        }
+    }
+    let mut free: Vec<usize> = (0..conns).rev().collect();
+    let meter = cpu::OthersMeter::start()?;
     let start = Instant::now();
+    let mut sent = 0u64;
     let mut completed = 0u64;
     let mut buf = [0u8; MESSAGE];
-    while start.elapsed() < window {
-        // SAFETY: `pollfds` is a live, correctly sized array of pollfd for the whole call.
-        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 1000) };
+    loop {
+        let now = start.elapsed();
+        if now >= window {
+            break;
+        }
+        // Send what is due: everything unpaced, the schedule's share paced.
+        let due = rate.map_or(u64::MAX, |rate| (now.as_secs_f64() * rate) as u64 + 1);
+        while sent < due {
+            let Some(i) = free.pop() else { break };
+            // 64 bytes always fit an empty socket buffer: the previous echo was fully read.
+            sockets[i].stream.write_all(&payload)?;
+            sockets[i].in_flight = true;
+            sent += 1;
+        }
+        let wait = match rate {
+            Some(rate) if !free.is_empty() => {
+                Duration::from_secs_f64(sent as f64 / rate).saturating_sub(now)
+            }
+            _ => window - now,
+        };
+        let timeout = libc::timespec {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_nsec: wait.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `pollfds` is a live, correctly sized array of pollfd and `timeout` a valid
+        // timespec for the whole call; a null signal mask keeps the thread's mask.
+        let n = unsafe {
+            libc::ppoll(
+                pollfds.as_mut_ptr(),
+                pollfds.len() as libc::nfds_t,
+                &timeout,
+                std::ptr::null(),
+            )
+        };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -214,7 +605,7 @@ fn echo_client(addr: SocketAddr, window: Duration) -> io::Result<(u64, Duration)
             }
             return Err(err);
         }
-        for (pfd, conn) in pollfds.iter_mut().zip(&mut conns) {
+        for (i, (pfd, conn)) in pollfds.iter_mut().zip(&mut sockets).enumerate() {
             if pfd.revents == 0 {
                 continue;
             }
@@ -225,24 +616,29 @@ fn echo_client(addr: SocketAddr, window: Duration) -> io::Result<(u64, Duration)
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
-            if buf[..got] != payload[conn.echoed..conn.echoed + got] {
+            if !conn.in_flight || buf[..got] != payload[conn.echoed..conn.echoed + got] {
                 return Err(io::Error::other("echo server returned wrong bytes"));
             }
             conn.echoed += got;
             if conn.echoed == MESSAGE {
                 conn.echoed = 0;
+                conn.in_flight = false;
                 completed += 1;
-                // 64 bytes always fit an empty socket buffer: the previous echo was fully read.
-                conn.stream.write_all(&payload)?;
+                free.push(i);
             }
         }
     }
     let elapsed = start.elapsed();
+    let server_cpu = meter.others()?;
     // Collect the echo of every request still in flight, so the server sees a clean EOF.
-    for conn in &mut conns {
+    for conn in sockets.iter_mut().filter(|c| c.in_flight) {
         conn.stream.set_nonblocking(false)?;
         let mut rest = [0u8; MESSAGE];
         conn.stream.read_exact(&mut rest[conn.echoed..])?;
     }
-    Ok((completed, elapsed))
+    Ok(EchoRun {
+        completed,
+        elapsed,
+        server_cpu,
+    })
 }

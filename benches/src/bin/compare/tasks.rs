@@ -1,7 +1,7 @@
 //! Executor scenarios on one thread: spawn, yield, local message ping-pong, timer churn.
 //!
-//! aioctx runs one bare `AioContext` (`block_on`), tokio its current-thread runtime; both spawn
-//! `Send` tasks with their `spawn`, use `futures::channel`, and poll the same futures.
+//! Every runtime runs one single-threaded executor ([`crate::runtimes`]); all spawn `Send` tasks
+//! with their `spawn`, use `futures::channel`, and poll the same futures.
 
 use std::io;
 use std::pin::pin;
@@ -10,126 +10,96 @@ use std::time::{Duration, Instant};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 
-use crate::harness::{
-    aioctx_context, ns_per, tokio_current_thread, Config, Metric, Scenario, Side, VS_TOKIO,
-};
+use crate::harness::{ns_per, Config, Metric, Scenario, Side, Table};
+use crate::runtimes::{with_executor, Executor};
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "spawn_join",
-        sides: VS_TOKIO,
+        table: Table::Peers,
         metrics: &[Metric::lower("per task", "ns")],
         run: spawn_join,
     },
     Scenario {
         name: "yield_many",
-        sides: VS_TOKIO,
+        table: Table::Peers,
         metrics: &[Metric::lower("per yield", "ns")],
         run: yield_many,
     },
     Scenario {
         name: "ping_pong_local",
-        sides: VS_TOKIO,
+        table: Table::Peers,
         metrics: &[Metric::lower("per round trip", "ns")],
         run: ping_pong_local,
     },
     Scenario {
         name: "timer_churn",
-        sides: VS_TOKIO,
+        table: Table::Peers,
         metrics: &[Metric::lower("per arm+cancel", "ns")],
         run: timer_churn,
     },
 ];
 
-/// Runs `body` to completion on a fresh single-threaded runtime of `side` and times it.
-fn timed<F>(side: Side, body: impl FnOnce(Side) -> F) -> io::Result<Duration>
-where
-    F: std::future::Future<Output = ()>,
-{
-    let future = body(side);
-    match side {
-        Side::Aioctx => {
-            let ctx = aioctx_context()?;
-            let start = Instant::now();
-            ctx.block_on(future);
-            Ok(start.elapsed())
-        }
-        Side::Tokio => {
-            let rt = tokio_current_thread()?;
-            let start = Instant::now();
-            rt.block_on(future);
-            Ok(start.elapsed())
-        }
-    }
-}
-
-/// Spawns a `Send` task on the runtime that is current on this thread.
-macro_rules! spawn_on {
-    ($side:expr, $future:expr) => {
-        match $side {
-            Side::Aioctx => futures::future::Either::Left(aioctx::spawn($future)),
-            Side::Tokio => futures::future::Either::Right(tokio::spawn($future)),
-        }
-    };
-}
-
-/// Awaits either side's join handle, turning a failed task into a panic of the benchmark.
-async fn join<T>(
-    handle: futures::future::Either<aioctx::JoinHandle<T>, tokio::task::JoinHandle<T>>,
-) -> T {
-    match handle {
-        futures::future::Either::Left(h) => h.await.expect("aioctx task failed"),
-        futures::future::Either::Right(h) => h.await.expect("tokio task failed"),
-    }
+/// Runs `body` to completion on a fresh runtime of kind `E` and times it (not the runtime's
+/// creation: glommio's takes milliseconds).
+fn timed<E: Executor>(body: impl std::future::Future<Output = ()>) -> io::Result<Duration> {
+    E::block_on(async move {
+        let start = Instant::now();
+        body.await;
+        start.elapsed()
+    })
 }
 
 fn spawn_join(side: Side, config: &Config) -> io::Result<Vec<f64>> {
+    with_executor!(side, spawn_join_on(config))
+}
+
+fn spawn_join_on<E: Executor>(config: &Config) -> io::Result<Vec<f64>> {
     let tasks = config.pick(100_000u64, 5_000);
-    let elapsed = timed(side, |side| async move {
-        let handles: Vec<_> = (0..tasks)
-            .map(|i| spawn_on!(side, async move { i }))
-            .collect();
+    let elapsed = timed::<E>(async move {
+        let handles: Vec<_> = (0..tasks).map(|i| E::spawn(async move { i })).collect();
         let mut sum = 0;
         for handle in handles {
-            sum += join(handle).await;
+            sum += handle.await;
         }
         assert_eq!(sum, tasks * (tasks - 1) / 2);
     })?;
     Ok(vec![ns_per(elapsed, tasks)])
 }
 
-async fn yield_now(side: Side) {
-    match side {
-        Side::Aioctx => aioctx::yield_now().await,
-        Side::Tokio => tokio::task::yield_now().await,
-    }
+fn yield_many(side: Side, config: &Config) -> io::Result<Vec<f64>> {
+    with_executor!(side, yield_many_on(config))
 }
 
-fn yield_many(side: Side, config: &Config) -> io::Result<Vec<f64>> {
+fn yield_many_on<E: Executor>(config: &Config) -> io::Result<Vec<f64>> {
     let (tasks, yields) = (8u64, config.pick(25_000u64, 1_000));
-    let elapsed = timed(side, |side| async move {
+    let elapsed = timed::<E>(async move {
         let handles: Vec<_> = (0..tasks)
             .map(|_| {
-                spawn_on!(side, async move {
+                E::spawn(async move {
                     for _ in 0..yields {
-                        yield_now(side).await;
+                        E::yield_now().await;
                     }
                 })
             })
             .collect();
         for handle in handles {
-            join(handle).await;
+            handle.await;
         }
     })?;
     Ok(vec![ns_per(elapsed, tasks * yields)])
 }
 
 fn ping_pong_local(side: Side, config: &Config) -> io::Result<Vec<f64>> {
+    with_executor!(side, ping_pong_local_on(config))
+}
+
+fn ping_pong_local_on<E: Executor>(config: &Config) -> io::Result<Vec<f64>> {
     let trips = config.pick(200_000u64, 5_000);
-    let elapsed = timed(side, |side| async move {
+    let elapsed = timed::<E>(async move {
         let (mut to_echo, mut echo_in) = mpsc::channel::<u64>(1);
         let (mut to_main, mut main_in) = mpsc::channel::<u64>(1);
-        let echo = spawn_on!(side, async move {
+        let echo = E::spawn(async move {
             while let Some(v) = echo_in.next().await {
                 to_main.send(v + 1).await.expect("main task gone");
             }
@@ -139,21 +109,22 @@ fn ping_pong_local(side: Side, config: &Config) -> io::Result<Vec<f64>> {
             assert_eq!(main_in.next().await, Some(i + 1));
         }
         drop(to_echo);
-        join(echo).await;
+        echo.await;
     })?;
     Ok(vec![ns_per(elapsed, trips)])
 }
 
 fn timer_churn(side: Side, config: &Config) -> io::Result<Vec<f64>> {
+    with_executor!(side, timer_churn_on(config))
+}
+
+fn timer_churn_on<E: Executor>(config: &Config) -> io::Result<Vec<f64>> {
     let ops = config.pick(1_000_000u64, 20_000);
     let far = Duration::from_secs(3600);
-    let elapsed = timed(side, |side| async move {
-        // Polling once registers the timer on both runtimes; dropping the pending sleep cancels it.
+    let elapsed = timed::<E>(async move {
+        // Polling once registers the timer on every runtime; dropping the pending sleep cancels it.
         for _ in 0..ops {
-            let pending = match side {
-                Side::Aioctx => futures::poll!(pin!(aioctx::time::sleep(far))).is_pending(),
-                Side::Tokio => futures::poll!(pin!(tokio::time::sleep(far))).is_pending(),
-            };
+            let pending = futures::poll!(pin!(E::sleep(far))).is_pending();
             assert!(pending, "a sleep of an hour completed");
         }
     })?;

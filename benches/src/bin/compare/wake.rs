@@ -1,4 +1,8 @@
 //! Latency scenarios: cross-thread wakeups and short sleeps.
+//!
+//! "polling on" rows run aioctx with an IOThread's adaptive polling (32 us window, QEMU's default)
+//! and glommio with the same 32 us of `spin_before_park`, its counterpart; tokio, compio, monoio and
+//! smol have no busy-polling mode and run the same in both rows.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -6,12 +10,16 @@ use std::time::{Duration, Instant};
 use futures::channel::mpsc;
 use futures::StreamExt;
 
-use crate::harness::{percentile, tokio_current_thread, Config, Metric, Scenario, Side, VS_TOKIO};
+use crate::harness::{percentile, Config, Metric, Scenario, Side, Table};
+use crate::runtimes::{with_executor, Executor, Glommio};
+
+/// How long glommio spins before it parks in the "polling on" rows: aioctx's IOThread default.
+const GLOMMIO_SPIN: Duration = Duration::from_micros(32);
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "cross_thread_wake",
-        sides: VS_TOKIO,
+        table: Table::Peers,
         metrics: &[
             Metric::lower("p50 round trip, polling on", "us"),
             Metric::lower("p99 round trip, polling on", "us"),
@@ -20,7 +28,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "cross_thread_wake",
-        sides: VS_TOKIO,
+        table: Table::Peers,
         metrics: &[
             Metric::lower("p50 round trip, polling off", "us"),
             Metric::lower("p99 round trip, polling off", "us"),
@@ -29,7 +37,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "timer_accuracy",
-        sides: VS_TOKIO,
+        table: Table::Peers,
         metrics: &[
             Metric::lower("median lateness of sleep(50us)", "us"),
             Metric::lower("p99 lateness of sleep(50us)", "us"),
@@ -38,7 +46,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "timer_accuracy",
-        sides: VS_TOKIO,
+        table: Table::Peers,
         metrics: &[
             Metric::lower("median lateness, polling on", "us"),
             Metric::lower("p99 lateness, polling on", "us"),
@@ -59,6 +67,8 @@ async fn responder(
     }
 }
 
+const WARM_UP_TRIPS: u64 = 100;
+
 /// A plain thread sends to a task on the runtime's thread and parks until the reply arrives.
 fn client_round_trips(
     requests: mpsc::UnboundedSender<u64>,
@@ -66,11 +76,14 @@ fn client_round_trips(
     trips: u64,
 ) -> Vec<f64> {
     let mut rtts = Vec::with_capacity(trips as usize);
-    for i in 0..trips {
+    // The first trips wait for the runtime's thread to build its runtime: not measured.
+    for i in 0..trips + WARM_UP_TRIPS {
         let start = Instant::now();
         requests.unbounded_send(i).expect("responder gone");
         let reply = futures::executor::block_on(replies.next());
-        rtts.push(start.elapsed().as_nanos() as f64 / 1e3);
+        if i >= WARM_UP_TRIPS {
+            rtts.push(start.elapsed().as_nanos() as f64 / 1e3);
+        }
         assert_eq!(reply, Some(i + 1));
     }
     rtts
@@ -93,17 +106,27 @@ fn cross_thread_wake(side: Side, config: &Config, polling: bool) -> io::Result<V
             thread.stop();
             rtts
         }
-        Side::Tokio => {
-            let rt = tokio_current_thread()?;
-            let thread = std::thread::spawn(move || rt.block_on(responder(req_rx, rep_tx)));
+        _ => {
+            let spin = polling.then_some(GLOMMIO_SPIN);
+            let thread = std::thread::Builder::new()
+                .name(format!("compare-{}", side.name()))
+                .spawn(move || match side {
+                    Side::Glommio => Glommio::block_on_spinning(spin, responder(req_rx, rep_tx)),
+                    _ => with_executor!(side, block_on(responder(req_rx, rep_tx))),
+                })?;
             let rtts = client_round_trips(req_tx, rep_rx, trips);
             thread
                 .join()
-                .map_err(|_| io::Error::other("tokio thread panicked"))?;
+                .map_err(|_| io::Error::other("runtime thread panicked"))??;
             rtts
         }
     };
     Ok(vec![percentile(&rtts, 50.0), percentile(&rtts, 99.0)])
+}
+
+/// `E::block_on`, in the shape `with_executor!` calls.
+fn block_on<E: Executor>(future: impl std::future::Future<Output = ()>) -> io::Result<()> {
+    E::block_on(future)
 }
 
 fn cross_thread_wake_polling(side: Side, config: &Config) -> io::Result<Vec<f64>> {
@@ -115,40 +138,45 @@ fn cross_thread_wake_no_polling(side: Side, config: &Config) -> io::Result<Vec<f
 }
 
 /// `polling`: the aioctx context uses an IOThread's poll parameters (it then spins through the
-/// measured wake-up latency before a deadline); tokio has no such mode and runs the same either way.
+/// measured wake-up latency before a deadline), glommio spins before it parks; the other runtimes
+/// have no such mode and run the same either way.
 fn timer_accuracy(side: Side, config: &Config, polling: bool) -> io::Result<Vec<f64>> {
     let sleeps = config.pick(400, 20);
-    let period = Duration::from_micros(50);
-    let mut lateness = Vec::with_capacity(sleeps);
-    let measure = |lateness: &mut Vec<f64>, start: Instant| {
-        let late = start.elapsed().saturating_sub(period);
-        lateness.push(late.as_nanos() as f64 / 1e3);
-    };
-    match side {
+    let lateness = match side {
         Side::Aioctx => {
             let mut builder = aioctx::AioContext::builder();
             if polling {
                 builder = builder.poll_params(aioctx::PollParams::IOTHREAD);
             }
-            builder.build()?
+            builder
+                .build()?
+                .block_on(sleep_lateness::<crate::runtimes::Aioctx>(sleeps))
         }
-        .block_on(async {
-            for _ in 0..sleeps {
-                let start = Instant::now();
-                aioctx::time::sleep(period).await;
-                measure(&mut lateness, start);
-            }
-        }),
-        Side::Tokio => tokio_current_thread()?.block_on(async {
-            for _ in 0..sleeps {
-                let start = Instant::now();
-                tokio::time::sleep(period).await;
-                measure(&mut lateness, start);
-            }
-        }),
-    }
+        Side::Glommio => Glommio::block_on_spinning(
+            polling.then_some(GLOMMIO_SPIN),
+            sleep_lateness::<Glommio>(sleeps),
+        )?,
+        _ => with_executor!(side, block_on_lateness(sleeps))?,
+    };
     Ok(vec![
         percentile(&lateness, 50.0),
         percentile(&lateness, 99.0),
     ])
+}
+
+fn block_on_lateness<E: Executor>(sleeps: usize) -> io::Result<Vec<f64>> {
+    E::block_on(sleep_lateness::<E>(sleeps))
+}
+
+/// How late each of `sleeps` sleeps of 50 us ends, in us.
+async fn sleep_lateness<E: Executor>(sleeps: usize) -> Vec<f64> {
+    let period = Duration::from_micros(50);
+    let mut lateness = Vec::with_capacity(sleeps);
+    for _ in 0..sleeps {
+        let start = Instant::now();
+        E::sleep(period).await;
+        let late = start.elapsed().saturating_sub(period);
+        lateness.push(late.as_nanos() as f64 / 1e3);
+    }
+    lateness
 }
