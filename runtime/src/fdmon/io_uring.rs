@@ -46,7 +46,7 @@
 //! drops its callbacks it calls `cancel_user_ops`, which submits an `ASYNC_CANCEL` for
 //! every user operation still in flight and waits until each has posted its CQE (cancelled or done).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -73,6 +73,44 @@ fn user_data(kind: u64, index: u64) -> u64 {
 /// The `user_data` the monitor puts on a user SQE for callback slot `key`.
 pub(crate) fn user_sqe_data(key: usize) -> u64 {
     user_data(KIND_USER, key as u64)
+}
+
+/// The callback slots of the user operations in flight. Slots are slab keys, so dense and reused:
+/// a flag per slot makes insert and remove O(1) without hashing, twice per I/O on the hot path.
+#[derive(Debug, Default)]
+struct InflightSlots {
+    in_flight: Vec<bool>,
+    count: usize,
+}
+
+impl InflightSlots {
+    fn insert(&mut self, slot: usize) {
+        if slot >= self.in_flight.len() {
+            self.in_flight.resize(slot + 1, false);
+        }
+        if !std::mem::replace(&mut self.in_flight[slot], true) {
+            self.count += 1;
+        }
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(flag) = self.in_flight.get_mut(slot) {
+            if std::mem::replace(flag, false) {
+                self.count -= 1;
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.in_flight
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, &flag)| flag.then_some(slot))
+    }
 }
 
 /// The default ring size (QEMU uses 128 as well). The CQ is twice as large.
@@ -102,7 +140,7 @@ pub(crate) struct UringMonitor {
     /// SQEs that did not fit in the SQ; they go first at the next submission.
     backlog: VecDeque<squeue::Entry>,
     /// User operations whose CQE has not arrived yet.
-    user_inflight: HashSet<u64>,
+    user_inflight: InflightSlots,
     /// User SQEs queued since the last submission, for `max_batch`.
     user_queued: usize,
     max_batch: usize,
@@ -176,7 +214,7 @@ impl UringMonitor {
             polls: Slab::new(),
             by_fd: HashMap::new(),
             backlog: VecDeque::new(),
-            user_inflight: HashSet::new(),
+            user_inflight: InflightSlots::default(),
             user_queued: 0,
             max_batch,
             cqes: Vec::new(),
@@ -256,7 +294,7 @@ impl UringMonitor {
             match ud >> KIND_SHIFT {
                 KIND_POLL => self.poll_completed(index as usize, cqe.result(), out),
                 KIND_USER => {
-                    self.user_inflight.remove(&ud);
+                    self.user_inflight.remove(index as usize);
                     completions.push(Completion {
                         key: index as usize,
                         result: cqe.result(),
@@ -460,7 +498,8 @@ impl MonitorOps for UringMonitor {
 
     fn push_sqe(&mut self, sqe: squeue::Entry) -> io::Result<()> {
         let ud = sqe.get_user_data();
-        self.user_inflight.insert(ud);
+        debug_assert_eq!(ud >> KIND_SHIFT, KIND_USER, "user SQEs carry user_sqe_data");
+        self.user_inflight.insert((ud & INDEX_MASK) as usize);
         self.queue(sqe);
         self.user_queued += 1;
         if self.max_batch > 0 && self.user_queued >= self.max_batch {
@@ -474,9 +513,9 @@ impl MonitorOps for UringMonitor {
     fn cancel_user_ops(&mut self) -> (Vec<Completion>, Vec<usize>) {
         let mut completions = Vec::new();
         let mut events = Vec::new();
-        let inflight: Vec<u64> = self.user_inflight.iter().copied().collect();
-        for ud in inflight {
-            let sqe = opcode::AsyncCancel::new(ud)
+        let inflight: Vec<usize> = self.user_inflight.slots().collect();
+        for slot in inflight {
+            let sqe = opcode::AsyncCancel::new(user_sqe_data(slot))
                 .build()
                 .user_data(user_data(KIND_CANCEL, 0));
             self.queue(sqe);
@@ -499,15 +538,34 @@ impl MonitorOps for UringMonitor {
             self.reap(&mut events, &mut completions);
         }
         // Whatever is still in flight may still be written by the kernel: its owner must leak it.
-        let stuck = self
-            .user_inflight
-            .iter()
-            .map(|&ud| (ud & INDEX_MASK) as usize)
-            .collect();
+        let stuck = self.user_inflight.slots().collect();
         (completions, stuck)
     }
 
     fn backend(&self) -> Backend {
         Backend::IoUring
+    }
+}
+
+#[cfg(test)]
+mod inflight_slots_tests {
+    use super::InflightSlots;
+
+    #[test]
+    fn slots_are_counted_once_and_listed_in_order() {
+        let mut slots = InflightSlots::default();
+        assert!(slots.is_empty());
+        slots.insert(5);
+        slots.insert(0);
+        slots.insert(5);
+        assert_eq!(slots.slots().collect::<Vec<_>>(), [0, 5]);
+        slots.remove(5);
+        slots.remove(5);
+        slots.remove(1_000);
+        assert!(!slots.is_empty());
+        assert_eq!(slots.slots().collect::<Vec<_>>(), [0]);
+        slots.remove(0);
+        assert!(slots.is_empty());
+        assert_eq!(slots.slots().count(), 0);
     }
 }
