@@ -132,6 +132,20 @@ impl IoThreadBuilder {
         self
     }
 
+    /// Wake the IOThread's loop from other threads through its io_uring ring (`IORING_OP_MSG_RING`)
+    /// instead of its eventfd; see [`Builder::wake_by_msg_ring`](crate::Builder::wake_by_msg_ring).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().poll_max_ns(0).wake_by_msg_ring(true).spawn()?;
+    /// assert_eq!(io.remote().call(|| 1 + 1)?, 2);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wake_by_msg_ring(mut self, on: bool) -> Self {
+        self.context = self.context.wake_by_msg_ring(on);
+        self
+    }
+
     /// QEMU's `aio-max-batch`: submit io_uring SQEs early once this many are queued (0: at the next wait).
     ///
     /// ```

@@ -495,6 +495,76 @@ per_backend! {
         assert_eq!(after.notify_writes, before.notify_writes + 1, "{after:?}");
     }
 
+    fn msg_ring_wakes_a_sleeping_loop_without_the_eventfd(backend) {
+        // Opt-in: on io_uring a remote notification posts a CQE into the loop's ring; epoll and
+        // poll have no ring to post into and write the eventfd.
+        let ctx = AioContext::builder()
+            .backend(backend)
+            .wake_by_msg_ring(true)
+            .build()
+            .unwrap();
+        let guard = Guard::new(&ctx);
+        for round in 0..20 {
+            let (before, remote) = (ctx.stats(), ctx.remote());
+            let waker = std::thread::spawn(move || {
+                let waits = || remote.stats().blocking_waits;
+                spin_until("the loop to block", || waits() > before.blocking_waits);
+                remote.notify();
+            });
+            assert!(!ctx.poll(true));
+            waker.join().unwrap();
+            assert!(!guard.expired(), "round {round}: the notification did not wake the loop");
+            let after = ctx.stats();
+            let posts = after.notify_ring_posts - before.notify_ring_posts;
+            let writes = after.notify_writes - before.notify_writes;
+            let expected = if backend == Backend::IoUring { (1, 0) } else { (0, 1) };
+            assert_eq!((posts, writes), expected, "round {round}: {after:?}");
+        }
+    }
+
+    fn msg_ring_remote_spawns_all_run(backend) {
+        // A bounded stress of the cross-thread path: two threads spawn onto a sleeping IOThread
+        // that is woken through its ring; every task runs exactly once.
+        const PER_THREAD: u64 = 2_000;
+        let io = aioctx::IoThread::builder()
+            .backend(backend)
+            .poll_max_ns(0)
+            .wake_by_msg_ring(true)
+            .spawn()
+            .unwrap();
+        let ran = Arc::new(AtomicU64::new(0));
+        let spawners: Vec<_> = (0..2)
+            .map(|_| {
+                let (remote, ran) = (io.remote().clone(), ran.clone());
+                std::thread::spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let ran = ran.clone();
+                        let task = remote.spawn(async move {
+                            ran.fetch_add(1, Ordering::Relaxed);
+                            i
+                        });
+                        // Every 16th spawn waits for its task, so the loop goes back to sleep often.
+                        if i % 16 == 0 {
+                            assert_eq!(task.join_blocking().unwrap(), i);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for spawner in spawners {
+            spawner.join().unwrap();
+        }
+        assert_eq!(io.remote().call(|| ()).ok(), Some(()));
+        spin_until("every task to run", || ran.load(Ordering::Relaxed) == 2 * PER_THREAD);
+        let stats = io.remote().stats();
+        if backend == Backend::IoUring {
+            assert!(stats.notify_ring_posts > 0, "{stats:?}");
+        } else {
+            assert_eq!(stats.notify_ring_posts, 0, "{stats:?}");
+        }
+        io.stop();
+    }
+
     fn notification_bursts_cost_at_most_one_write_per_sleep(backend) {
         const ROUNDS: u32 = 20;
         const BURST: u64 = 100;

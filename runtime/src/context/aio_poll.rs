@@ -79,6 +79,16 @@ impl HomeState {
         let mut progress = self.try_poll_mode(&mut ready, &mut timeout);
         timeout = self.polling.shorten_timeout(timeout);
 
+        // Notifiers may post wake-ups into the ring only while the loop waits on that very ring; it
+        // retires the target before it announces a wait elsewhere (see `msg_ring.rs`).
+        if let Some(target) = self.shared.wakeup.msg_ring() {
+            if let Some(generation) = target.current_generation() {
+                if self.monitor.borrow().ring_id().map(|(_, g)| g) != Some(generation) {
+                    target.retire();
+                }
+            }
+        }
+
         // From here until the wait returns, a notifier must write the eventfd to wake us. The guard
         // withdraws the announcement even if a poll_end hook or poll function below panics.
         let notify_state = self.shared.wakeup.state();

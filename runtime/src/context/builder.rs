@@ -25,6 +25,7 @@ pub struct Builder {
     pub(super) poll: PollParams,
     pub(super) ring_entries: u32,
     pub(super) max_batch: usize,
+    pub(super) wake_by_msg_ring: bool,
     pub(super) simulate_uring_errno: Option<i32>,
     pub(super) start_paused: bool,
     pub(super) pool_size: (usize, usize),
@@ -41,6 +42,7 @@ impl Default for Builder {
             poll: PollParams::default(),
             ring_entries: crate::fdmon::io_uring::DEFAULT_ENTRIES,
             max_batch: 0,
+            wake_by_msg_ring: false,
             simulate_uring_errno: None,
             start_paused: false,
             pool_size: (0, crate::pool::DEFAULT_MAX_THREADS),
@@ -158,6 +160,27 @@ impl Builder {
     /// ```
     pub fn max_batch(mut self, max_batch: usize) -> Self {
         self.max_batch = max_batch;
+        self
+    }
+
+    /// Wake this context from other threads by posting a completion into its io_uring ring
+    /// (`IORING_OP_MSG_RING`) instead of writing its eventfd (default off). The loop then wakes from
+    /// its `io_uring_enter` with nothing to clear, where the eventfd costs it a poll completion and a
+    /// `read(2)`; each notifying thread gets a small ring of its own. Without io_uring (epoll, poll),
+    /// and while glib or a `MainLoop` drives the context, notifications write the eventfd as before;
+    /// [`Stats::notify_ring_posts`](crate::Stats::notify_ring_posts) counts the posts.
+    ///
+    /// ```
+    /// use aioctx::{AioContext, Backend};
+    /// let ctx = AioContext::builder().backend(Backend::IoUring).wake_by_msg_ring(true).build()?;
+    /// let remote = ctx.remote();
+    /// let waker = std::thread::spawn(move || remote.spawn(async { 6 * 7 }));
+    /// let task = waker.join().unwrap();
+    /// assert_eq!(ctx.block_on(task).unwrap(), 42);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wake_by_msg_ring(mut self, on: bool) -> Self {
+        self.wake_by_msg_ring = on;
         self
     }
 

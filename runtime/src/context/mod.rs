@@ -43,6 +43,7 @@ pub(crate) mod current;
 mod external;
 mod fd_handlers;
 mod handler_table;
+mod msg_ring;
 pub(crate) mod notify;
 mod poll_params;
 mod polling;
@@ -185,7 +186,11 @@ impl HomeState {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let home = thread_token();
-        let wakeup = Arc::new(Wakeup::new(eventfd));
+        let msg_ring = match monitor.ring_id() {
+            Some(ring) if b.wake_by_msg_ring => Some(msg_ring::MsgRingTarget::new(ring)?),
+            _ => None,
+        };
+        let wakeup = Arc::new(Wakeup::new(eventfd, msg_ring));
         let tasks = make_tasks(TaskStepSeed {
             context_id: id,
             home_thread: home,

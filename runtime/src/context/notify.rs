@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::task::Wake;
 
+use super::msg_ring::MsgRingTarget;
 use crate::atomics::{AtomicU32, Ordering};
 use crate::EventNotifier;
 
@@ -43,6 +44,17 @@ const NOTIFIED: u32 = 2;
 /// What one poller adds to the word while it is about to block (QEMU adds 2 to `notify_me`; aioctx
 /// needs one bit more, for `notified`).
 const WAITER: u32 = 4;
+
+/// Who a notification must wake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kick {
+    /// Nobody: the loop is not waiting, or an earlier notification already kicked it.
+    None,
+    /// The loop, blocked (or about to block) in its own fd monitor.
+    Loop,
+    /// An outside poller (glib, the `MainLoop`) watching the eventfd.
+    OutsidePoller,
+}
 
 /// The `notified` flag and the `notify_me` count in one atomic word.
 #[derive(Debug)]
@@ -59,12 +71,26 @@ impl NotifyState {
 
     /// `aio_notify`: marks the context notified. Returns true when the caller must write the eventfd
     /// because a poller may be blocked and nobody has kicked it yet.
+    #[cfg_attr(not(loom), allow(dead_code))]
     pub(crate) fn notify(&self) -> bool {
+        self.notify_kick() != Kick::None
+    }
+
+    /// [`notify`](Self::notify), saying who must be kicked.
+    pub(crate) fn notify_kick(&self) -> Kick {
         // Pairs with `prepare_wait`'s fetch_add (whichever comes later in the word's modification order
         // sees the other), and releases the caller's work to `accept` and `is_notified`.
         let old = self.word.fetch_or(NOTIFIED, Ordering::AcqRel);
-        // A poller announced its wait, or an outside driver is between prepare and check.
-        old & NOTIFIED == 0 && old & !NOTIFIED != 0
+        if old & NOTIFIED != 0 {
+            Kick::None
+        } else if old & WINDOW != 0 {
+            // An outside driver is between prepare and check: it polls the eventfd.
+            Kick::OutsidePoller
+        } else if old != 0 {
+            Kick::Loop
+        } else {
+            Kick::None
+        }
     }
 
     /// Called by the poller right before it blocks. Returns true if a notification is already pending,
@@ -127,6 +153,8 @@ pub(crate) struct Wakeup {
     state: NotifyState,
     /// The context's own eventfd (QEMU's `ctx->notifier`), written only when the loop may be asleep.
     eventfd: EventNotifier,
+    /// Where to post wake-ups instead of writing the eventfd, when the context asked for it.
+    msg_ring: Option<MsgRingTarget>,
     /// The loop is busy-polling. Written and read only on the home thread (a home-thread wake checks
     /// it); the atomic only lets the struct be shared.
     polling: AtomicBool,
@@ -139,13 +167,15 @@ pub(crate) struct Wakeup {
 struct NotifyCounters {
     writes: AtomicU64,
     skipped: AtomicU64,
+    ring_posts: AtomicU64,
 }
 
 impl Wakeup {
-    pub(crate) fn new(eventfd: EventNotifier) -> Self {
+    pub(crate) fn new(eventfd: EventNotifier, msg_ring: Option<MsgRingTarget>) -> Self {
         Self {
             state: NotifyState::new(),
             eventfd,
+            msg_ring,
             polling: AtomicBool::new(false),
             counters: NotifyCounters::default(),
         }
@@ -155,13 +185,30 @@ impl Wakeup {
     /// may be asleep and nobody kicked it yet.
     pub(crate) fn notify(&self) {
         // Relaxed counters: statistics, they publish nothing.
-        if self.state.notify() {
-            // Failing to write our own eventfd can only mean its counter is saturated, i.e. it is set.
-            let _ = self.eventfd.set();
-            self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+        match self.state.notify_kick() {
+            Kick::None => {
+                self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            Kick::Loop
+                if self
+                    .msg_ring
+                    .as_ref()
+                    .is_some_and(|ring| ring.post().is_ok()) =>
+            {
+                self.counters.ring_posts.fetch_add(1, Ordering::Relaxed);
+            }
+            Kick::Loop | Kick::OutsidePoller => {
+                // Failing to write our own eventfd can only mean its counter is saturated, i.e. it
+                // is set.
+                let _ = self.eventfd.set();
+                self.counters.writes.fetch_add(1, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// The ring target, while notifications may post to it (see `msg_ring.rs`).
+    pub(crate) fn msg_ring(&self) -> Option<&MsgRingTarget> {
+        self.msg_ring.as_ref()
     }
 
     /// The notify_me word, for the loop's wait protocol.
@@ -187,12 +234,13 @@ impl Wakeup {
         PollingGuard(&self.polling)
     }
 
-    /// `(eventfd writes, writes skipped)` so far.
-    pub(crate) fn counts(&self) -> (u64, u64) {
+    /// `(eventfd writes, writes skipped, ring posts)` so far.
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
         // Relaxed: statistics.
         (
             self.counters.writes.load(Ordering::Relaxed),
             self.counters.skipped.load(Ordering::Relaxed),
+            self.counters.ring_posts.load(Ordering::Relaxed),
         )
     }
 }

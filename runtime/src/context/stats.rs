@@ -33,6 +33,9 @@ pub struct Stats {
     pub notify_writes: u64,
     /// Notifications that skipped the eventfd write thanks to the notify_me protocol.
     pub notify_skipped: u64,
+    /// Notifications delivered as a completion posted into the loop's io_uring ring instead of an
+    /// eventfd write ([`Builder::wake_by_msg_ring`](crate::Builder::wake_by_msg_ring)).
+    pub notify_ring_posts: u64,
     /// Bottom-half callbacks run.
     pub bhs_run: u64,
     /// fd handler dispatches (read, write or poll_ready callbacks invoked for one ready handler).
@@ -69,7 +72,10 @@ pub(crate) struct Counters {
 
 impl Counters {
     /// A snapshot, with the notification counts `(eventfd writes, writes skipped)`.
-    pub(crate) fn snapshot(&self, (notify_writes, notify_skipped): (u64, u64)) -> Stats {
+    pub(crate) fn snapshot(
+        &self,
+        (notify_writes, notify_skipped, notify_ring_posts): (u64, u64, u64),
+    ) -> Stats {
         Stats {
             iterations: self.iterations.get(),
             poll_hits: self.poll_hits.get(),
@@ -78,6 +84,7 @@ impl Counters {
             blocking_waits: self.blocking_waits.get(),
             notify_writes,
             notify_skipped,
+            notify_ring_posts,
             bhs_run: self.bhs_run.get(),
             handlers_dispatched: self.handlers_dispatched.get(),
             timers_fired: self.timers_fired.get(),

@@ -64,6 +64,12 @@ const KIND_POLL: u64 = 1;
 const KIND_POLL_REMOVE: u64 = 2;
 const KIND_USER: u64 = 3;
 const KIND_CANCEL: u64 = 4;
+/// A CQE another thread posted with `IORING_OP_MSG_RING` to wake the loop (`context::msg_ring`):
+/// it carries no work, its arrival ended the wait.
+const KIND_WAKE: u64 = 5;
+
+/// The `user_data` of the wake-up CQEs other threads post into a context's ring.
+pub(crate) const WAKE_USER_DATA: u64 = KIND_WAKE << KIND_SHIFT;
 const INDEX_MASK: u64 = (1 << KIND_SHIFT) - 1;
 
 fn user_data(kind: u64, index: u64) -> u64 {
@@ -149,6 +155,15 @@ pub(crate) struct UringMonitor {
     stats: Arc<UringCounters>,
     /// The ring defers task running (completions are posted only when the home thread enters).
     deferred: bool,
+    /// Which ring this is: a new number whenever the monitor replaces its ring, so that a wake-up
+    /// target made for the old one can tell (see [`MonitorOps::ring_id`]).
+    generation: u64,
+}
+
+fn next_ring_generation() -> u64 {
+    // Relaxed: only distinctness matters.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Why io_uring cannot be used here, as an error for a forced backend (and a reason for `Auto` to fall
@@ -220,6 +235,7 @@ impl UringMonitor {
             cqes: Vec::new(),
             stats,
             deferred: false,
+            generation: next_ring_generation(),
         })
     }
 
@@ -301,7 +317,8 @@ impl UringMonitor {
                         flags: cqe.flags(),
                     });
                 }
-                // POLL_REMOVE and ASYNC_CANCEL results only say whether the target was still there.
+                // A wake-up CQE only had to end the wait; POLL_REMOVE and ASYNC_CANCEL results only
+                // say whether the target was still there.
                 _ => {}
             }
         }
@@ -472,6 +489,7 @@ impl MonitorOps for UringMonitor {
         };
         self.ring = ring;
         self.deferred = false;
+        self.generation = next_ring_generation();
         // Only poll adds and removes can be queued: no user SQE is in flight.
         self.backlog.clear();
         self.user_queued = 0;
@@ -544,6 +562,10 @@ impl MonitorOps for UringMonitor {
 
     fn backend(&self) -> Backend {
         Backend::IoUring
+    }
+
+    fn ring_id(&self) -> Option<(std::os::fd::RawFd, u64)> {
+        Some((self.ring_fd(), self.generation))
     }
 }
 

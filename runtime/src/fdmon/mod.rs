@@ -129,6 +129,11 @@ pub(crate) trait MonitorOps {
         (Vec::new(), Vec::new())
     }
     fn backend(&self) -> Backend;
+    /// The io_uring ring the loop waits on, as `(fd, generation)`; the generation changes whenever
+    /// the ring is replaced. `None` when the loop does not wait on a ring.
+    fn ring_id(&self) -> Option<(RawFd, u64)> {
+        None
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -226,6 +231,11 @@ impl FdMonitor {
 
     pub(crate) fn backend(&self) -> Backend {
         self.ops.backend()
+    }
+
+    /// See [`MonitorOps::ring_id`].
+    pub(crate) fn ring_id(&self) -> Option<(RawFd, u64)> {
+        self.ops.ring_id()
     }
 
     pub(crate) fn need_wait(&mut self) -> bool {

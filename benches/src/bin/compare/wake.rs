@@ -1,6 +1,7 @@
 //! Latency scenarios: cross-thread wakeups and short sleeps.
 //!
-//! "polling on" rows run aioctx with an IOThread's adaptive polling (32 us window, QEMU's default)
+//! "MSG_RING" rows wake aioctx's IOThread by posting a completion into its ring instead of writing
+//! its eventfd (`IoThreadBuilder::wake_by_msg_ring`). "polling on" rows run aioctx with an IOThread's adaptive polling (32 us window, QEMU's default)
 //! and glommio with the same 32 us of `spin_before_park`, its counterpart; tokio, compio, monoio and
 //! smol have no busy-polling mode and run the same in both rows.
 
@@ -34,6 +35,15 @@ pub const SCENARIOS: &[Scenario] = &[
             Metric::lower("p99 round trip, polling off", "us"),
         ],
         run: cross_thread_wake_no_polling,
+    },
+    Scenario {
+        name: "cross_thread_wake",
+        table: Table::Peers,
+        metrics: &[
+            Metric::lower("p50 round trip, polling off, MSG_RING", "us"),
+            Metric::lower("p99 round trip, polling off, MSG_RING", "us"),
+        ],
+        run: |side, config| cross_thread_wake(side, config, false, true),
     },
     Scenario {
         name: "timer_accuracy",
@@ -89,13 +99,22 @@ fn client_round_trips(
     rtts
 }
 
-fn cross_thread_wake(side: Side, config: &Config, polling: bool) -> io::Result<Vec<f64>> {
+/// `msg_ring`: aioctx's IOThread is woken through its io_uring ring (`wake_by_msg_ring`) instead of
+/// its eventfd; the peers have no such option and run as without it.
+fn cross_thread_wake(
+    side: Side,
+    config: &Config,
+    polling: bool,
+    msg_ring: bool,
+) -> io::Result<Vec<f64>> {
     let trips = config.pick(20_000, 500);
     let (req_tx, req_rx) = mpsc::unbounded();
     let (rep_tx, rep_rx) = mpsc::unbounded();
     let rtts = match side {
         Side::Aioctx => {
-            let mut builder = aioctx::IoThread::builder().name("compare-iothread");
+            let mut builder = aioctx::IoThread::builder()
+                .name("compare-iothread")
+                .wake_by_msg_ring(msg_ring);
             if !polling {
                 builder = builder.poll_max_ns(0);
             }
@@ -130,11 +149,11 @@ fn block_on<E: Executor>(future: impl std::future::Future<Output = ()>) -> io::R
 }
 
 fn cross_thread_wake_polling(side: Side, config: &Config) -> io::Result<Vec<f64>> {
-    cross_thread_wake(side, config, true)
+    cross_thread_wake(side, config, true, false)
 }
 
 fn cross_thread_wake_no_polling(side: Side, config: &Config) -> io::Result<Vec<f64>> {
-    cross_thread_wake(side, config, false)
+    cross_thread_wake(side, config, false, false)
 }
 
 /// `polling`: the aioctx context uses an IOThread's poll parameters (it then spins through the
