@@ -12,7 +12,8 @@ use loom::thread;
 
 use crate::atomics::{AtomicU32, Ordering};
 use crate::context::bh_list::{dequeue, BhList, BhNode, DELETED, SCHEDULED};
-use crate::context::notify::NotifyState;
+use crate::context::msg_ring::Current;
+use crate::context::notify::{Kick, NotifyState};
 
 /// The eventfd: a flag a waiter blocks on.
 struct EventFd {
@@ -378,5 +379,40 @@ fn loom_task_wakes_local_and_remote() {
         ran.sort_unstable();
         assert_eq!(ran, [1, 2]);
         assert!(queues.pop_any().is_none());
+    });
+}
+
+/// `wake_by_msg_ring`: a notifier posts into the loop's ring only while the loop waits on it. Here
+/// the loop has stopped waiting on the ring (its monitor fell back or replaced the ring): it retires
+/// the target, then blocks on the eventfd. A notifier that must kick the loop has seen the wait
+/// announced after the retirement, so it writes the eventfd; a post to the ring would be a lost
+/// wakeup, which deadlocks the model.
+#[test]
+fn loom_msg_ring_retired_before_a_wait_is_seen_by_its_kicker() {
+    loom::model(|| {
+        let ctx = Ctx::new();
+        let ring = Arc::new(EventFd::new());
+        let current = Arc::new(Current::new());
+        let node = BhNode::new(7, 0);
+        let remote = thread::spawn({
+            let (ctx, node) = (Arc::clone(&ctx), Arc::clone(&node));
+            let (ring, current) = (Arc::clone(&ring), Arc::clone(&current));
+            move || {
+                if ctx.bhs.enqueue(&node, SCHEDULED) {
+                    match ctx.notify.notify_kick() {
+                        Kick::None => {}
+                        Kick::Loop if current.is_current() => ring.write(),
+                        Kick::Loop | Kick::OutsidePoller => ctx.eventfd.write(),
+                    }
+                }
+            }
+        });
+        current.retire();
+        let mut ran = Vec::new();
+        while ran.is_empty() {
+            ran = ctx.poll_blocking();
+        }
+        remote.join().unwrap();
+        assert_eq!(ran, [7]);
     });
 }

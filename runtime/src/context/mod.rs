@@ -43,7 +43,7 @@ pub(crate) mod current;
 mod external;
 mod fd_handlers;
 mod handler_table;
-mod msg_ring;
+pub(crate) mod msg_ring;
 pub(crate) mod notify;
 mod poll_params;
 mod polling;

@@ -25,16 +25,38 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use io_uring::{opcode, types, IoUring};
 
+use crate::atomics::{AtomicBool, Ordering};
 use crate::fdmon::io_uring::WAKE_USER_DATA;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The ring a context's notifiers post wake-ups into.
 #[derive(Debug)]
 pub(crate) struct MsgRingTarget {
     ring: OwnedFd,
     generation: u64,
-    /// Cleared (for good) once the loop no longer waits on this ring.
-    current: AtomicBool,
+    current: Current,
+}
+
+/// Whether the loop still waits on the target's ring: cleared for good once it does not. The loom
+/// model `msg_ring_retired_before_a_wait_is_seen_by_its_kicker` runs this very type.
+#[derive(Debug)]
+pub(crate) struct Current(AtomicBool);
+
+impl Current {
+    pub(crate) fn new() -> Self {
+        Self(AtomicBool::new(true))
+    }
+
+    /// The loop no longer waits on the ring. Home thread, before it announces its next wait.
+    pub(crate) fn retire(&self) {
+        // Release pairs with the Acquire in `is_current`. The notify word orders the two anyway: a
+        // notifier kicks only after its RMW saw the wait announced after this store.
+        self.0.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn is_current(&self) -> bool {
+        // Acquire pairs with `retire`'s Release.
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl MsgRingTarget {
@@ -46,30 +68,24 @@ impl MsgRingTarget {
         Ok(Self {
             ring: borrowed.try_clone_to_owned()?,
             generation,
-            current: AtomicBool::new(true),
+            current: Current::new(),
         })
     }
 
     /// The generation of the ring this target posts to, while the loop still waits on it.
     pub(crate) fn current_generation(&self) -> Option<u64> {
-        // Relaxed: only the home thread stores, and it reads its own store.
-        self.current
-            .load(Ordering::Relaxed)
-            .then_some(self.generation)
+        self.current.is_current().then_some(self.generation)
     }
 
     /// The loop no longer waits on this ring: notifiers go back to the eventfd. Home thread, before
     /// the loop announces its next wait.
     pub(crate) fn retire(&self) {
-        // Release pairs with the Acquire in `post`; the notify word orders the two anyway (see the
-        // module docs), this only keeps the argument local.
-        self.current.store(false, Ordering::Release);
+        self.current.retire();
     }
 
     /// Posts a wake-up CQE into the loop's ring. An error means nothing was posted.
     pub(crate) fn post(&self) -> io::Result<()> {
-        // Acquire pairs with `retire`'s Release.
-        if !self.current.load(Ordering::Acquire) {
+        if !self.current.is_current() {
             return Err(io::Error::other("the loop no longer waits on this ring"));
         }
         post_from_this_thread(self.ring.as_fd().as_raw_fd())

@@ -569,7 +569,7 @@ impl MonitorOps for UringMonitor {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod inflight_slots_tests {
     use super::InflightSlots;
 
