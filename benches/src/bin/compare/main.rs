@@ -17,6 +17,7 @@ mod device;
 mod files;
 mod glib;
 mod harness;
+mod mixed;
 mod net;
 mod report;
 mod runtimes;
@@ -61,6 +62,7 @@ fn scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(net::SCENARIOS)
         .chain(files::SCENARIOS)
         .chain(device::SCENARIOS)
+        .chain(mixed::SCENARIOS)
         .chain(glib::SCENARIOS)
 }
 

@@ -27,6 +27,20 @@ pub trait Executor {
     /// Spawns `future` on the runtime current on this thread.
     fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> Self::Join<T>;
 
+    /// The awaitable handle of a task spawned with [`spawn_local`](Self::spawn_local).
+    type LocalJoin<T: 'static>: Future<Output = T>;
+
+    /// Spawns a future that need not be `Send` (it may hold the runtime's timers, which are not
+    /// `Send` on every runtime) on this thread's runtime; only inside
+    /// [`block_on_local`](Self::block_on_local).
+    fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Self::LocalJoin<T>;
+
+    /// [`block_on`](Self::block_on), where [`spawn_local`](Self::spawn_local) works (tokio needs a
+    /// `LocalSet` for it).
+    fn block_on_local<F: Future>(future: F) -> io::Result<F::Output> {
+        Self::block_on(future)
+    }
+
     /// The runtime's own timer.
     fn sleep(duration: Duration) -> impl Future<Output = ()>;
 
@@ -69,6 +83,12 @@ impl Executor for Aioctx {
         aioctx::spawn(future).map(joined as fn(_) -> T)
     }
 
+    type LocalJoin<T: 'static> = Unwrapped<aioctx::JoinHandle<T>, T, aioctx::JoinError>;
+
+    fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Self::LocalJoin<T> {
+        aioctx::spawn_local(future).map(joined as fn(_) -> T)
+    }
+
     fn sleep(duration: Duration) -> impl Future<Output = ()> {
         aioctx::time::sleep(duration)
     }
@@ -89,6 +109,17 @@ impl Executor for Tokio {
 
     fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> Self::Join<T> {
         tokio::spawn(future).map(joined as fn(_) -> T)
+    }
+
+    type LocalJoin<T: 'static> = Unwrapped<tokio::task::JoinHandle<T>, T, tokio::task::JoinError>;
+
+    fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Self::LocalJoin<T> {
+        tokio::task::spawn_local(future).map(joined as fn(_) -> T)
+    }
+
+    fn block_on_local<F: Future>(future: F) -> io::Result<F::Output> {
+        let runtime = crate::harness::tokio_current_thread()?;
+        Ok(tokio::task::LocalSet::new().block_on(&runtime, future))
     }
 
     fn sleep(duration: Duration) -> impl Future<Output = ()> {
@@ -117,6 +148,13 @@ impl Executor for Compio {
     }
 
     fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> Self::Join<T> {
+        compio::runtime::spawn(future).map(joined as fn(_) -> T)
+    }
+
+    type LocalJoin<T: 'static> =
+        Unwrapped<compio::runtime::JoinHandle<T>, T, compio::runtime::JoinError>;
+
+    fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Self::LocalJoin<T> {
         compio::runtime::spawn(future).map(joined as fn(_) -> T)
     }
 
@@ -150,6 +188,12 @@ impl Executor for Monoio {
     }
 
     fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> Self::Join<T> {
+        monoio::spawn(future)
+    }
+
+    type LocalJoin<T: 'static> = monoio::task::JoinHandle<T>;
+
+    fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Self::LocalJoin<T> {
         monoio::spawn(future)
     }
 
@@ -202,6 +246,12 @@ impl Executor for Smol {
         Smol::spawn_local(future)
     }
 
+    type LocalJoin<T: 'static> = async_executor::Task<T>;
+
+    fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Self::LocalJoin<T> {
+        Smol::spawn_local(future)
+    }
+
     fn sleep(duration: Duration) -> impl Future<Output = ()> {
         async_io::Timer::after(duration).map(drop)
     }
@@ -239,6 +289,12 @@ impl Executor for Glommio {
     }
 
     fn spawn<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> Self::Join<T> {
+        glommio::spawn_local(future)
+    }
+
+    type LocalJoin<T: 'static> = glommio::Task<T>;
+
+    fn spawn_local<T: 'static>(future: impl Future<Output = T> + 'static) -> Self::LocalJoin<T> {
         glommio::spawn_local(future)
     }
 
