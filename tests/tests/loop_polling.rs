@@ -55,6 +55,20 @@ enum Path {
     Poll,
 }
 
+/// One blocking iteration of `ctx` that a plain thread notifies once it sees the loop blocked; returns
+/// the stats before and after. The iteration must not count as progress.
+fn notify_from_another_thread_while_blocked(ctx: &AioContext) -> (Stats, Stats) {
+    let (before, remote) = (ctx.stats(), ctx.remote());
+    let waker = std::thread::spawn(move || {
+        let waits = || remote.stats().blocking_waits;
+        spin_until("the loop to block", || waits() > before.blocking_waits);
+        remote.notify();
+    });
+    assert!(!ctx.poll(true));
+    waker.join().unwrap();
+    (before, ctx.stats())
+}
+
 /// A timerfd on the monotonic clock (the clock of `Instant`), non-blocking.
 fn timerfd() -> OwnedFd {
     // SAFETY: timerfd_create takes no pointers.
@@ -481,16 +495,8 @@ per_backend! {
         assert_eq!(ctx.stats().blocking_waits, before.blocking_waits, "a notified loop slept");
 
         // From a plain thread while the loop sleeps: one write, and the loop returns.
-        let (before, remote) = (ctx.stats(), ctx.remote());
-        let waker = std::thread::spawn(move || {
-            let waits = || remote.stats().blocking_waits;
-            spin_until("the loop to block", || waits() > before.blocking_waits);
-            remote.notify();
-        });
-        assert!(!ctx.poll(true));
-        waker.join().unwrap();
+        let (before, after) = notify_from_another_thread_while_blocked(&ctx);
         assert!(!guard.expired(), "the remote notification did not wake the loop");
-        let after = ctx.stats();
         assert_eq!(after.blocking_waits, before.blocking_waits + 1);
         assert_eq!(after.notify_writes, before.notify_writes + 1, "{after:?}");
     }
@@ -505,16 +511,8 @@ per_backend! {
             .unwrap();
         let guard = Guard::new(&ctx);
         for round in 0..20 {
-            let (before, remote) = (ctx.stats(), ctx.remote());
-            let waker = std::thread::spawn(move || {
-                let waits = || remote.stats().blocking_waits;
-                spin_until("the loop to block", || waits() > before.blocking_waits);
-                remote.notify();
-            });
-            assert!(!ctx.poll(true));
-            waker.join().unwrap();
+            let (before, after) = notify_from_another_thread_while_blocked(&ctx);
             assert!(!guard.expired(), "round {round}: the notification did not wake the loop");
-            let after = ctx.stats();
             let posts = after.notify_ring_posts - before.notify_ring_posts;
             let writes = after.notify_writes - before.notify_writes;
             let expected = if backend == Backend::IoUring { (1, 0) } else { (0, 1) };

@@ -70,6 +70,35 @@ pub const SCENARIOS: &[Scenario] = &[
 /// server does the same work and only its CPU per request differs.
 const PACED_RATE: f64 = 20_000.0;
 
+/// Spawns (with `$spawn`) a task per idle socket that waits for it to become readable (the future
+/// `$wait_idle` makes of it) or for the returned sender to drop: `(stop, tasks)`.
+macro_rules! idle_waiters {
+    ($spawn:path, $wait_idle:expr, $idle:ident) => {{
+        let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+        let stopped = futures::FutureExt::shared(stopped);
+        let mut waiting = Vec::with_capacity($idle.len());
+        for socket in $idle {
+            let idle = $wait_idle(socket)?;
+            let stopped = stopped.clone();
+            waiting.push($spawn(async move {
+                futures::future::select(std::pin::pin!(idle), stopped).await;
+            }));
+        }
+        (stop, waiting)
+    }};
+}
+
+/// Ends every idle task, so that no runtime keeps (or leaks) the sockets after the run.
+async fn end_idle_waiters<T: std::future::Future>(
+    stop: futures::channel::oneshot::Sender<()>,
+    waiting: Vec<T>,
+) {
+    drop(stop);
+    for task in waiting {
+        let _ = task.await;
+    }
+}
+
 /// One body for the runtimes with futures-style borrowed-buffer streams: `$wrap` turns a std
 /// `UnixStream` into the runtime's, `$spawn` spawns a task, `$wait_idle` turns an idle socket into a
 /// future that waits for it to become readable. Tasks wait on every idle socket while `ping` and
@@ -77,16 +106,7 @@ const PACED_RATE: f64 = 20_000.0;
 macro_rules! idle_round_trips {
     ($wrap:expr, $spawn:path, $wait_idle:expr, $idle:ident, $ping:ident, $pong:ident, $trips:ident) => {
         async move {
-            let (stop, stopped) = futures::channel::oneshot::channel::<()>();
-            let stopped = futures::FutureExt::shared(stopped);
-            let mut waiting = Vec::with_capacity($idle.len());
-            for socket in $idle {
-                let idle = $wait_idle(socket)?;
-                let stopped = stopped.clone();
-                waiting.push($spawn(async move {
-                    futures::future::select(std::pin::pin!(idle), stopped).await;
-                }));
-            }
+            let (stop, waiting) = idle_waiters!($spawn, $wait_idle, $idle);
             let mut pong = $wrap($pong)?;
             let _echo = $spawn(async move {
                 let mut byte = [0u8; 1];
@@ -109,11 +129,7 @@ macro_rules! idle_round_trips {
                 ping.read_exact(&mut byte).await?;
             }
             let (elapsed, cpu) = (start.elapsed(), cpu::process()? - cpu);
-            // End every idle task, so that no runtime keeps (or leaks) the sockets after the run.
-            drop(stop);
-            for task in waiting {
-                let _ = task.await;
-            }
+            end_idle_waiters(stop, waiting).await;
             io::Result::Ok((ns_per(elapsed, $trips) / 1e3, cpu::us_per(cpu, $trips)))
         }
     };
@@ -125,16 +141,7 @@ macro_rules! idle_round_trips_owned {
     ($wrap:expr, $spawn:path, $wait_idle:expr, $read:expr, $write:expr,
      $idle:ident, $ping:ident, $pong:ident, $trips:ident) => {
         async move {
-            let (stop, stopped) = futures::channel::oneshot::channel::<()>();
-            let stopped = futures::FutureExt::shared(stopped);
-            let mut waiting = Vec::with_capacity($idle.len());
-            for socket in $idle {
-                let idle = $wait_idle(socket)?;
-                let stopped = stopped.clone();
-                waiting.push($spawn(async move {
-                    futures::future::select(std::pin::pin!(idle), stopped).await;
-                }));
-            }
+            let (stop, waiting) = idle_waiters!($spawn, $wait_idle, $idle);
             let mut pong = $wrap($pong)?;
             let _echo = $spawn(async move {
                 let mut byte = Vec::with_capacity(1);
@@ -170,11 +177,7 @@ macro_rules! idle_round_trips_owned {
                 byte = trip(&mut ping, byte).await?;
             }
             let (elapsed, cpu) = (start.elapsed(), cpu::process()? - cpu);
-            // End every idle task, so that no runtime keeps (or leaks) the sockets after the run.
-            drop(stop);
-            for task in waiting {
-                let _ = task.await;
-            }
+            end_idle_waiters(stop, waiting).await;
             io::Result::Ok((ns_per(elapsed, $trips) / 1e3, cpu::us_per(cpu, $trips)))
         }
     };
