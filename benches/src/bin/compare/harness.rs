@@ -298,6 +298,47 @@ mod tests {
         assert!(percentile(&[], 50.0).is_nan());
     }
 
+    thread_local! {
+        static CALLS: std::cell::RefCell<Vec<Side>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// A scenario glommio cannot express; every other side reports its position in `Side::ALL`.
+    fn fake_run(side: Side, _: &Config) -> io::Result<Vec<f64>> {
+        CALLS.with(|calls| calls.borrow_mut().push(side));
+        match side {
+            Side::Glommio => Err(cannot_express("no way")),
+            side => Ok(vec![
+                Side::ALL.iter().position(|&s| s == side).unwrap() as f64
+            ]),
+        }
+    }
+
+    #[test]
+    fn rounds_take_turns_and_inexpressible_sides_become_null() {
+        const FAKE: Scenario = Scenario {
+            name: "fake",
+            table: Table::Peers,
+            metrics: &[Metric::lower("m", "u")],
+            run: fake_run,
+        };
+        let config = Config {
+            quick: true,
+            scratch: std::env::temp_dir(),
+            only: None,
+        };
+        let rows = measure(&FAKE, &config, 2).unwrap();
+        let calls = CALLS.with(|calls| calls.take());
+        // Warm-up: every side once (glommio says no); then two rounds of the five others in turn.
+        let five = &Side::ALL[..5];
+        let expected: Vec<Side> = Side::ALL.iter().chain(five).chain(five).copied().collect();
+        assert_eq!(calls, expected);
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(row.samples(Side::Monoio).unwrap().0, [3.0, 3.0]);
+        assert_eq!(row.median(Side::Glommio), None);
+        assert_eq!(row.not_expressible, [(Side::Glommio, "no way".to_string())]);
+    }
+
     #[test]
     fn speedup_is_oriented_so_above_one_favours_aioctx() {
         let row = |better, a: f64, t: f64| Row {

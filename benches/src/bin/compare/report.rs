@@ -245,3 +245,63 @@ pub fn write_json(rows: &[Row], path: &Path) -> io::Result<()> {
     let doc = serde_json::json!({ "scenarios": scenarios, "versus": versus });
     std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::{Metric, Samples};
+
+    fn row(table: Table) -> Row {
+        Row {
+            scenario: "spawn_join",
+            table,
+            metric: Metric::lower("per task", "ns"),
+            samples: vec![
+                (Side::Aioctx, Samples(vec![100.0, 90.0, 110.0])),
+                (Side::Tokio, Samples(vec![300.0, 310.0, 290.0])),
+                (Side::Compio, Samples(vec![50.0, 50.0, 50.0])),
+            ],
+            not_expressible: vec![(Side::Glommio, "cannot".into())],
+        }
+    }
+
+    /// The shape issue 19 fixes: every peer is a key of `peers` and `speedups`, `null` where the peer
+    /// did not run, a speedup above 1 favouring aioctx; the glib rows go to `versus`.
+    #[test]
+    fn json_has_every_peer_with_nulls_and_oriented_speedups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("compare.json");
+        let versus = Row {
+            table: Table::Versus(["MainLoop", "bare ctx"]),
+            ..row(Table::Peers)
+        };
+        write_json(&[row(Table::Peers), versus], &path).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let scenarios = doc["scenarios"].as_array().unwrap();
+        assert_eq!(scenarios.len(), 1);
+        let s = &scenarios[0];
+        assert_eq!(s["name"], "spawn_join");
+        assert_eq!(s["metric"], "per task");
+        assert_eq!(s["unit"], "ns");
+        assert_eq!(s["aioctx"], 100.0);
+        for peer in ["tokio", "compio", "monoio", "smol", "glommio"] {
+            assert!(s["peers"].get(peer).is_some(), "peers lacks {peer}: {s}");
+            assert!(
+                s["speedups"].get(peer).is_some(),
+                "speedups lacks {peer}: {s}"
+            );
+        }
+        assert_eq!(s["peers"]["tokio"], 300.0);
+        assert_eq!(s["speedups"]["tokio"], 3.0);
+        assert_eq!(s["speedups"]["compio"], 0.5);
+        assert!(s["peers"]["monoio"].is_null() && s["speedups"]["monoio"].is_null());
+        assert!(s["peers"]["glommio"].is_null());
+        assert_eq!(s["not_expressible"]["glommio"], "cannot");
+        assert_eq!(s["min_max"]["aioctx"], serde_json::json!([90.0, 110.0]));
+        let versus = doc["versus"].as_array().unwrap();
+        assert_eq!(versus.len(), 1);
+        assert_eq!(versus[0]["a"]["name"], "MainLoop");
+        assert_eq!(versus[0]["b"]["value"], 300.0);
+    }
+}
