@@ -68,7 +68,7 @@ impl Ctx {
 
     /// `aio_notify`.
     fn notify(&self) {
-        if self.notify.notify() {
+        if self.notify.notify_kick() != Kick::None {
             // Relaxed: a count the model asserts on after joining every thread (the join orders it).
             self.writes.fetch_add(1, Ordering::Relaxed);
             self.eventfd.write();

@@ -83,12 +83,11 @@ impl MsgRingTarget {
         self.current.retire();
     }
 
-    /// Posts a wake-up CQE into the loop's ring. An error means nothing was posted.
-    pub(crate) fn post(&self) -> io::Result<()> {
-        if !self.current.is_current() {
-            return Err(io::Error::other("the loop no longer waits on this ring"));
-        }
-        post_from_this_thread(self.ring.as_fd().as_raw_fd())
+    /// Posts a wake-up CQE into the loop's ring; false if nothing was posted (the ring is retired, or
+    /// the post failed), and the caller writes the eventfd. The fallback allocates nothing: after a
+    /// retirement every notification takes it.
+    pub(crate) fn post(&self) -> bool {
+        self.current.is_current() && post_from_this_thread(self.ring.as_fd().as_raw_fd()).is_ok()
     }
 }
 
@@ -105,11 +104,11 @@ fn post_from_this_thread(target: RawFd) -> io::Result<()> {
             let mut sender = sender
                 .try_borrow_mut()
                 .map_err(|_| io::Error::other("reentrant MSG_RING post"))?;
-            if sender.is_none() {
-                *sender = Some(IoUring::new(4)?);
-            }
-            let ring = sender.as_mut().expect("made above");
-            // Completions of earlier posts that gave up waiting (EINTR) are stale now.
+            let ring = match &mut *sender {
+                Some(ring) => ring,
+                empty => empty.insert(IoUring::new(4)?),
+            };
+            // A completion left by an earlier post that failed after its submission is stale.
             ring.completion().for_each(drop);
             let sqe = opcode::MsgRingData::new(types::Fd(target), 0, WAKE_USER_DATA, None)
                 .build()
@@ -117,23 +116,19 @@ fn post_from_this_thread(target: RawFd) -> io::Result<()> {
             // SAFETY: a MSG_RING with IORING_MSG_DATA references no memory of this process.
             unsafe { ring.submission().push(&sqe) }
                 .map_err(|_| io::Error::other("the sender ring's SQ is full"))?;
-            let mut attempts = 0;
-            loop {
-                match ring.submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted && attempts < 100 => {}
-                    Err(e) => return Err(e),
+            // A signal may interrupt the wait, not the post: submitting again waits for its CQE.
+            while let Err(e) = ring.submit_and_wait(1) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
                 }
-                attempts += 1;
-                if let Some(cqe) = ring.completion().next() {
-                    return match cqe.result() {
-                        res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
-                        _ => Ok(()),
-                    };
-                }
-                if attempts >= 100 {
-                    return Err(io::Error::other("no MSG_RING completion"));
-                }
+            }
+            let cqe = ring
+                .completion()
+                .next()
+                .ok_or_else(|| io::Error::other("no MSG_RING completion"))?;
+            match cqe.result() {
+                res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+                _ => Ok(()),
             }
         })
         .unwrap_or_else(|_| Err(io::Error::other("thread is exiting")))

@@ -16,7 +16,7 @@
 //! reliance on fences (which also lets loom check the protocol exactly; it does not model SeqCst fences).
 //! The cost is the same as QEMU's: one locked instruction on each side.
 //!
-//! The single word also lets [`NotifyState::notify`] skip the eventfd write when `notified` was already
+//! The single word also lets [`NotifyState::notify_kick`] skip the eventfd write when `notified` was already
 //! set: whoever set it first either saw no waiter (and the waiter will see `notified` and not block) or
 //! wrote the eventfd itself, which is still pending. So a burst of cross-thread wakeups against a sleeping
 //! loop costs one write, not one per wakeup.
@@ -69,14 +69,8 @@ impl NotifyState {
         }
     }
 
-    /// `aio_notify`: marks the context notified. Returns true when the caller must write the eventfd
-    /// because a poller may be blocked and nobody has kicked it yet.
-    #[cfg_attr(not(loom), allow(dead_code))]
-    pub(crate) fn notify(&self) -> bool {
-        self.notify_kick() != Kick::None
-    }
-
-    /// [`notify`](Self::notify), saying who must be kicked.
+    /// `aio_notify`: marks the context notified and says who must be kicked: nobody, or a poller
+    /// that may be blocked and that nobody has kicked yet.
     pub(crate) fn notify_kick(&self) -> Kick {
         // Pairs with `prepare_wait`'s fetch_add (whichever comes later in the word's modification order
         // sees the other), and releases the caller's work to `accept` and `is_notified`.
@@ -97,7 +91,7 @@ impl NotifyState {
     /// in which case the poller must not block (QEMU: `timeout = 0`). Either way the poller must call
     /// [`finish_wait`](Self::finish_wait) afterwards.
     pub(crate) fn prepare_wait(&self) -> bool {
-        // Pairs with `notify`'s fetch_or: a notifier before us in the modification order left NOTIFIED
+        // Pairs with `notify_kick`'s fetch_or: a notifier before us in the modification order left NOTIFIED
         // for us to see; one after us sees our WAITER and writes the eventfd.
         let old = self.word.fetch_add(WAITER, Ordering::AcqRel);
         old & NOTIFIED != 0
@@ -105,7 +99,7 @@ impl NotifyState {
 
     /// Called by the poller once its wait returned.
     pub(crate) fn finish_wait(&self) {
-        // Pairs with the Acquire half of `notify`'s fetch_or. The wake decision needs only the
+        // Pairs with the Acquire half of `notify_kick`'s fetch_or. The wake decision needs only the
         // modification order of the word; Release merely keeps the withdrawal after the wait.
         self.word.fetch_sub(WAITER, Ordering::Release);
     }
@@ -113,7 +107,7 @@ impl NotifyState {
     /// `aio_notify_accept`: clears `notified` before dispatch, so a notification that arrives during dispatch
     /// stops the next wait.
     pub(crate) fn accept(&self) {
-        // Acquire pairs with the Release half of every `notify` it clears: the dispatch that follows sees
+        // Acquire pairs with the Release half of every `notify_kick` it clears: the dispatch that follows sees
         // the work published before those notifications.
         self.word.fetch_and(!NOTIFIED, Ordering::AcqRel);
     }
@@ -124,7 +118,7 @@ impl NotifyState {
     /// poller must not block). Idempotent: a window left open by a prepare without check stays open.
     #[cfg_attr(not(any(feature = "glib", loom)), allow(dead_code))]
     pub(crate) fn open_window(&self) -> bool {
-        // Pairs with `notify`'s fetch_or exactly as `prepare_wait` does: whichever comes later in
+        // Pairs with `notify_kick`'s fetch_or exactly as `prepare_wait` does: whichever comes later in
         // the word's modification order sees the other.
         let old = self.word.fetch_or(WINDOW, Ordering::AcqRel);
         old & NOTIFIED != 0
@@ -135,13 +129,13 @@ impl NotifyState {
     /// accepted. A notification after this leaves `notified` set for the next prepare to see.
     #[cfg_attr(not(any(feature = "glib", loom)), allow(dead_code))]
     pub(crate) fn close_window(&self) {
-        // Acquire pairs with the Release half of every `notify` it clears, as in `accept`.
+        // Acquire pairs with the Release half of every `notify_kick` it clears, as in `accept`.
         self.word.fetch_and(!(WINDOW | NOTIFIED), Ordering::AcqRel);
     }
 
     /// The context notifier's userspace poll function: a notification is pending.
     pub(crate) fn is_notified(&self) -> bool {
-        // Pairs with `notify`'s Release half: a poll hit on NOTIFIED sees the notifier's work.
+        // Pairs with `notify_kick`'s Release half: a poll hit on NOTIFIED sees the notifier's work.
         self.word.load(Ordering::Acquire) & NOTIFIED != 0
     }
 }
@@ -189,12 +183,7 @@ impl Wakeup {
             Kick::None => {
                 self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             }
-            Kick::Loop
-                if self
-                    .msg_ring
-                    .as_ref()
-                    .is_some_and(|ring| ring.post().is_ok()) =>
-            {
+            Kick::Loop if self.msg_ring.as_ref().is_some_and(MsgRingTarget::post) => {
                 self.counters.ring_posts.fetch_add(1, Ordering::Relaxed);
             }
             Kick::Loop | Kick::OutsidePoller => {

@@ -301,7 +301,7 @@ fn compio_run(job: Job) -> io::Result<Done> {
                 r.map_err(|e| io::Error::other(format!("{e:?}")))?
             },
             |file: Rc<compio::fs::File>, buf: PooledBlock, at| async move {
-                let (block, pool) = buf.lend();
+                let block = buf.into_block();
                 let compio::BufResult(res, block) = match job.kind {
                     Kind::Read => compio::io::AsyncReadAt::read_at(&*file, block, at).await,
                     Kind::Write => {
@@ -309,7 +309,7 @@ fn compio_run(job: Job) -> io::Result<Done> {
                         compio::io::AsyncWriteAt::write_at(&mut file, block, at).await
                     }
                 };
-                Ok((res, pool.back(block)))
+                Ok((res, PooledBlock(Some(block))))
             }
         )?;
         if job.kind == Kind::Write {
@@ -334,12 +334,12 @@ fn monoio_run(job: Job) -> io::Result<Done> {
             PooledBlock::take,
             |r: io::Result<u64>| r,
             |file: Rc<monoio::fs::File>, buf: PooledBlock, at| async move {
-                let (block, pool) = buf.lend();
+                let block = buf.into_block();
                 let (res, block) = match job.kind {
                     Kind::Read => file.read_at(block, at).await,
                     Kind::Write => file.write_at(block, at).await,
                 };
-                Ok((res, pool.back(block)))
+                Ok((res, PooledBlock(Some(block))))
             }
         )?;
         if job.kind == Kind::Write {
@@ -415,18 +415,15 @@ enum GlommioFile {
 
 /// A page-aligned block (O_DIRECT's alignment) that io_uring runtimes can own while the kernel
 /// writes it: `&'static mut` because compio and monoio take owned buffers of `'static` lifetime.
-/// Blocks are allocated once per process and go back to the pool after each transfer, so the
-/// benchmark keeps at most one block per worker.
+/// Blocks are allocated once per process and go back to the pool when their worker ends, so the
+/// benchmark keeps at most one block per concurrent worker.
 #[repr(C, align(4096))]
 struct AlignedBlock([u8; BLOCK]);
 
 static BLOCK_POOL: Mutex<Vec<&'static mut [u8; BLOCK]>> = Mutex::new(Vec::new());
 
-/// A block of the pool, given back when dropped.
+/// A block of the pool, given back when dropped; unwrapped for the length of each transfer.
 struct PooledBlock(Option<&'static mut [u8; BLOCK]>);
-
-/// Proof that a block was lent out; `back` wraps it again.
-struct Lent;
 
 impl PooledBlock {
     fn take() -> PooledBlock {
@@ -437,15 +434,11 @@ impl PooledBlock {
         })))
     }
 
-    /// The block itself, to move into a transfer.
-    fn lend(mut self) -> (&'static mut [u8; BLOCK], Lent) {
-        (self.0.take().expect("a pooled block lent twice"), Lent)
-    }
-}
-
-impl Lent {
-    fn back(self, block: &'static mut [u8; BLOCK]) -> PooledBlock {
-        PooledBlock(Some(block))
+    /// The block itself, to move into a transfer; `PooledBlock(Some(block))` wraps it again.
+    fn into_block(mut self) -> &'static mut [u8; BLOCK] {
+        self.0
+            .take()
+            .expect("a pooled block holds its block until unwrapped")
     }
 }
 
