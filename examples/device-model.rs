@@ -58,6 +58,11 @@ struct Args {
     /// How the guest waits for completions.
     #[arg(long, value_enum, default_value_t = Wait::Irq)]
     guest_wait: Wait,
+    /// Rounds: every row runs this many times, polling on and off taking turns in alternating order
+    /// (on first in even rounds, off first in odd ones), and a summary gives each row's median IOPS and
+    /// p99 with polling on against off.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Also write the table as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -78,6 +83,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 struct Row {
+    round: usize,
     rw: Rw,
     iodepth: usize,
     polling: bool,
@@ -105,6 +111,12 @@ fn run(args: Args) -> io::Result<()> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "--iodepth must be 1 to 1024",
+        ));
+    }
+    if !(1..=1000).contains(&args.rounds) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--rounds must be 1 to 1000",
         ));
     }
     let block_size = usize::try_from(args.bs).unwrap_or(usize::MAX);
@@ -153,24 +165,37 @@ fn run(args: Args) -> io::Result<()> {
     );
 
     let mut rows = Vec::new();
-    for &rw in &workloads {
-        for &iodepth in &depths {
-            for &polling in &pollings {
-                rig.set_polling(polling)?;
-                let workload = Workload {
-                    rw,
-                    iodepth,
-                    duration: Duration::from_secs_f64(args.seconds),
-                    max_ios: u64::MAX,
-                    seed: 0x5eed ^ ((iodepth as u64) << 8) ^ u64::from(polling),
+    for round in 0..args.rounds {
+        for &rw in &workloads {
+            for &iodepth in &depths {
+                // Alternate which side runs first, so that neither always pays for what the other
+                // left behind (allocated blocks, a warm page cache, a CPU frequency).
+                let order: Vec<bool> = if round % 2 == 0 {
+                    pollings.clone()
+                } else {
+                    pollings.iter().rev().copied().collect()
                 };
-                let m = rig.run(&workload, wait)?;
-                rows.push(Row {
-                    rw,
-                    iodepth,
-                    polling,
-                    m,
-                });
+                for polling in order {
+                    rig.set_polling(polling)?;
+                    let workload = Workload {
+                        rw,
+                        iodepth,
+                        duration: Duration::from_secs_f64(args.seconds),
+                        max_ios: u64::MAX,
+                        seed: 0x5eed
+                            ^ ((iodepth as u64) << 8)
+                            ^ u64::from(polling)
+                            ^ ((round as u64) << 16),
+                    };
+                    let m = rig.run(&workload, wait)?;
+                    rows.push(Row {
+                        round,
+                        rw,
+                        iodepth,
+                        polling,
+                        m,
+                    });
+                }
             }
         }
     }
@@ -184,6 +209,9 @@ fn run(args: Args) -> io::Result<()> {
     rig.shutdown()?;
 
     print_table(&rows);
+    if args.rounds > 1 && pollings.len() == 2 {
+        print_summary(&rows, &workloads, &depths, args.rounds);
+    }
     let verified: u64 = rows.iter().map(|r| r.m.result.verified_reads).sum();
     let reads: u64 = rows.iter().map(|r| r.m.result.reads).sum();
     let unknown = if verified == reads {
@@ -212,7 +240,7 @@ fn run(args: Args) -> io::Result<()> {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n{:<10} {:>3} {:>7} {:>9} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10} {:>9}",
+        "\n{:<10} {:>3} {:>7} {:>9} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10}",
         "workload",
         "qd",
         "polling",
@@ -223,13 +251,15 @@ fn print_table(rows: &[Row]) {
         "irqs/rq",
         "efd wr/rq",
         "enters/rq",
-        "hits/rq"
+        "hits/rq",
+        "miss/rq",
+        "poll us/rq"
     );
     for r in rows {
         let m = &r.m;
         let us = |p| m.result.percentile(p).as_nanos() as f64 / 1000.0;
         println!(
-            "{:<10} {:>3} {:>7} {:>9.0} {:>8.1} {:>8.1} {:>9.3} {:>9.3} {:>10.3} {:>10.3} {:>9.3}",
+            "{:<10} {:>3} {:>7} {:>9.0} {:>8.1} {:>8.1} {:>9.3} {:>9.3} {:>10.3} {:>10.3} {:>9.3} {:>9.3} {:>9.2}",
             r.rw.to_string(),
             r.iodepth,
             if r.polling { "on" } else { "off" },
@@ -241,7 +271,50 @@ fn print_table(rows: &[Row]) {
             m.per_request(m.eventfd_writes()),
             m.per_request(m.uring_enters),
             m.per_request(m.poll_hits),
+            m.per_request(m.poll_misses),
+            m.per_request(m.poll_ns) / 1000.0,
         );
+    }
+}
+
+/// The median of `values` (the upper one of an even count); 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Per workload and depth: median IOPS and p99 over the rounds, polling on against off.
+fn print_summary(rows: &[Row], workloads: &[Rw], depths: &[usize], rounds: usize) {
+    println!(
+        "\npolling on against off, medians of {rounds} rounds\n{:<10} {:>3} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7}",
+        "workload", "qd", "IOPS on", "IOPS off", "on/off", "p99 on", "p99 off", "on/off"
+    );
+    for &rw in workloads {
+        for &iodepth in depths {
+            let side = |polling: bool, f: &dyn Fn(&Measurement) -> f64| {
+                median(
+                    rows.iter()
+                        .filter(|r| r.rw == rw && r.iodepth == iodepth && r.polling == polling)
+                        .map(|r| f(&r.m))
+                        .collect(),
+                )
+            };
+            let iops = |m: &Measurement| m.result.iops();
+            let p99 = |m: &Measurement| m.result.percentile(99.0).as_nanos() as f64 / 1000.0;
+            let (iops_on, iops_off) = (side(true, &iops), side(false, &iops));
+            let (p99_on, p99_off) = (side(true, &p99), side(false, &p99));
+            println!(
+                "{:<10} {:>3} {:>9.0} {:>9.0} {:>7.2} {:>9.1} {:>9.1} {:>7.2}",
+                rw.to_string(),
+                iodepth,
+                iops_on,
+                iops_off,
+                iops_on / iops_off.max(1e-9),
+                p99_on,
+                p99_off,
+                p99_on / p99_off.max(1e-9),
+            );
+        }
     }
 }
 
@@ -251,6 +324,7 @@ fn json(rows: &[Row]) -> String {
         .map(|r| {
             let m = &r.m;
             serde_json::json!({
+                "round": r.round,
                 "workload": r.rw.to_string(),
                 "iodepth": r.iodepth,
                 "polling": r.polling,
@@ -266,6 +340,8 @@ fn json(rows: &[Row]) -> String {
                 "eventfd_writes": m.eventfd_writes(),
                 "uring_enters": m.uring_enters,
                 "poll_hits": m.poll_hits,
+                "poll_misses": m.poll_misses,
+                "poll_ns": m.poll_ns,
             })
         })
         .collect();

@@ -116,6 +116,21 @@ impl IoThreadBuilder {
         self
     }
 
+    /// The share of recent polling phases (percent) that must have found work for the IoThread to
+    /// poll at every chance (default 75; 0: always poll, as QEMU does): see
+    /// [`Builder::poll_min_hit_percent`](crate::Builder::poll_min_hit_percent).
+    ///
+    /// ```
+    /// let io = aioctx::IoThread::builder().poll_min_hit_percent(0).spawn()?;
+    /// assert_eq!(io.poll_params()?.min_hit_percent, 0);
+    /// io.stop();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn poll_min_hit_percent(mut self, percent: u64) -> Self {
+        self.context = self.context.poll_min_hit_percent(percent);
+        self
+    }
+
     /// How long a handler's poll function may find nothing before the loop stops polling it (QEMU's
     /// 7 s; io_uring only): see [`Builder::poll_idle_timeout`](crate::Builder::poll_idle_timeout).
     ///

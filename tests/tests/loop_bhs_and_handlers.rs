@@ -512,6 +512,7 @@ per_backend! {
                     grow: 2,
                     shrink: 2,
                     weight: 0,
+                    min_hit_percent: 0,
                 })
                 .build()
                 .unwrap(),

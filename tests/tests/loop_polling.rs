@@ -34,6 +34,7 @@ const PARAMS: PollParams = PollParams {
     grow: 100,
     shrink: 0,
     weight: 0,
+    min_hit_percent: 0,
 };
 /// A request in a growth round is visible to polling this long after it is queued...
 const ARRIVES: Duration = Duration::from_millis(2);
@@ -289,6 +290,7 @@ const WEIGHTED: PollParams = PollParams {
     grow: 100,
     shrink: 0,
     weight: 0,
+    min_hit_percent: 0,
 };
 
 impl Device {
@@ -310,13 +312,83 @@ impl Device {
         panic!("the poll window never caught a request: {:?}", ctx.stats());
     }
 
+    /// A request the poll function never sees (it shows up only with the kick, `kick` from now):
+    /// a polling phase in this round can only run out its window or be cut short by the kick.
+    fn serve_by_kick_only(&self, ctx: &AioContext, guard: &Guard, kick: Duration) {
+        let (read0, poll0) = self.served();
+        self.state
+            .request
+            .set(Some(Instant::now() + Duration::from_secs(3600)));
+        arm(self.state.kick.as_raw_fd(), kick);
+        guard.poll_until(ctx, "a kicked request", || self.served().0 > read0);
+        assert_eq!(self.served(), (read0 + 1, poll0), "served by polling");
+    }
+
     /// A round in which the loop blocks `long` (the request shows up only with the kick).
     fn long_round(&self, ctx: &AioContext, guard: &Guard, long: Duration) {
         self.serve_one(ctx, guard, long, long);
     }
 }
 
+/// The hit-rate gate's tests: the window follows the block-time average exactly (grow 1), up to
+/// 100 ms, and the loop polls at every chance only while 75% of recent phases found work.
+const GATED: PollParams = PollParams {
+    max_ns: 100_000_000,
+    grow: 1,
+    shrink: 0,
+    weight: 0,
+    min_hit_percent: 75,
+};
+
+/// The kick of a round polling cannot catch: 20 ms, far past a window opened by 5 ms rounds, which the
+/// block-time average approaches from below (the window stays short of it, every phase misses).
+const MISS_KICK: Duration = Duration::from_millis(20);
+
 per_backend! {
+    /// aioctx's hit-rate gate in the real loop: once polling keeps missing, the loop spins in one
+    /// round in 8 and sleeps at once in the others (with `min_hit_percent` 0, QEMU's rule, it spins in
+    /// every one); phases that find work again open the gate.
+    fn polling_that_keeps_missing_spins_at_one_chance_in_8(backend) {
+        for gated in [true, false] {
+            let params = if gated {
+                GATED
+            } else {
+                PollParams { min_hit_percent: 0, ..GATED }
+            };
+            let ctx = polling_context(backend, params);
+            let dev = Device::new(&ctx);
+            let guard = Guard::new(&ctx);
+            dev.short_rounds_until_hit(&ctx, &guard);
+            // Three misses take the rate from 100% to 66%, under 75%.
+            for _ in 0..3 {
+                dev.serve_by_kick_only(&ctx, &guard, MISS_KICK);
+            }
+            let before = polling_phases(&ctx);
+            for _ in 0..16 {
+                dev.serve_by_kick_only(&ctx, &guard, MISS_KICK);
+            }
+            let phases = polling_phases(&ctx) - before;
+            if !gated {
+                assert!(phases >= 16, "{phases} polling phases in 16 rounds, {:?}", ctx.stats());
+                continue;
+            }
+            assert!((1..=4).contains(&phases), "{phases} polling phases in 16 rounds: {:?}", ctx.stats());
+            // Requests polling can catch (visible after 1 ms, kicked after 10 ms): the sampled phases
+            // hit, and once the rate is back over 75% every round is served by polling.
+            let mut polled_in_a_row = 0;
+            for _ in 0..ROUNDS {
+                let hits = ctx.stats().poll_hits;
+                let path = dev.serve_one(&ctx, &guard, Duration::from_millis(1), Duration::from_millis(10));
+                let hit = path == Path::Poll && ctx.stats().poll_hits > hits;
+                polled_in_a_row = if hit { polled_in_a_row + 1 } else { 0 };
+                if polled_in_a_row == 4 {
+                    break;
+                }
+            }
+            assert_eq!(polled_in_a_row, 4, "the gate never opened again: {:?}", ctx.stats());
+        }
+    }
+
     /// QEMU's `poll-weight` rule in the real loop: waits that keep exceeding `max_ns` close the window
     /// (no polling phase at all while they last), and short waits open it again.
     fn a_loop_that_keeps_blocking_long_stops_polling(backend) {
@@ -442,7 +514,7 @@ per_backend! {
         let dev = Device::new(&ctx);
         dev.poll_until_hit(&ctx, &guard);
 
-        let off = PollParams { max_ns: 0, grow: 0, shrink: 0, weight: 0 };
+        let off = PollParams { max_ns: 0, grow: 0, shrink: 0, weight: 0, min_hit_percent: 0 };
         ctx.set_poll_params(off).unwrap();
         assert_eq!(ctx.poll_params(), off);
         let before = ctx.stats();
@@ -468,8 +540,9 @@ per_backend! {
         for bad in [
             PollParams { max_ns: u64::MAX, ..off },
             PollParams { max_ns: i64::MAX as u64 + 1, ..off },
-            PollParams { max_ns: 32_768, grow: u64::MAX, shrink: 0, weight: 0 },
+            PollParams { max_ns: 32_768, grow: u64::MAX, ..off },
             PollParams { max_ns: 32_768, weight: 63, ..off },
+            PollParams { max_ns: 32_768, min_hit_percent: 101, ..off },
         ] {
             let err = ctx.set_poll_params(bad).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}: {err}");

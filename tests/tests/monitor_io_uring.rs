@@ -388,6 +388,7 @@ fn polling_submits_queued_sqes_and_peeks_the_cq_without_sleeping() {
                 grow: 0,
                 shrink: 0,
                 weight: 0,
+                min_hit_percent: 0,
             })
             .build()
             .unwrap(),

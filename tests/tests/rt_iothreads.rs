@@ -281,6 +281,7 @@ fn set_poll_params_on_a_running_iothread_changes_its_behaviour() {
         grow: 0,
         shrink: 0,
         weight: 0,
+        min_hit_percent: 0,
     })
     .unwrap();
     assert_eq!(io.poll_params().unwrap().max_ns, 0);
@@ -302,6 +303,7 @@ fn set_poll_params_on_a_running_iothread_changes_its_behaviour() {
         grow: 0,
         shrink: 0,
         weight: 0,
+        min_hit_percent: 0,
     };
     assert_eq!(
         io.set_poll_params(bad).unwrap_err().kind(),

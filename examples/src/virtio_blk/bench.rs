@@ -44,6 +44,10 @@ pub struct Measurement {
     pub uring_enters: u64,
     /// Polling phases that found work on the IoThread.
     pub poll_hits: u64,
+    /// Polling phases that ended without work on the IoThread.
+    pub poll_misses: u64,
+    /// Nanoseconds the IoThread spent busy-polling.
+    pub poll_ns: u64,
 }
 
 impl Measurement {
@@ -135,6 +139,8 @@ impl AioctxRig {
             notify_writes: after.notify_writes - before.notify_writes,
             uring_enters: after.uring_enters - before.uring_enters,
             poll_hits: after.poll_hits - before.poll_hits,
+            poll_misses: after.poll_misses - before.poll_misses,
+            poll_ns: after.poll_ns - before.poll_ns,
         })
     }
 

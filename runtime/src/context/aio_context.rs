@@ -180,13 +180,14 @@ impl AioContext {
     }
 
     /// Changes the polling parameters at run time and resets every handler's window (QEMU's
-    /// `aio_context_set_poll_params`). Fails with `InvalidInput` if a value does not fit in an `i64` or
-    /// `weight` is over 62.
+    /// `aio_context_set_poll_params`). Fails with `InvalidInput` if a value does not fit in an `i64`,
+    /// `weight` is over 62 or `min_hit_percent` over 100.
     ///
     /// ```
     /// use aioctx::{AioContext, PollParams};
     /// let ctx = AioContext::new()?;
-    /// ctx.set_poll_params(PollParams { max_ns: 16_384, grow: 2, shrink: 2, weight: 2 })?;
+    /// let params = PollParams { max_ns: 16_384, grow: 2, shrink: 2, weight: 2, min_hit_percent: 50 };
+    /// ctx.set_poll_params(params)?;
     /// assert_eq!(ctx.poll_params().shrink, 2);
     /// let too_big = PollParams { max_ns: u64::MAX, ..PollParams::default() };
     /// assert_eq!(ctx.set_poll_params(too_big).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);

@@ -129,6 +129,23 @@ impl Builder {
         self
     }
 
+    /// The share of recent polling phases (percent) that must have found work for the loop to poll
+    /// at every chance; below it the loop polls one chance in 8 and otherwise sleeps at once (see
+    /// [`PollParams::min_hit_percent`]). 0 (the default of a bare context) means no minimum, as in
+    /// QEMU; at most 100 (`build` fails with `InvalidInput` otherwise).
+    ///
+    /// ```
+    /// let ctx = aioctx::AioContext::builder().poll_max_ns(32_768).poll_min_hit_percent(60).build()?;
+    /// assert_eq!(ctx.poll_params().min_hit_percent, 60);
+    /// let bad = aioctx::AioContext::builder().poll_min_hit_percent(101).build();
+    /// assert_eq!(bad.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn poll_min_hit_percent(mut self, percent: u64) -> Self {
+        self.poll.min_hit_percent = percent;
+        self
+    }
+
     /// The io_uring submission queue size (rounded up to a power of two by the kernel; the completion
     /// queue is twice as large). Default 128, as in QEMU. More SQEs than this may be queued: the loop
     /// submits early when the SQ fills.

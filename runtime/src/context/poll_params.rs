@@ -1,7 +1,8 @@
 //! [`PollParams`]: the adaptive polling parameters, and the rule that sizes the busy-poll window from
 //! how long the loop blocked (QEMU's `adjust_block_ns`, `grow_polling_time` and `shrink_polling_time`
-//! of the `poll-weight` series, which replaced `adjust_polling_time`). The rule is pure: the machinery
-//! that spins and feeds it block times is `polling.rs`.
+//! of the `poll-weight` series, which replaced `adjust_polling_time`), and the rule that decides
+//! whether polling pays at all ([`HitRate`]: aioctx's own, QEMU has none). Both are pure: the machinery
+//! that spins and feeds them block times and phase outcomes is `polling.rs`.
 
 use std::cell::Cell;
 use std::io;
@@ -25,11 +26,26 @@ const MAX_POLL_WEIGHT: u64 = 62;
 /// below the window divided by `shrink` (2 when 0) divides it. `max_ns == 0` turns polling off
 /// entirely.
 ///
+/// Whether a window is spun at all depends on how often polling has paid lately: a polling phase
+/// *hits* when a poll function or the io_uring completion ring shows work (or a due timer ends it)
+/// before its window elapses, and *misses* when the window runs out. With `min_hit_percent` set, the
+/// context keeps a moving average of hits (weighted like the block times); while it is below that
+/// percentage the loop polls only one chance in 8 and otherwise sleeps at once, as with polling off.
+/// A miss costs its whole window of CPU, and with io_uring a submission of its own; on a machine with
+/// more busy threads than cores that CPU is taken from the thread that would have produced the event.
+///
 /// ```
 /// let ctx = aioctx::AioContext::new()?;
 /// // What an IOThread uses (weight 0 is the default, 3): poll up to 32 us, double on growth, reset
-/// // when blocks keep being long, and average block times with the newest one counting 1/8.
-/// ctx.set_poll_params(aioctx::PollParams { max_ns: 32_768, grow: 0, shrink: 0, weight: 3 })?;
+/// // when blocks keep being long, average block times with the newest one counting 1/8, and poll
+/// // at every chance only while at least 75% of recent polling phases found work.
+/// ctx.set_poll_params(aioctx::PollParams {
+///     max_ns: 32_768,
+///     grow: 0,
+///     shrink: 0,
+///     weight: 3,
+///     min_hit_percent: 75,
+/// })?;
 /// assert_eq!(ctx.poll_params().weight, 3);
 /// // A heavier newest sample (1/2) follows changes in the load faster.
 /// ctx.set_poll_params(aioctx::PollParams { weight: 1, ..ctx.poll_params() })?;
@@ -48,6 +64,11 @@ pub struct PollParams {
     /// QEMU's `poll-weight`: the newest block time counts `1/2^weight` in a handler's moving average;
     /// 0 means [`PollParams::DEFAULT_WEIGHT`] (3, i.e. 1/8). Larger values adapt more slowly. At most 62.
     pub weight: u64,
+    /// The share of recent polling phases, in percent, that must have found work for the loop to
+    /// poll at every chance; below it, it polls one chance in 8 (to notice when polling pays again)
+    /// and sleeps at once otherwise. 0 means no minimum: poll at every chance, as QEMU does. At most
+    /// 100.
+    pub min_hit_percent: u64,
 }
 
 impl PollParams {
@@ -56,7 +77,7 @@ impl PollParams {
     pub const DEFAULT_WEIGHT: u64 = 3;
 
     /// QEMU's IOThread defaults: `max_ns` 32768, grow x2, shrink to 0, weight 0 (the default, 3: the
-    /// newest block time counts 1/8).
+    /// newest block time counts 1/8); and aioctx's `min_hit_percent` 75 (QEMU has no such rule).
     ///
     /// ```
     /// let io = aioctx::IoThread::spawn("defaults")?;
@@ -69,18 +90,20 @@ impl PollParams {
         grow: 0,
         shrink: 0,
         weight: 0,
+        min_hit_percent: 75,
     };
 
     pub(crate) fn validate(self) -> io::Result<Self> {
         if self.max_ns > i64::MAX as u64
             || self.grow > i64::MAX as u64
             || self.weight > MAX_POLL_WEIGHT
+            || self.min_hit_percent > 100
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "poll parameters out of range (max_ns and grow must fit in i64, weight be at most \
-                     {MAX_POLL_WEIGHT}): {self:?}"
+                     {MAX_POLL_WEIGHT}, min_hit_percent at most 100): {self:?}"
                 ),
             ));
         }
@@ -89,6 +112,11 @@ impl PollParams {
 
     pub(crate) fn max_ns_i64(self) -> i64 {
         self.max_ns.min(i64::MAX as u64) as i64
+    }
+
+    /// The hit-rate threshold in [`HitRate`]'s fixed point.
+    fn min_hit_rate(self) -> u64 {
+        HIT_RATE_ONE * self.min_hit_percent.min(100) / 100
     }
 
     /// The weight as a shift, 0 meaning the default.
@@ -197,6 +225,70 @@ pub(crate) fn adjust_after_iteration<'a>(
         }
     }
     adj.map_or(window, |adj| params.next_window(window, adj))
+}
+
+/// A hit rate's fixed-point one: rates run from 0 (every recent phase missed) to this (every one hit).
+const HIT_RATE_ONE: u64 = 1 << 16;
+
+/// While the hit rate is below the minimum, one polling chance in this many still polls, so that the
+/// rate sees the load change.
+const SAMPLE_EVERY: u32 = 8;
+
+/// Whether polling pays: a weighted moving average of the polling phases that found work (the newest
+/// counts `1/2^weight`, like the block times), and the count of chances skipped since the rate fell
+/// below [`PollParams::min_hit_percent`]. It starts at "every phase hit", so a new context polls.
+#[derive(Debug)]
+pub(crate) struct HitRate {
+    rate: Cell<u64>,
+    skipped: Cell<u32>,
+}
+
+impl Default for HitRate {
+    fn default() -> Self {
+        Self {
+            rate: Cell::new(HIT_RATE_ONE),
+            skipped: Cell::new(0),
+        }
+    }
+}
+
+impl HitRate {
+    /// Whether the loop may spin this chance: always while the rate is at least the minimum, else on
+    /// every [`SAMPLE_EVERY`]th chance.
+    pub(crate) fn admits(&self, params: PollParams) -> bool {
+        if self.rate.get() >= params.min_hit_rate() {
+            self.skipped.set(0);
+            return true;
+        }
+        let skipped = self.skipped.get() + 1;
+        let sample = skipped >= SAMPLE_EVERY;
+        self.skipped.set(if sample { 0 } else { skipped });
+        sample
+    }
+
+    /// A polling phase ended: `hit` if it found work before its window elapsed. The step is rounded
+    /// up so that a run of hits (misses) reaches one (zero) exactly.
+    pub(crate) fn record(&self, params: PollParams, hit: bool) {
+        let rate = self.rate.get();
+        let step = |distance: u64| distance.div_ceil(1 << params.shift());
+        self.rate.set(if hit {
+            rate + step(HIT_RATE_ONE - rate)
+        } else {
+            rate - step(rate)
+        });
+    }
+
+    /// Forgets the history (new parameters): the next chance polls.
+    pub(crate) fn reset(&self) {
+        self.rate.set(HIT_RATE_ONE);
+        self.skipped.set(0);
+    }
+
+    /// The rate in whole percent (rounded down).
+    #[cfg(test)]
+    fn percent(&self) -> u64 {
+        self.rate.get() * 100 / HIT_RATE_ONE
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -393,6 +485,125 @@ mod tests {
         assert_eq!(steps_to_follow(0), w3, "0 means the default, 3");
     }
 
+    /// Runs `chances` polling chances; at each, `hit(i)` says whether a phase the gate admits finds
+    /// work. Returns how many chances polled.
+    fn gate_chances(
+        gate: &HitRate,
+        params: PollParams,
+        chances: usize,
+        hit: impl Fn(usize) -> bool,
+    ) -> usize {
+        (0..chances)
+            .filter(|&i| {
+                let polls = gate.admits(params);
+                if polls {
+                    gate.record(params, hit(i));
+                }
+                polls
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_new_gate_admits_every_chance_and_hits_keep_it_open() {
+        let gate = HitRate::default();
+        assert_eq!(gate.percent(), 100);
+        assert_eq!(gate_chances(&gate, P, 1_000, |_| true), 1_000);
+        // A reads-from-cache or cross-thread-wake load: one miss in 50 keeps the rate far above 75%.
+        assert_eq!(gate_chances(&gate, P, 1_000, |i| i % 50 != 0), 1_000);
+        assert!(gate.percent() >= 90, "{}", gate.percent());
+    }
+
+    #[test]
+    fn misses_below_the_minimum_leave_one_chance_in_8() {
+        let gate = HitRate::default();
+        // Weight 3: each miss keeps 7/8 of the rate; 87, 76, then 66%, under the IOThread's 75%.
+        for expected in [87, 76, 66] {
+            assert!(gate.admits(P));
+            gate.record(P, false);
+            assert_eq!(gate.percent(), expected);
+        }
+        let pattern: Vec<bool> = (0..16).map(|_| gate.admits(P)).collect();
+        let sampled = |i| i % 8 == 7;
+        assert!(
+            pattern
+                .iter()
+                .enumerate()
+                .all(|(i, &polls)| polls == sampled(i)),
+            "{pattern:?}"
+        );
+    }
+
+    /// A write-heavy qd1 load (the device model's randwrite: one phase in five finds the completion
+    /// in time) polls about one chance in 8 once the rate has fallen.
+    #[test]
+    fn a_load_that_mostly_misses_polls_one_chance_in_8() {
+        let gate = HitRate::default();
+        gate_chances(&gate, P, 100, |i| i % 5 == 0);
+        let polled = gate_chances(&gate, P, 8_000, |i| i % 5 == 0);
+        assert!(
+            (1_000..=1_100).contains(&polled),
+            "{polled} of 8000 chances polled"
+        );
+    }
+
+    #[test]
+    fn hits_in_the_sampled_chances_open_the_gate_again() {
+        let gate = HitRate::default();
+        gate_chances(&gate, P, 400, |_| false);
+        assert_eq!(gate.percent(), 0);
+        // From 0, 11 hits in a row pass 75% (1 - (7/8)^11 = 0.77): 11 sampled chances, 8 apart.
+        let (mut chances, mut polled) = (0, 0);
+        while gate.percent() < 75 {
+            chances += 1;
+            polled += gate_chances(&gate, P, 1, |_| true);
+        }
+        assert_eq!(polled, 11);
+        assert!(chances <= 88, "{chances} chances");
+        assert_eq!(gate_chances(&gate, P, 100, |_| true), 100, "open again");
+    }
+
+    #[test]
+    fn min_hit_percent_zero_polls_at_every_chance() {
+        let qemu = PollParams {
+            min_hit_percent: 0,
+            ..P
+        };
+        let gate = HitRate::default();
+        assert_eq!(gate_chances(&gate, qemu, 1_000, |_| false), 1_000);
+        assert_eq!(gate.percent(), 0);
+        // 100 demands that every recent phase hit: one miss closes the gate until hits repair it.
+        let strict = PollParams {
+            min_hit_percent: 100,
+            ..P
+        };
+        let gate = HitRate::default();
+        gate_chances(&gate, strict, 1, |_| false);
+        assert!(!gate.admits(strict));
+    }
+
+    #[test]
+    fn the_gate_weighs_phases_like_the_block_times() {
+        let misses_to_close = |weight| {
+            let params = PollParams { weight, ..P };
+            let gate = HitRate::default();
+            (1..1_000)
+                .find(|_| {
+                    gate.record(params, false);
+                    !gate.admits(params)
+                })
+                .expect("misses close the gate")
+        };
+        assert_eq!(misses_to_close(1), 1, "the newest phase counts 1/2");
+        assert_eq!(misses_to_close(3), 3);
+        assert_eq!(misses_to_close(5), 10);
+        let gate = HitRate::default();
+        gate_chances(&gate, P, 50, |_| false);
+        gate.reset();
+        assert_eq!(gate.percent(), 100);
+        assert!(gate.admits(P));
+    }
+
     #[test]
     fn out_of_range_params_are_an_error() {
         for bad in [
@@ -401,6 +612,10 @@ mod tests {
                 ..P
             },
             PollParams { weight: 63, ..P },
+            PollParams {
+                min_hit_percent: 101,
+                ..P
+            },
         ] {
             assert_eq!(
                 bad.validate().unwrap_err().kind(),
@@ -408,5 +623,11 @@ mod tests {
             );
         }
         assert!(PollParams { weight: 62, ..P }.validate().is_ok());
+        assert!(PollParams {
+            min_hit_percent: 100,
+            ..P
+        }
+        .validate()
+        .is_ok());
     }
 }

@@ -5,8 +5,10 @@
 //! This module owns the context's [`Polling`] state (parameters, whether poll mode is on, the measured
 //! wake-up latency) and each handler's [`PollWindow`], and holds the machinery QEMU spreads over
 //! `try_poll_mode`, `run_poll_handlers`, `remove_idle_poll_handlers` and `poll_set_started`. The window
-//! rule itself (a weighted average of block times per handler, QEMU's `poll-weight`) is pure and lives
-//! in `poll_params.rs`.
+//! rule itself (a weighted average of block times per handler, QEMU's `poll-weight`) and the hit-rate
+//! gate (a context whose recent polling phases mostly ran out their window polls one chance in 8) are
+//! pure and live in `poll_params.rs`; this module asks the gate before each phase and tells it how the
+//! phase ended.
 
 use std::cell::Cell;
 use std::io;
@@ -14,7 +16,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::handler_table::HandlerNode;
-use super::poll_params::{adjust_after_iteration, BlockEstimate};
+use super::poll_params::{adjust_after_iteration, BlockEstimate, HitRate};
 use super::ready::{push_poll_ready, Ready};
 use super::wake_latency::WakeLatency;
 use super::HomeState;
@@ -27,6 +29,8 @@ pub(crate) struct Polling {
     params: Cell<PollParams>,
     /// How long the next polling phase may spin, in ns (QEMU's `ctx->poll_ns`).
     window_ns: Cell<i64>,
+    /// Whether recent polling phases found work (polling is mostly skipped when they did not).
+    hit_rate: HitRate,
     /// Whether the loop is in poll mode (`poll_begin` called, `poll_end` not yet).
     started: Cell<bool>,
     /// Consecutive iterations that skipped the fd monitor because the loop was busy.
@@ -42,6 +46,7 @@ impl Polling {
         Self {
             params: Cell::new(params),
             window_ns: Cell::new(0),
+            hit_rate: HitRate::default(),
             started: Cell::new(false),
             busy_iterations: Cell::new(0),
             wake_latency: WakeLatency::default(),
@@ -112,6 +117,7 @@ impl HomeState {
         let params = params.validate()?;
         self.polling.params.set(params);
         self.polling.window_ns.set(0);
+        self.polling.hit_rate.reset();
         for node in self.handlers.poll_list().iter() {
             node.window().estimate.reset();
         }
@@ -148,37 +154,48 @@ impl HomeState {
         if list.is_empty() {
             return false;
         }
-        let max_ns = soonest(*timeout, self.polling.window_ns.get());
-        if max_ns > 0 {
-            // Queued submissions go out now, so that polling never holds them back.
-            self.monitor.borrow_mut().submit_pending();
+        let window = self.polling.window_ns.get();
+        let max_ns = soonest(*timeout, window);
+        // While recent phases mostly ran out their window, most chances sleep at once (the gate).
+        if max_ns <= 0 || !self.polling.hit_rate.admits(params) {
+            return false;
         }
-        if max_ns > 0 && !self.need_wait() {
-            // Set first: a poll_begin hook that wakes a task must stop the spinning too.
-            let _polling = self.shared.wakeup.start_polling();
-            self.poll_set_started(ready, true);
-            return self.run_poll_handlers(&list, ready, max_ns, timeout);
+        // Queued submissions go out now, so that polling never holds them back.
+        self.monitor.borrow_mut().submit_pending();
+        if self.need_wait() {
+            return false;
         }
-        false
+        // Set first: a poll_begin hook that wakes a task must stop the spinning too.
+        let _polling = self.shared.wakeup.start_polling();
+        self.poll_set_started(ready, true);
+        self.run_poll_handlers(&list, ready, window, max_ns, timeout)
     }
 
     /// QEMU's `run_poll_handlers`: spins until a poll function hits, the window elapses or the monitor
-    /// needs to wait. Takes the time spent off `timeout`.
+    /// needs to wait, and tells the hit-rate gate whether the phase found work. Takes the time spent
+    /// off `timeout`.
     fn run_poll_handlers(
         &self,
         list: &[Rc<HandlerNode>],
         ready: &mut Vec<Ready>,
+        window: i64,
         mut max_ns: i64,
         timeout: &mut i64,
     ) -> bool {
         let start = monotonic_ns();
         let mut progress;
         let mut elapsed;
+        // The monitor found a completion: polling paid off too.
+        let mut monitor_ready = false;
         loop {
             progress = poll_once(list, ready, timeout);
             elapsed = monotonic_ns() - start;
             max_ns = soonest(*timeout, max_ns);
-            if elapsed >= max_ns || self.need_wait() {
+            if elapsed >= max_ns {
+                break;
+            }
+            if self.need_wait() {
+                monitor_ready = true;
                 break;
             }
         }
@@ -188,7 +205,10 @@ impl HomeState {
         }
         let stats = &self.shared.stats;
         stats.poll_ns.add(elapsed.max(0) as u64);
-        if *timeout == 0 {
+        // A phase that ran into the timeout (a due timer) rather than its window did not miss either.
+        let hit = *timeout == 0 || monitor_ready || elapsed < window;
+        self.polling.hit_rate.record(self.polling.params(), hit);
+        if *timeout == 0 || monitor_ready {
             stats.poll_hits.bump();
         } else {
             stats.poll_misses.bump();

@@ -21,9 +21,11 @@ use crate::fdmon::UringCounters;
 pub struct Stats {
     /// Calls of `poll` (loop iterations), nested ones included.
     pub iterations: u64,
-    /// Polling phases that ended because a poll function found work.
+    /// Polling phases that ended because a poll function found work or, with io_uring, a completion
+    /// arrived in the ring.
     pub poll_hits: u64,
-    /// Polling phases whose window elapsed (or that were cut short) without finding work.
+    /// Polling phases whose window elapsed (or that were cut short by a due timer) without finding
+    /// work.
     pub poll_misses: u64,
     /// Nanoseconds spent busy-polling in userspace.
     pub poll_ns: u64,

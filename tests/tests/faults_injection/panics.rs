@@ -165,7 +165,7 @@ per_backend! {
 
     fn panic_in_poll_callbacks_leaves_polling_consistent(backend) {
         let ctx = tests::context(backend);
-        ctx.set_poll_params(PollParams { max_ns: 1_000_000, grow: 0, shrink: 0, weight: 0 }).unwrap();
+        ctx.set_poll_params(PollParams { max_ns: 1_000_000, grow: 0, shrink: 0, weight: 0, min_hit_percent: 0 }).unwrap();
         let n = EventNotifier::new().unwrap();
         let work = Rc::new(Cell::new(0u32));
         let (ready_fn, ready_runs) = panics_once("poll_ready boom");
