@@ -9,6 +9,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use aioctx::PollParams;
 use clap::{Parser, ValueEnum};
 use examples::virtio_blk::bench::{AioctxRig, Measurement};
 use examples::virtio_blk::workload::{Rw, Workload};
@@ -58,6 +59,10 @@ struct Args {
     /// How the guest waits for completions.
     #[arg(long, value_enum, default_value_t = Wait::Irq)]
     guest_wait: Wait,
+    /// With polling on: the share of recent polling phases (percent) that must find work for the
+    /// IoThread to poll at every chance (`PollParams::min_hit_percent`; 0: always poll, QEMU's rule).
+    #[arg(long, default_value_t = PollParams::IOTHREAD.min_hit_percent)]
+    min_hit_percent: u64,
     /// Rounds: every row runs this many times, polling on and off taking turns in alternating order
     /// (on first in even rounds, off first in odd ones), and a summary gives each row's median IOPS and
     /// p99 with polling on against off.
@@ -176,7 +181,14 @@ fn run(args: Args) -> io::Result<()> {
                     pollings.iter().rev().copied().collect()
                 };
                 for polling in order {
-                    rig.set_polling(polling)?;
+                    rig.set_poll_params(if polling {
+                        PollParams {
+                            min_hit_percent: args.min_hit_percent,
+                            ..PollParams::IOTHREAD
+                        }
+                    } else {
+                        PollParams::default()
+                    })?;
                     let workload = Workload {
                         rw,
                         iodepth,

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aioctx::io_uring::{opcode, types};
 use aioctx::{AioContext, Backend, EventNotifier, FdHandlers, FdRegistration, PollParams, Stats};
 use tests::{per_backend, spin_until, Guard, BOUND};
 
@@ -346,8 +347,8 @@ const MISS_KICK: Duration = Duration::from_millis(20);
 
 per_backend! {
     /// aioctx's hit-rate gate in the real loop: once polling keeps missing, the loop spins in one
-    /// round in 8 and sleeps at once in the others (with `min_hit_percent` 0, QEMU's rule, it spins in
-    /// every one); phases that find work again open the gate.
+    /// round in 8 (then 16, 32...) and sleeps at once in the others (with `min_hit_percent` 0, QEMU's
+    /// rule, it spins in every one); phases that find work again open the gate.
     fn polling_that_keeps_missing_spins_at_one_chance_in_8(backend) {
         for gated in [true, false] {
             let params = if gated {
@@ -386,6 +387,56 @@ per_backend! {
                 }
             }
             assert_eq!(polled_in_a_row, 4, "the gate never opened again: {:?}", ctx.stats());
+        }
+    }
+
+    /// The gate keeps the phases that wait for the context's own I/O apart from the others: I/O that
+    /// polling does not catch (a 20 ms io_uring timeout, like writes a kernel worker completes late)
+    /// closes the gate for I/O waits only, and the device's next requests are still caught by polling.
+    /// (On epoll and poll the user SQEs go on a ring of their own whose fd is a polled handler: its
+    /// completions size the window like any event, which then covers them, and those waits hit.)
+    fn io_waits_that_miss_leave_polling_for_events_open(backend) {
+        let ctx = polling_context(backend, GATED);
+        let dev = Device::new(&ctx);
+        let guard = Guard::new(&ctx);
+        dev.short_rounds_until_hit(&ctx, &guard);
+        let io_round = || {
+            let done = Rc::new(Cell::new(false));
+            let timespec = Box::new(types::Timespec::new().nsec(MISS_KICK.as_nanos() as u32));
+            let sqe = opcode::Timeout::new(&*timespec).build();
+            let on_complete = {
+                let done = done.clone();
+                move |_| {
+                    drop(timespec);
+                    done.set(true);
+                }
+            };
+            // SAFETY: the timespec the SQE points at moves into the completion callback, which the
+            // context keeps until the CQE has arrived.
+            unsafe { ctx.add_sqe(sqe, on_complete) }.unwrap();
+            guard.poll_until(&ctx, "the timeout", || done.get());
+        };
+        // Three missed I/O waits close the gate for I/O waits...
+        for _ in 0..3 {
+            io_round();
+        }
+        let before = polling_phases(&ctx);
+        for _ in 0..16 {
+            io_round();
+        }
+        let phases = polling_phases(&ctx) - before;
+        if backend == Backend::IoUring {
+            assert!(phases <= 4, "{phases} polling phases in 16 I/O rounds: {:?}", ctx.stats());
+        }
+        // ...and not for the device: every request is found by polling.
+        for round in 0..5 {
+            let hits = ctx.stats().poll_hits;
+            let path = dev.serve_one(&ctx, &guard, Duration::from_millis(1), Duration::from_millis(10));
+            assert!(
+                path == Path::Poll && ctx.stats().poll_hits > hits,
+                "round {round}: {path:?}, {:?}",
+                ctx.stats()
+            );
         }
     }
 

@@ -96,13 +96,9 @@ impl AioctxRig {
         })
     }
 
-    /// Turns the IoThread's busy-polling on (QEMU's IOThread default, 32 us) or off.
-    pub fn set_polling(&self, on: bool) -> io::Result<()> {
-        let params = if on {
-            PollParams::IOTHREAD
-        } else {
-            PollParams::default()
-        };
+    /// Sets the IoThread's polling parameters (`PollParams::IOTHREAD`: QEMU's IOThread default, 32 us;
+    /// `PollParams::default()`: polling off).
+    pub fn set_poll_params(&self, params: PollParams) -> io::Result<()> {
         self.iothread()?.set_poll_params(params)
     }
 

@@ -29,10 +29,12 @@ const MAX_POLL_WEIGHT: u64 = 62;
 /// Whether a window is spun at all depends on how often polling has paid lately: a polling phase
 /// *hits* when a poll function or the io_uring completion ring shows work (or a due timer ends it)
 /// before its window elapses, and *misses* when the window runs out. With `min_hit_percent` set, the
-/// context keeps a moving average of hits (weighted like the block times); while it is below that
-/// percentage the loop polls only one chance in 8 and otherwise sleeps at once, as with polling off.
-/// A miss costs its whole window of CPU, and with io_uring a submission of its own; on a machine with
-/// more busy threads than cores that CPU is taken from the thread that would have produced the event.
+/// context keeps a moving average of hits (weighted like the block times), one for phases that wait
+/// for its own I/O (user SQEs in flight) and one for the others; while the average of a kind is below
+/// that percentage, the loop polls only one chance of that kind in 8 and otherwise sleeps at once, as
+/// with polling off, and each of those samples that misses doubles the interval, up to 256. A miss
+/// costs its whole window of CPU, and with io_uring a submission of its own; on a machine with more
+/// busy threads than cores that CPU is taken from the thread that would have produced the event.
 ///
 /// ```
 /// let ctx = aioctx::AioContext::new()?;
@@ -65,9 +67,9 @@ pub struct PollParams {
     /// 0 means [`PollParams::DEFAULT_WEIGHT`] (3, i.e. 1/8). Larger values adapt more slowly. At most 62.
     pub weight: u64,
     /// The share of recent polling phases, in percent, that must have found work for the loop to
-    /// poll at every chance; below it, it polls one chance in 8 (to notice when polling pays again)
-    /// and sleeps at once otherwise. 0 means no minimum: poll at every chance, as QEMU does. At most
-    /// 100.
+    /// poll at every chance; below it, it polls one chance in 8 to 256 (to notice when polling pays
+    /// again) and sleeps at once otherwise. 0 means no minimum: poll at every chance, as QEMU does.
+    /// At most 100.
     pub min_hit_percent: u64,
 }
 
@@ -230,17 +232,28 @@ pub(crate) fn adjust_after_iteration<'a>(
 /// A hit rate's fixed-point one: rates run from 0 (every recent phase missed) to this (every one hit).
 const HIT_RATE_ONE: u64 = 1 << 16;
 
-/// While the hit rate is below the minimum, one polling chance in this many still polls, so that the
-/// rate sees the load change.
-const SAMPLE_EVERY: u32 = 8;
+/// While the hit rate is below the minimum, one polling chance in this many still polls (a sample),
+/// so that the rate sees the load change...
+const SAMPLE_INTERVAL_MIN: u32 = 8;
+/// ...and every sample that misses doubles the interval up to this, so that a load polling never
+/// catches pays for a miss in well under 1% of its requests (a miss can delay the thread that was to
+/// produce the event, and it costs a submission of its own): its tail latency stays that of polling
+/// off. A sample that hits brings the interval back to the minimum.
+const SAMPLE_INTERVAL_MAX: u32 = 256;
 
 /// Whether polling pays: a weighted moving average of the polling phases that found work (the newest
-/// counts `1/2^weight`, like the block times), and the count of chances skipped since the rate fell
-/// below [`PollParams::min_hit_percent`]. It starts at "every phase hit", so a new context polls.
+/// counts `1/2^weight`, like the block times) and, while it is below
+/// [`PollParams::min_hit_percent`], the sampling interval. It starts at "every phase hit", so a new
+/// context polls.
 #[derive(Debug)]
 pub(crate) struct HitRate {
     rate: Cell<u64>,
+    /// Chances skipped since the last one that polled.
     skipped: Cell<u32>,
+    /// While the rate is below the minimum: poll one chance in this many.
+    interval: Cell<u32>,
+    /// The phase running now is a sample (admitted below the minimum).
+    sampling: Cell<bool>,
 }
 
 impl Default for HitRate {
@@ -248,22 +261,22 @@ impl Default for HitRate {
         Self {
             rate: Cell::new(HIT_RATE_ONE),
             skipped: Cell::new(0),
+            interval: Cell::new(SAMPLE_INTERVAL_MIN),
+            sampling: Cell::new(false),
         }
     }
 }
 
 impl HitRate {
-    /// Whether the loop may spin this chance: always while the rate is at least the minimum, else on
-    /// every [`SAMPLE_EVERY`]th chance.
+    /// Whether the loop may spin this chance: always while the rate is at least the minimum, else
+    /// one chance per sampling interval.
     pub(crate) fn admits(&self, params: PollParams) -> bool {
-        if self.rate.get() >= params.min_hit_rate() {
-            self.skipped.set(0);
-            return true;
-        }
+        let below = self.rate.get() < params.min_hit_rate();
         let skipped = self.skipped.get() + 1;
-        let sample = skipped >= SAMPLE_EVERY;
-        self.skipped.set(if sample { 0 } else { skipped });
-        sample
+        let polls = !below || skipped >= self.interval.get();
+        self.skipped.set(if polls { 0 } else { skipped });
+        self.sampling.set(below && polls);
+        polls
     }
 
     /// A polling phase ended: `hit` if it found work before its window elapsed. The step is rounded
@@ -276,12 +289,21 @@ impl HitRate {
         } else {
             rate - step(rate)
         });
+        let interval = self.interval.get();
+        self.interval
+            .set(match (hit, self.sampling.replace(false)) {
+                (true, _) => SAMPLE_INTERVAL_MIN,
+                (false, true) => (interval * 2).min(SAMPLE_INTERVAL_MAX),
+                (false, false) => interval,
+            });
     }
 
     /// Forgets the history (new parameters): the next chance polls.
     pub(crate) fn reset(&self) {
         self.rate.set(HIT_RATE_ONE);
         self.skipped.set(0);
+        self.interval.set(SAMPLE_INTERVAL_MIN);
+        self.sampling.set(false);
     }
 
     /// The rate in whole percent (rounded down).
@@ -535,24 +557,56 @@ mod tests {
     }
 
     /// A write-heavy qd1 load (the device model's randwrite: one phase in five finds the completion
-    /// in time) polls about one chance in 8 once the rate has fallen.
+    /// in time) polls a few chances in 100 once the rate has fallen: the samples that hit bring the
+    /// interval back to 8, those that miss double it.
     #[test]
-    fn a_load_that_mostly_misses_polls_one_chance_in_8() {
+    fn a_load_that_mostly_misses_polls_rarely() {
         let gate = HitRate::default();
         gate_chances(&gate, P, 100, |i| i % 5 == 0);
-        let polled = gate_chances(&gate, P, 8_000, |i| i % 5 == 0);
+        let polled = gate_chances(&gate, P, 10_000, |i| i % 5 == 0);
         assert!(
-            (1_000..=1_100).contains(&polled),
-            "{polled} of 8000 chances polled"
+            (100..=1_250).contains(&polled),
+            "{polled} of 10000 chances polled"
         );
+    }
+
+    /// A load polling never catches: every sample misses, and the interval doubles from 8 to 256.
+    #[test]
+    fn samples_that_miss_back_off_to_one_chance_in_256() {
+        let gate = HitRate::default();
+        gate_chances(&gate, P, 3, |_| false);
+        let polled_at: Vec<usize> = (1..=2_000)
+            .filter(|_| {
+                let polls = gate.admits(P);
+                if polls {
+                    gate.record(P, false);
+                }
+                polls
+            })
+            .collect();
+        let gaps: Vec<usize> = polled_at
+            .iter()
+            .scan(0, |last, &at| Some(at - std::mem::replace(last, at)))
+            .collect();
+        assert_eq!(gaps[..7], [8, 16, 32, 64, 128, 256, 256], "{gaps:?}");
+        // A sample that hits brings the interval back to 8.
+        assert!(gaps[7..].iter().all(|&gap| gap == 256), "{gaps:?}");
+        let next = (1..=256)
+            .find(|_| gate.admits(P))
+            .expect("a sample within 256");
+        gate.record(P, true);
+        assert!(next <= 256);
+        assert_eq!((1..=8).filter(|_| gate.admits(P)).count(), 1);
     }
 
     #[test]
     fn hits_in_the_sampled_chances_open_the_gate_again() {
         let gate = HitRate::default();
-        gate_chances(&gate, P, 400, |_| false);
+        for _ in 0..200 {
+            gate.record(P, false);
+        }
         assert_eq!(gate.percent(), 0);
-        // From 0, 11 hits in a row pass 75% (1 - (7/8)^11 = 0.77): 11 sampled chances, 8 apart.
+        // From 0, 11 hits in a row pass 75% (1 - (7/8)^11 = 0.77): 11 sampled chances.
         let (mut chances, mut polled) = (0, 0);
         while gate.percent() < 75 {
             chances += 1;

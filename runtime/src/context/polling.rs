@@ -6,7 +6,7 @@
 //! wake-up latency) and each handler's [`PollWindow`], and holds the machinery QEMU spreads over
 //! `try_poll_mode`, `run_poll_handlers`, `remove_idle_poll_handlers` and `poll_set_started`. The window
 //! rule itself (a weighted average of block times per handler, QEMU's `poll-weight`) and the hit-rate
-//! gate (a context whose recent polling phases mostly ran out their window polls one chance in 8) are
+//! gate (a context whose recent polling phases mostly ran out their window polls rarely) are
 //! pure and live in `poll_params.rs`; this module asks the gate before each phase and tells it how the
 //! phase ended.
 
@@ -29,8 +29,11 @@ pub(crate) struct Polling {
     params: Cell<PollParams>,
     /// How long the next polling phase may spin, in ns (QEMU's `ctx->poll_ns`).
     window_ns: Cell<i64>,
-    /// Whether recent polling phases found work (polling is mostly skipped when they did not).
-    hit_rate: HitRate,
+    /// Whether recent polling phases found work (polling is mostly skipped when they did not), kept
+    /// apart for phases that wait for the context's own I/O (user SQEs in flight) and those that wait
+    /// for events from elsewhere: on a file whose writes the kernel hands to a worker thread, the
+    /// former can keep missing while the latter (a guest's next request) keep hitting.
+    hit_rates: [HitRate; 2],
     /// Whether the loop is in poll mode (`poll_begin` called, `poll_end` not yet).
     started: Cell<bool>,
     /// Consecutive iterations that skipped the fd monitor because the loop was busy.
@@ -46,7 +49,7 @@ impl Polling {
         Self {
             params: Cell::new(params),
             window_ns: Cell::new(0),
-            hit_rate: HitRate::default(),
+            hit_rates: Default::default(),
             started: Cell::new(false),
             busy_iterations: Cell::new(0),
             wake_latency: WakeLatency::default(),
@@ -117,7 +120,9 @@ impl HomeState {
         let params = params.validate()?;
         self.polling.params.set(params);
         self.polling.window_ns.set(0);
-        self.polling.hit_rate.reset();
+        for rate in &self.polling.hit_rates {
+            rate.reset();
+        }
         for node in self.handlers.poll_list().iter() {
             node.window().estimate.reset();
         }
@@ -156,8 +161,9 @@ impl HomeState {
         }
         let window = self.polling.window_ns.get();
         let max_ns = soonest(*timeout, window);
-        // While recent phases mostly ran out their window, most chances sleep at once (the gate).
-        if max_ns <= 0 || !self.polling.hit_rate.admits(params) {
+        // While recent phases of this kind mostly ran out their window, most chances sleep at once.
+        let hit_rate = &self.polling.hit_rates[usize::from(self.user_sqes.in_flight())];
+        if max_ns <= 0 || !hit_rate.admits(params) {
             return false;
         }
         // Queued submissions go out now, so that polling never holds them back.
@@ -168,7 +174,7 @@ impl HomeState {
         // Set first: a poll_begin hook that wakes a task must stop the spinning too.
         let _polling = self.shared.wakeup.start_polling();
         self.poll_set_started(ready, true);
-        self.run_poll_handlers(&list, ready, window, max_ns, timeout)
+        self.run_poll_handlers(&list, ready, window, max_ns, timeout, hit_rate)
     }
 
     /// QEMU's `run_poll_handlers`: spins until a poll function hits, the window elapses or the monitor
@@ -181,6 +187,7 @@ impl HomeState {
         window: i64,
         mut max_ns: i64,
         timeout: &mut i64,
+        hit_rate: &HitRate,
     ) -> bool {
         let start = monotonic_ns();
         let mut progress;
@@ -207,7 +214,7 @@ impl HomeState {
         stats.poll_ns.add(elapsed.max(0) as u64);
         // A phase that ran into the timeout (a due timer) rather than its window did not miss either.
         let hit = *timeout == 0 || monitor_ready || elapsed < window;
-        self.polling.hit_rate.record(self.polling.params(), hit);
+        hit_rate.record(self.polling.params(), hit);
         if *timeout == 0 || monitor_ready {
             stats.poll_hits.bump();
         } else {

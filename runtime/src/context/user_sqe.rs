@@ -93,6 +93,11 @@ impl UserSqes {
         !self.completions.borrow().is_empty()
     }
 
+    /// Whether user SQEs are queued or in flight (their completions are yet to be reaped).
+    pub(crate) fn in_flight(&self) -> bool {
+        !self.callbacks.borrow().is_empty()
+    }
+
     /// Queues reaped completions for the next dispatch.
     pub(crate) fn queue_completions(&self, reaped: impl Iterator<Item = Completion>) {
         self.completions.borrow_mut().extend(reaped);
