@@ -179,8 +179,8 @@ impl AioContext {
         self.home.poll_params()
     }
 
-    /// Changes the polling parameters at run time and resets every handler's window (QEMU's
-    /// `aio_context_set_poll_params`). Fails with `InvalidInput` if a value does not fit in an `i64`,
+    /// Changes the polling parameters at run time and resets every handler's window and the
+    /// hit-rate averages, so the next chance polls (QEMU's `aio_context_set_poll_params`). Fails with `InvalidInput` if a value does not fit in an `i64`,
     /// `weight` is over 62 or `min_hit_percent` over 100.
     ///
     /// ```

@@ -130,7 +130,7 @@ impl Builder {
     }
 
     /// The share of recent polling phases (percent) that must have found work for the loop to poll
-    /// at every chance; below it the loop polls one chance in 8 to 256 and otherwise sleeps at once (see
+    /// at every chance; below it the loop polls one chance in 8 to 256 and skips polling otherwise (see
     /// [`PollParams::min_hit_percent`]). 0 (the default of a bare context) means no minimum, as in
     /// QEMU; at most 100 (`build` fails with `InvalidInput` otherwise).
     ///

@@ -43,6 +43,7 @@ pub(crate) mod current;
 mod external;
 mod fd_handlers;
 mod handler_table;
+mod hit_rate;
 pub(crate) mod msg_ring;
 pub(crate) mod notify;
 mod poll_params;

@@ -1,8 +1,8 @@
 //! [`PollParams`]: the adaptive polling parameters, and the rule that sizes the busy-poll window from
 //! how long the loop blocked (QEMU's `adjust_block_ns`, `grow_polling_time` and `shrink_polling_time`
-//! of the `poll-weight` series, which replaced `adjust_polling_time`), and the rule that decides
-//! whether polling pays at all ([`HitRate`]: aioctx's own, QEMU has none). Both are pure: the machinery
-//! that spins and feeds them block times and phase outcomes is `polling.rs`.
+//! of the `poll-weight` series, which replaced `adjust_polling_time`). The rule is pure: the machinery
+//! that spins and feeds it block times is `polling.rs`; whether a window is spun at all is the
+//! hit-rate gate's decision (`hit_rate.rs`).
 
 use std::cell::Cell;
 use std::io;
@@ -27,14 +27,16 @@ const MAX_POLL_WEIGHT: u64 = 62;
 /// entirely.
 ///
 /// Whether a window is spun at all depends on how often polling has paid lately: a polling phase
-/// *hits* when a poll function or the io_uring completion ring shows work (or a due timer ends it)
+/// *hits* when a poll function or the fd monitor's completions show work (or a due timer ends it)
 /// before its window elapses, and *misses* when the window runs out. With `min_hit_percent` set, the
 /// context keeps a moving average of hits (weighted like the block times), one for phases that wait
 /// for its own I/O (user SQEs in flight) and one for the others; while the average of a kind is below
-/// that percentage, the loop polls only one chance of that kind in 8 and otherwise sleeps at once, as
-/// with polling off, and each of those samples that misses doubles the interval, up to 256. A miss
-/// costs its whole window of CPU, and with io_uring a submission of its own; on a machine with more
-/// busy threads than cores that CPU is taken from the thread that would have produced the event.
+/// that percentage, the loop polls only one chance of that kind in 8 and otherwise goes to its wait
+/// without a polling phase, as with polling off (it still spins through the measured wake-up latency
+/// before a timer's deadline), and each of those samples that misses doubles the interval, up to 256.
+/// A miss costs its whole window of CPU, and with io_uring a submission of its own; on a machine with
+/// more busy threads than cores that CPU is taken from the thread that would have produced the event.
+/// [`AioContext::set_poll_params`](crate::AioContext::set_poll_params) starts the averages afresh.
 ///
 /// ```
 /// let ctx = aioctx::AioContext::new()?;
@@ -68,8 +70,8 @@ pub struct PollParams {
     pub weight: u64,
     /// The share of recent polling phases, in percent, that must have found work for the loop to
     /// poll at every chance; below it, it polls one chance in 8 to 256 (to notice when polling pays
-    /// again) and sleeps at once otherwise. 0 means no minimum: poll at every chance, as QEMU does.
-    /// At most 100.
+    /// again) and skips the polling phase otherwise. 0 means no minimum: poll at every chance, as QEMU
+    /// does. At most 100.
     pub min_hit_percent: u64,
 }
 
@@ -116,13 +118,8 @@ impl PollParams {
         self.max_ns.min(i64::MAX as u64) as i64
     }
 
-    /// The hit-rate threshold in [`HitRate`]'s fixed point.
-    fn min_hit_rate(self) -> u64 {
-        HIT_RATE_ONE * self.min_hit_percent.min(100) / 100
-    }
-
     /// The weight as a shift, 0 meaning the default.
-    fn shift(self) -> u32 {
+    pub(super) fn shift(self) -> u32 {
         match self.weight {
             0 => Self::DEFAULT_WEIGHT as u32,
             w => w.min(MAX_POLL_WEIGHT) as u32,
@@ -227,90 +224,6 @@ pub(crate) fn adjust_after_iteration<'a>(
         }
     }
     adj.map_or(window, |adj| params.next_window(window, adj))
-}
-
-/// A hit rate's fixed-point one: rates run from 0 (every recent phase missed) to this (every one hit).
-const HIT_RATE_ONE: u64 = 1 << 16;
-
-/// While the hit rate is below the minimum, one polling chance in this many still polls (a sample),
-/// so that the rate sees the load change...
-const SAMPLE_INTERVAL_MIN: u32 = 8;
-/// ...and every sample that misses doubles the interval up to this, so that a load polling never
-/// catches pays for a miss in well under 1% of its requests (a miss can delay the thread that was to
-/// produce the event, and it costs a submission of its own): its tail latency stays that of polling
-/// off. A sample that hits brings the interval back to the minimum.
-const SAMPLE_INTERVAL_MAX: u32 = 256;
-
-/// Whether polling pays: a weighted moving average of the polling phases that found work (the newest
-/// counts `1/2^weight`, like the block times) and, while it is below
-/// [`PollParams::min_hit_percent`], the sampling interval. It starts at "every phase hit", so a new
-/// context polls.
-#[derive(Debug)]
-pub(crate) struct HitRate {
-    rate: Cell<u64>,
-    /// Chances skipped since the last one that polled.
-    skipped: Cell<u32>,
-    /// While the rate is below the minimum: poll one chance in this many.
-    interval: Cell<u32>,
-    /// The phase running now is a sample (admitted below the minimum).
-    sampling: Cell<bool>,
-}
-
-impl Default for HitRate {
-    fn default() -> Self {
-        Self {
-            rate: Cell::new(HIT_RATE_ONE),
-            skipped: Cell::new(0),
-            interval: Cell::new(SAMPLE_INTERVAL_MIN),
-            sampling: Cell::new(false),
-        }
-    }
-}
-
-impl HitRate {
-    /// Whether the loop may spin this chance: always while the rate is at least the minimum, else
-    /// one chance per sampling interval.
-    pub(crate) fn admits(&self, params: PollParams) -> bool {
-        let below = self.rate.get() < params.min_hit_rate();
-        let skipped = self.skipped.get() + 1;
-        let polls = !below || skipped >= self.interval.get();
-        self.skipped.set(if polls { 0 } else { skipped });
-        self.sampling.set(below && polls);
-        polls
-    }
-
-    /// A polling phase ended: `hit` if it found work before its window elapsed. The step is rounded
-    /// up so that a run of hits (misses) reaches one (zero) exactly.
-    pub(crate) fn record(&self, params: PollParams, hit: bool) {
-        let rate = self.rate.get();
-        let step = |distance: u64| distance.div_ceil(1 << params.shift());
-        self.rate.set(if hit {
-            rate + step(HIT_RATE_ONE - rate)
-        } else {
-            rate - step(rate)
-        });
-        let interval = self.interval.get();
-        self.interval
-            .set(match (hit, self.sampling.replace(false)) {
-                (true, _) => SAMPLE_INTERVAL_MIN,
-                (false, true) => (interval * 2).min(SAMPLE_INTERVAL_MAX),
-                (false, false) => interval,
-            });
-    }
-
-    /// Forgets the history (new parameters): the next chance polls.
-    pub(crate) fn reset(&self) {
-        self.rate.set(HIT_RATE_ONE);
-        self.skipped.set(0);
-        self.interval.set(SAMPLE_INTERVAL_MIN);
-        self.sampling.set(false);
-    }
-
-    /// The rate in whole percent (rounded down).
-    #[cfg(test)]
-    fn percent(&self) -> u64 {
-        self.rate.get() * 100 / HIT_RATE_ONE
-    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -505,157 +418,6 @@ mod tests {
         let (w1, w3, w5) = (steps_to_follow(1), steps_to_follow(3), steps_to_follow(5));
         assert!(w1 < w3 && w3 < w5, "{w1} {w3} {w5}");
         assert_eq!(steps_to_follow(0), w3, "0 means the default, 3");
-    }
-
-    /// Runs `chances` polling chances; at each, `hit(i)` says whether a phase the gate admits finds
-    /// work. Returns how many chances polled.
-    fn gate_chances(
-        gate: &HitRate,
-        params: PollParams,
-        chances: usize,
-        hit: impl Fn(usize) -> bool,
-    ) -> usize {
-        (0..chances)
-            .filter(|&i| {
-                let polls = gate.admits(params);
-                if polls {
-                    gate.record(params, hit(i));
-                }
-                polls
-            })
-            .count()
-    }
-
-    #[test]
-    fn a_new_gate_admits_every_chance_and_hits_keep_it_open() {
-        let gate = HitRate::default();
-        assert_eq!(gate.percent(), 100);
-        assert_eq!(gate_chances(&gate, P, 1_000, |_| true), 1_000);
-        // A reads-from-cache or cross-thread-wake load: one miss in 50 keeps the rate far above 75%.
-        assert_eq!(gate_chances(&gate, P, 1_000, |i| i % 50 != 0), 1_000);
-        assert!(gate.percent() >= 90, "{}", gate.percent());
-    }
-
-    #[test]
-    fn misses_below_the_minimum_leave_one_chance_in_8() {
-        let gate = HitRate::default();
-        // Weight 3: each miss keeps 7/8 of the rate; 87, 76, then 66%, under the IOThread's 75%.
-        for expected in [87, 76, 66] {
-            assert!(gate.admits(P));
-            gate.record(P, false);
-            assert_eq!(gate.percent(), expected);
-        }
-        let pattern: Vec<bool> = (0..16).map(|_| gate.admits(P)).collect();
-        let sampled = |i| i % 8 == 7;
-        assert!(
-            pattern
-                .iter()
-                .enumerate()
-                .all(|(i, &polls)| polls == sampled(i)),
-            "{pattern:?}"
-        );
-    }
-
-    /// A write-heavy qd1 load (the device model's randwrite: one phase in five finds the completion
-    /// in time) polls a few chances in 100 once the rate has fallen: the samples that hit bring the
-    /// interval back to 8, those that miss double it.
-    #[test]
-    fn a_load_that_mostly_misses_polls_rarely() {
-        let gate = HitRate::default();
-        gate_chances(&gate, P, 100, |i| i % 5 == 0);
-        let polled = gate_chances(&gate, P, 10_000, |i| i % 5 == 0);
-        assert!(
-            (100..=1_250).contains(&polled),
-            "{polled} of 10000 chances polled"
-        );
-    }
-
-    /// A load polling never catches: every sample misses, and the interval doubles from 8 to 256.
-    #[test]
-    fn samples_that_miss_back_off_to_one_chance_in_256() {
-        let gate = HitRate::default();
-        gate_chances(&gate, P, 3, |_| false);
-        let polled_at: Vec<usize> = (1..=2_000)
-            .filter(|_| {
-                let polls = gate.admits(P);
-                if polls {
-                    gate.record(P, false);
-                }
-                polls
-            })
-            .collect();
-        let gaps: Vec<usize> = polled_at
-            .iter()
-            .scan(0, |last, &at| Some(at - std::mem::replace(last, at)))
-            .collect();
-        assert_eq!(gaps[..7], [8, 16, 32, 64, 128, 256, 256], "{gaps:?}");
-        // A sample that hits brings the interval back to 8.
-        assert!(gaps[7..].iter().all(|&gap| gap == 256), "{gaps:?}");
-        let next = (1..=256)
-            .find(|_| gate.admits(P))
-            .expect("a sample within 256");
-        gate.record(P, true);
-        assert!(next <= 256);
-        assert_eq!((1..=8).filter(|_| gate.admits(P)).count(), 1);
-    }
-
-    #[test]
-    fn hits_in_the_sampled_chances_open_the_gate_again() {
-        let gate = HitRate::default();
-        for _ in 0..200 {
-            gate.record(P, false);
-        }
-        assert_eq!(gate.percent(), 0);
-        // From 0, 11 hits in a row pass 75% (1 - (7/8)^11 = 0.77): 11 sampled chances.
-        let (mut chances, mut polled) = (0, 0);
-        while gate.percent() < 75 {
-            chances += 1;
-            polled += gate_chances(&gate, P, 1, |_| true);
-        }
-        assert_eq!(polled, 11);
-        assert!(chances <= 88, "{chances} chances");
-        assert_eq!(gate_chances(&gate, P, 100, |_| true), 100, "open again");
-    }
-
-    #[test]
-    fn min_hit_percent_zero_polls_at_every_chance() {
-        let qemu = PollParams {
-            min_hit_percent: 0,
-            ..P
-        };
-        let gate = HitRate::default();
-        assert_eq!(gate_chances(&gate, qemu, 1_000, |_| false), 1_000);
-        assert_eq!(gate.percent(), 0);
-        // 100 demands that every recent phase hit: one miss closes the gate until hits repair it.
-        let strict = PollParams {
-            min_hit_percent: 100,
-            ..P
-        };
-        let gate = HitRate::default();
-        gate_chances(&gate, strict, 1, |_| false);
-        assert!(!gate.admits(strict));
-    }
-
-    #[test]
-    fn the_gate_weighs_phases_like_the_block_times() {
-        let misses_to_close = |weight| {
-            let params = PollParams { weight, ..P };
-            let gate = HitRate::default();
-            (1..1_000)
-                .find(|_| {
-                    gate.record(params, false);
-                    !gate.admits(params)
-                })
-                .expect("misses close the gate")
-        };
-        assert_eq!(misses_to_close(1), 1, "the newest phase counts 1/2");
-        assert_eq!(misses_to_close(3), 3);
-        assert_eq!(misses_to_close(5), 10);
-        let gate = HitRate::default();
-        gate_chances(&gate, P, 50, |_| false);
-        gate.reset();
-        assert_eq!(gate.percent(), 100);
-        assert!(gate.admits(P));
     }
 
     #[test]

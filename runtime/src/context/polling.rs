@@ -5,10 +5,10 @@
 //! This module owns the context's [`Polling`] state (parameters, whether poll mode is on, the measured
 //! wake-up latency) and each handler's [`PollWindow`], and holds the machinery QEMU spreads over
 //! `try_poll_mode`, `run_poll_handlers`, `remove_idle_poll_handlers` and `poll_set_started`. The window
-//! rule itself (a weighted average of block times per handler, QEMU's `poll-weight`) and the hit-rate
-//! gate (a context whose recent polling phases mostly ran out their window polls rarely) are
-//! pure and live in `poll_params.rs`; this module asks the gate before each phase and tells it how the
-//! phase ended.
+//! rule itself (a weighted average of block times per handler, QEMU's `poll-weight`) is pure and lives
+//! in `poll_params.rs`; the hit-rate gates (a context whose recent polling phases mostly ran out their
+//! window polls rarely) are pure too and live in `hit_rate.rs`: this module asks one before each phase
+//! and tells it how the phase ended.
 
 use std::cell::Cell;
 use std::io;
@@ -16,7 +16,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::handler_table::HandlerNode;
-use super::poll_params::{adjust_after_iteration, BlockEstimate, HitRate};
+use super::hit_rate::HitRate;
+use super::poll_params::{adjust_after_iteration, BlockEstimate};
 use super::ready::{push_poll_ready, Ready};
 use super::wake_latency::WakeLatency;
 use super::HomeState;
@@ -29,11 +30,13 @@ pub(crate) struct Polling {
     params: Cell<PollParams>,
     /// How long the next polling phase may spin, in ns (QEMU's `ctx->poll_ns`).
     window_ns: Cell<i64>,
-    /// Whether recent polling phases found work (polling is mostly skipped when they did not), kept
-    /// apart for phases that wait for the context's own I/O (user SQEs in flight) and those that wait
-    /// for events from elsewhere: on a file whose writes the kernel hands to a worker thread, the
-    /// former can keep missing while the latter (a guest's next request) keep hitting.
-    hit_rates: [HitRate; 2],
+    /// Whether recent polling phases that waited for the context's own I/O (user SQEs in flight)
+    /// found work: polling is mostly skipped when they did not (`hit_rate.rs`)...
+    io_waits: HitRate,
+    /// ...and the same for the other phases, kept apart: on a file whose writes the kernel hands to
+    /// a worker thread, waits for their completions can keep missing while waits for a guest's next
+    /// request keep hitting.
+    event_waits: HitRate,
     /// Whether the loop is in poll mode (`poll_begin` called, `poll_end` not yet).
     started: Cell<bool>,
     /// Consecutive iterations that skipped the fd monitor because the loop was busy.
@@ -49,7 +52,8 @@ impl Polling {
         Self {
             params: Cell::new(params),
             window_ns: Cell::new(0),
-            hit_rates: Default::default(),
+            io_waits: HitRate::default(),
+            event_waits: HitRate::default(),
             started: Cell::new(false),
             busy_iterations: Cell::new(0),
             wake_latency: WakeLatency::default(),
@@ -120,9 +124,8 @@ impl HomeState {
         let params = params.validate()?;
         self.polling.params.set(params);
         self.polling.window_ns.set(0);
-        for rate in &self.polling.hit_rates {
-            rate.reset();
-        }
+        self.polling.io_waits.reset();
+        self.polling.event_waits.reset();
         for node in self.handlers.poll_list().iter() {
             node.window().estimate.reset();
         }
@@ -161,9 +164,17 @@ impl HomeState {
         }
         let window = self.polling.window_ns.get();
         let max_ns = soonest(*timeout, window);
-        // While recent phases of this kind mostly ran out their window, most chances sleep at once.
-        let hit_rate = &self.polling.hit_rates[usize::from(self.user_sqes.in_flight())];
-        if max_ns <= 0 || !hit_rate.admits(params) {
+        if max_ns <= 0 {
+            return false;
+        }
+        // While recent phases of this kind mostly ran out their window, most chances skip polling.
+        let gate = if self.user_sqes.in_flight() {
+            &self.polling.io_waits
+        } else {
+            &self.polling.event_waits
+        };
+        if !gate.admits(params) {
+            gate.skip();
             return false;
         }
         // Queued submissions go out now, so that polling never holds them back.
@@ -171,15 +182,18 @@ impl HomeState {
         if self.need_wait() {
             return false;
         }
+        let phase = gate.begin(params);
         // Set first: a poll_begin hook that wakes a task must stop the spinning too.
         let _polling = self.shared.wakeup.start_polling();
         self.poll_set_started(ready, true);
-        self.run_poll_handlers(&list, ready, window, max_ns, timeout, hit_rate)
+        let (progress, hit) = self.run_poll_handlers(&list, ready, window, max_ns, timeout);
+        gate.record(params, phase, hit);
+        progress
     }
 
     /// QEMU's `run_poll_handlers`: spins until a poll function hits, the window elapses or the monitor
-    /// needs to wait, and tells the hit-rate gate whether the phase found work. Takes the time spent
-    /// off `timeout`.
+    /// needs to wait. Takes the time spent off `timeout`. Returns whether a poll function found work
+    /// (other than the notifier), and whether the phase ended before its window ran out (for the gate).
     fn run_poll_handlers(
         &self,
         list: &[Rc<HandlerNode>],
@@ -187,12 +201,11 @@ impl HomeState {
         window: i64,
         mut max_ns: i64,
         timeout: &mut i64,
-        hit_rate: &HitRate,
-    ) -> bool {
+    ) -> (bool, bool) {
         let start = monotonic_ns();
         let mut progress;
         let mut elapsed;
-        // The monitor found a completion: polling paid off too.
+        // The monitor has completions to reap (or, with io_uring, task work that posts them).
         let mut monitor_ready = false;
         loop {
             progress = poll_once(list, ready, timeout);
@@ -212,9 +225,9 @@ impl HomeState {
         }
         let stats = &self.shared.stats;
         stats.poll_ns.add(elapsed.max(0) as u64);
-        // A phase that ran into the timeout (a due timer) rather than its window did not miss either.
+        // For the gate, a phase that ran into the timeout (a due timer) rather than its window did
+        // not miss: it spared the loop a late wake-up. The statistics count it as finding no work.
         let hit = *timeout == 0 || monitor_ready || elapsed < window;
-        hit_rate.record(self.polling.params(), hit);
         if *timeout == 0 || monitor_ready {
             stats.poll_hits.bump();
         } else {
@@ -223,7 +236,7 @@ impl HomeState {
         if *timeout != -1 {
             *timeout -= (*timeout).min(elapsed);
         }
-        progress
+        (progress, hit)
     }
 
     /// One pass over the poll functions in an iteration that does not block (see `aio_poll.rs`'s

@@ -21,8 +21,8 @@ use crate::fdmon::UringCounters;
 pub struct Stats {
     /// Calls of `poll` (loop iterations), nested ones included.
     pub iterations: u64,
-    /// Polling phases that ended because a poll function found work or, with io_uring, a completion
-    /// arrived in the ring.
+    /// Polling phases that ended because a poll function found work or the fd monitor had
+    /// completions to reap (with io_uring, also the kernel's flag for pending task work).
     pub poll_hits: u64,
     /// Polling phases whose window elapsed (or that were cut short by a due timer) without finding
     /// work.

@@ -444,7 +444,8 @@ impl MonitorOps for UringMonitor {
         }
         // With deferred task running, finished operations wait as task work (flagged in the SQ ring)
         // until an io_uring_enter posts their CQEs. A stale flag (see `completions_ready`) costs one
-        // sleep instead of a spin: the next task work the kernel runs clears it.
+        // sleep instead of a spin (the next task work the kernel runs clears it), and the polling
+        // phase it ended counts as a hit.
         let ready = self.completions_ready() || self.ring.submission().taskrun();
         if ready {
             self.stats.cq_peek_hits.bump();
