@@ -12,7 +12,8 @@
 #
 # Environment: COUNT (requests per run, default 75000), SIZE (file size, default 1G), RUNS (runs per
 # cell and server, alternating between the servers; the median is kept, default 5), POLL_OFF=1 adds a
-# column for nbd-server with busy-polling off.
+# column for nbd-server with busy-polling off, POLL_OFF=2 a second such server as a control: how far
+# two identical servers differ on this machine is the noise any on/off ratio has to clear.
 set -euo pipefail
 
 kinds=("${@:-all}")
@@ -92,7 +93,7 @@ wait_ready() {
     exit 1
 }
 
-# start SERVER KIND [FILE]: starts nbd-server / nbd-server-nopoll / qemu-nbd on its own socket, exporting
+# start SERVER KIND [FILE]: starts nbd-server / nbd-server-nopoll(2) / qemu-nbd on its own socket, exporting
 # FILE (default: the benchmark image), and sets targets[SERVER] to qemu-img's arguments naming the
 # export (a URI, or a TLS object and image options, one per line) and uris[SERVER] to libnbd's URI.
 declare -A targets uris
@@ -113,8 +114,8 @@ start() {
         target=
     fi
     case $server in
-        nbd-server|nbd-server-nopoll)
-            [ "$server" = nbd-server-nopoll ] && args+=(--poll-max-ns 0)
+        nbd-server|nbd-server-nopoll|nbd-server-nopoll2)
+            [ "$server" != nbd-server ] && args+=(--poll-max-ns 0)
             if [ "$kind" = unix ]; then args+=(--socket "$addr"); else args+=(--listen "127.0.0.1:$addr"); fi
             [ "$kind" = tls ] && args+=(--tls-creds "$creds/server")
             "$server_bin" "$file" --iothreads 1 "${args[@]}" >/dev/null 2>&1 &
@@ -187,7 +188,12 @@ median() {
 }
 
 servers=(nbd-server qemu-nbd)
-[ "${POLL_OFF:-0}" = 1 ] && servers=(nbd-server nbd-server-nopoll qemu-nbd)
+case ${POLL_OFF:-0} in
+    0) ;;
+    1) servers=(nbd-server nbd-server-nopoll qemu-nbd) ;;
+    2) servers=(nbd-server nbd-server-nopoll nbd-server-nopoll2 qemu-nbd) ;;
+    *) echo "POLL_OFF must be 0, 1 or 2" >&2; exit 1 ;;
+esac
 sparse=0
 picked=()
 for k in "${kinds[@]}"; do
@@ -228,7 +234,8 @@ if ((${#kinds[@]})); then
     echo
     echo "qemu-img bench (the tls rows: nbdcopy), 4 KiB sequential, $count requests, median of $runs runs, file of $size"
     header="| socket | workload | depth | nbd-server IOPS |"
-    [ "${POLL_OFF:-0}" = 1 ] && header+=" nbd-server, polling off |"
+    [ "${POLL_OFF:-0}" != 0 ] && header+=" nbd-server, polling off |"
+    [ "${POLL_OFF:-0}" = 2 ] && header+=" the same again (control) |"
     header+=" qemu-nbd IOPS | ratio |"
     echo "$header"
     echo "$header" | sed 's/[^|]/-/g'
@@ -238,7 +245,8 @@ if ((${#kinds[@]})); then
                 ours=${result[$kind,nbd-server,$depth,$write]}
                 theirs=${result[$kind,qemu-nbd,$depth,$write]}
                 row="| $kind | $([ "$write" = 1 ] && echo write || echo read) | $depth | $ours |"
-                [ "${POLL_OFF:-0}" = 1 ] && row+=" ${result[$kind,nbd-server-nopoll,$depth,$write]} |"
+                [ "${POLL_OFF:-0}" != 0 ] && row+=" ${result[$kind,nbd-server-nopoll,$depth,$write]} |"
+                [ "${POLL_OFF:-0}" = 2 ] && row+=" ${result[$kind,nbd-server-nopoll2,$depth,$write]} |"
                 row+=" $theirs | $(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", a / b }') |"
                 echo "$row"
             done
