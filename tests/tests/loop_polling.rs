@@ -201,8 +201,19 @@ impl Device {
         kick: Duration,
     ) -> Path {
         assert!(kick >= arrives && kick > Duration::ZERO);
+        self.serve_visible_at(ctx, guard, Instant::now() + arrives, kick)
+    }
+
+    /// [`serve_one`](Self::serve_one) for a request the poll function sees from `visible` on.
+    fn serve_visible_at(
+        &self,
+        ctx: &AioContext,
+        guard: &Guard,
+        visible: Instant,
+        kick: Duration,
+    ) -> Path {
         let (read0, poll0) = self.served();
-        self.state.request.set(Some(Instant::now() + arrives));
+        self.state.request.set(Some(visible));
         arm(self.state.kick.as_raw_fd(), kick);
         let total = || self.served().0 + self.served().1;
         guard.poll_until(ctx, "a request", || total() > read0 + poll0);
@@ -316,13 +327,9 @@ impl Device {
     /// A request the poll function never sees (it shows up only with the kick, `kick` from now):
     /// a polling phase in this round can only run out its window or be cut short by the kick.
     fn serve_by_kick_only(&self, ctx: &AioContext, guard: &Guard, kick: Duration) {
-        let (read0, poll0) = self.served();
-        self.state
-            .request
-            .set(Some(Instant::now() + Duration::from_secs(3600)));
-        arm(self.state.kick.as_raw_fd(), kick);
-        guard.poll_until(ctx, "a kicked request", || self.served().0 > read0);
-        assert_eq!(self.served(), (read0 + 1, poll0), "served by polling");
+        let never = Instant::now() + Duration::from_secs(3600);
+        let path = self.serve_visible_at(ctx, guard, never, kick);
+        assert_eq!(path, Path::Read, "served by polling");
     }
 
     /// A round in which the loop blocks `long` (the request shows up only with the kick).
@@ -361,15 +368,8 @@ per_backend! {
             let dev = Device::new(&ctx);
             let guard = Guard::new(&ctx);
             dev.short_rounds_until_hit(&ctx, &guard);
-            // Three misses take the rate from 100% to 66%, under 75%.
-            for _ in 0..3 {
-                dev.serve_by_kick_only(&ctx, &guard, MISS_KICK);
-            }
-            let before = polling_phases(&ctx);
-            for _ in 0..16 {
-                dev.serve_by_kick_only(&ctx, &guard, MISS_KICK);
-            }
-            let phases = polling_phases(&ctx) - before;
+            let phases =
+                phases_in_16_after_3_misses(&ctx, || dev.serve_by_kick_only(&ctx, &guard, MISS_KICK));
             if !gated {
                 assert!(phases >= 16, "{phases} polling phases in 16 rounds, {:?}", ctx.stats());
                 continue;
@@ -417,15 +417,8 @@ per_backend! {
             unsafe { ctx.add_sqe(sqe, on_complete) }.unwrap();
             guard.poll_until(&ctx, "the timeout", || done.get());
         };
-        // Three missed I/O waits close the gate for I/O waits...
-        for _ in 0..3 {
-            io_round();
-        }
-        let before = polling_phases(&ctx);
-        for _ in 0..16 {
-            io_round();
-        }
-        let phases = polling_phases(&ctx) - before;
+        // Missed I/O waits close the gate for I/O waits...
+        let phases = phases_in_16_after_3_misses(&ctx, io_round);
         if backend == Backend::IoUring {
             assert!(phases <= 4, "{phases} polling phases in 16 I/O rounds: {:?}", ctx.stats());
         }
@@ -832,6 +825,19 @@ per_backend! {
         assert!(seen.is_ok(), "a waiter missed work whose set the other waiter took");
         assert_eq!(ctx.stats().poll_hits, 0, "polling was off: the readiness path found both");
     }
+}
+
+/// Runs `round` 3 times (three misses take a 75% gate's rate from 100% to 66%, under it), then 16
+/// times more; returns the polling phases of those 16.
+fn phases_in_16_after_3_misses(ctx: &AioContext, mut round: impl FnMut()) -> u64 {
+    for _ in 0..3 {
+        round();
+    }
+    let before = polling_phases(ctx);
+    for _ in 0..16 {
+        round();
+    }
+    polling_phases(ctx) - before
 }
 
 /// Polling phases the loop has run so far.

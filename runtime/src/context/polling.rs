@@ -225,10 +225,11 @@ impl HomeState {
         }
         let stats = &self.shared.stats;
         stats.poll_ns.add(elapsed.max(0) as u64);
+        let found_work = *timeout == 0 || monitor_ready;
         // For the gate, a phase that ran into the timeout (a due timer) rather than its window did
         // not miss: it spared the loop a late wake-up. The statistics count it as finding no work.
-        let hit = *timeout == 0 || monitor_ready || elapsed < window;
-        if *timeout == 0 || monitor_ready {
+        let hit = found_work || elapsed < window;
+        if found_work {
             stats.poll_hits.bump();
         } else {
             stats.poll_misses.bump();
