@@ -175,8 +175,10 @@ fn bench_vhost_user_blk_against_qemu_backends() {
                         read_only: false,
                     },
                 };
+                // The measurement wants the guest's vCPUs in parallel, as QEMU runs them by default.
                 let mut running = Guest::new(Job::bench(runs, RUNTIME_S))
                     .cpus(cpus.into())
+                    .multi_threaded_tcg(true)
                     .disk(disk)
                     .start();
                 let mut cpu = Vec::new();

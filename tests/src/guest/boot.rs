@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::results::{parse, Outcome};
+use super::stacks;
 use super::{image, require, tail, QEMU_PACKAGES};
 
 /// How long a guest may run (boot, job, power-off) before it is killed and its test fails.
@@ -153,6 +154,7 @@ pub struct Guest {
     memory_mib: u32,
     timeout: Duration,
     append: Vec<String>,
+    multi_threaded_tcg: bool,
 }
 
 impl Guest {
@@ -165,6 +167,7 @@ impl Guest {
             memory_mib: 512,
             timeout: TIMEOUT,
             append: Vec::new(),
+            multi_threaded_tcg: false,
         }
     }
 
@@ -178,6 +181,18 @@ impl Guest {
     /// many vCPUs as queues.
     pub fn cpus(mut self, cpus: u32) -> Guest {
         self.cpus = cpus;
+        self
+    }
+
+    /// Runs the vCPUs on a host thread each (TCG's default, `-accel tcg`) rather than in turns on
+    /// one (`-accel tcg,thread=single`, the default here). Multi-threaded TCG with 4 vCPUs on this
+    /// 2-core machine has wedged a guest's local APIC (a timer vector left in service, everything
+    /// below it pending, every vCPU halted: the guest waited forever for an interrupt, with every
+    /// virtqueue completed), about once in 50 boots under load, and aborted on an assertion of its
+    /// own (see [`Guest::run`]). Tests run single-threaded; a benchmark that needs the guest's
+    /// vCPUs in parallel opts in.
+    pub fn multi_threaded_tcg(mut self, on: bool) -> Guest {
+        self.multi_threaded_tcg = on;
         self
     }
 
@@ -228,7 +243,12 @@ impl Guest {
         require("qemu-system-x86_64", QEMU_PACKAGES);
         let image = image();
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-nographic", "-no-reboot", "-nic", "none"])
+        let accel = if self.multi_threaded_tcg {
+            "tcg"
+        } else {
+            "tcg,thread=single"
+        };
+        cmd.args(["-accel", accel, "-nographic", "-no-reboot", "-nic", "none"])
             // Threads named after their role ("IO io0" for an IOThread), so their CPU time can be read.
             .args(["-name", "guest,debug-threads=on"])
             .args(["-m", &self.memory_mib.to_string()])
@@ -350,7 +370,7 @@ impl Guest {
 
     /// Boots the guest and waits until it powers off: [`Guest::start`] then [`Running::wait`].
     ///
-    /// QEMU 10's TCG has been seen to abort on an assertion of its own (`iotlb_to_section`, 4 vCPUs)
+    /// QEMU 10's multi-threaded TCG has been seen to abort on an assertion of its own (`iotlb_to_section`, 4 vCPUs)
     /// while the guest was still in the firmware: such a run, which never reached the guest's init,
     /// is booted once more (with a line on stderr); any other failure is the test's.
     pub fn run(&self) -> Outcome {
@@ -451,7 +471,7 @@ impl Running {
             let now = Instant::now();
             if now >= give_up {
                 drop(state);
-                let outcome = self.finish(true);
+                let outcome = self.finish_stuck();
                 panic!(
                     "{}: no {what} within {:?}; QEMU killed\n{}",
                     outcome.label,
@@ -478,7 +498,7 @@ impl Running {
     /// console's tail if it runs past its timeout.
     pub fn wait(self) -> Outcome {
         let timeout = self.timeout;
-        self.wait_or_time_out().unwrap_or_else(|outcome| {
+        self.wait_for_exit(true).unwrap_or_else(|outcome| {
             panic!(
                 "{}: did not finish within {timeout:?}; QEMU killed\n{}",
                 outcome.label,
@@ -489,13 +509,23 @@ impl Running {
 
     /// Waits until the guest powers off (`Ok`) or its timeout passes (`Err`: QEMU was killed, the
     /// outcome has `timed_out` set and the console until then).
-    pub fn wait_or_time_out(mut self) -> Result<Outcome, Box<Outcome>> {
+    pub fn wait_or_time_out(self) -> Result<Outcome, Box<Outcome>> {
+        self.wait_for_exit(false)
+    }
+
+    /// [`Running::wait_or_time_out`]; `diagnose`: a guest that times out is a failure, whose outcome
+    /// carries the host's threads.
+    fn wait_for_exit(mut self, diagnose: bool) -> Result<Outcome, Box<Outcome>> {
         let mut state = self.console.state.lock().unwrap();
         while !state.eof {
             let now = Instant::now();
             if now >= self.deadline {
                 drop(state);
-                let mut outcome = self.finish(true);
+                let mut outcome = if diagnose {
+                    self.finish_stuck()
+                } else {
+                    self.finish(true)
+                };
                 outcome.timed_out = true;
                 return Err(Box::new(outcome));
             }
@@ -508,6 +538,15 @@ impl Running {
         }
         drop(state);
         Ok(self.finish(false))
+    }
+
+    /// Kills QEMU after taking a snapshot of the host's threads (QEMU's and this process's): a guest
+    /// that stopped making progress, for a failure message.
+    fn finish_stuck(&mut self) -> Outcome {
+        let threads = stacks::snapshot(self.pid());
+        let mut outcome = self.finish(true);
+        outcome.host_threads = threads;
+        outcome
     }
 
     /// Reaps QEMU (killing it first if `kill`, or if it does not exit within 10 s of closing its

@@ -53,7 +53,11 @@
 //! Under TCG the guest's vCPU is the bottleneck (about one host core per vCPU): a boot takes about 6 s
 //! here (3 s of it unpacking the initramfs), a 64 MiB randrw with verification 5 to 15 s. Tests take
 //! [`one_at_a_time`] so that the guests of a test binary run one after another and each stays well
-//! inside its timeout on a shared 2-core machine. The tools are `qemu-system-x86_64`,
+//! inside its timeout on a shared 2-core machine. A guest's vCPUs take turns on one host thread
+//! (`-accel tcg,thread=single`; see [`Guest::multi_threaded_tcg`] for what the default
+//! multi-threaded TCG did to 4-vCPU guests here). A guest that runs past its timeout fails with the
+//! console's tail and the host's threads: every thread of QEMU and of the test process, its state,
+//! its kernel wait and (gdb) its stack. The tools are `qemu-system-x86_64`,
 //! `qemu-storage-daemon` (qemu-system-x86 and qemu-utils 10 from bookworm-backports), busybox-static,
 //! fio, util-linux, dpkg and apt; `scripts/test` installs them. A missing tool fails the test with
 //! the package to install: nothing is skipped.
@@ -64,6 +68,7 @@
 mod boot;
 mod image;
 mod results;
+mod stacks;
 mod storage_daemon;
 
 pub use boot::{Disk, Guest, Job, Running, TIMEOUT};
