@@ -30,7 +30,8 @@ pub enum Outcome {
 /// Where the connection is with respect to TLS, which decides what options are allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TlsPhase {
-    /// The server has no TLS: `STARTTLS` is unsupported.
+    /// The server has no TLS: as qemu-nbd, `STARTTLS` gets `ERR_POLICY` ("TLS not configured"),
+    /// or `ERR_INVALID` if it carries data, and the options go on.
     Off,
     /// TLS is configured and not started yet: as qemu-nbd, every option but `STARTTLS` gets
     /// `ERR_TLS_REQD` (`ABORT` too, and then the connection ends), `EXPORT_NAME` (which cannot be
@@ -142,6 +143,15 @@ where
         let done = match option {
             opt::STARTTLS if tls == TlsPhase::Established && client.fixed_newstyle => {
                 proto::encode_option_reply(&mut reply, option, rep::ERR_INVALID, &[]);
+                None
+            }
+            opt::STARTTLS if tls == TlsPhase::Off && client.fixed_newstyle => {
+                let answer = if data.is_empty() {
+                    rep::ERR_POLICY
+                } else {
+                    rep::ERR_INVALID
+                };
+                proto::encode_option_reply(&mut reply, option, answer, &[]);
                 None
             }
             opt::EXPORT_NAME => {

@@ -7,8 +7,8 @@
 //!
 //! - [`proto`]: the wire format, pure parsing and encoding over byte slices (no I/O, no panics).
 //! - `handshake`: option negotiation (`GO`, `INFO`, `LIST`, `ABORT`, `EXPORT_NAME`,
-//!   `STRUCTURED_REPLY`, `EXTENDED_HEADERS`, `LIST_META_CONTEXT`, `SET_META_CONTEXT`; others
-//!   `ERR_UNSUP`).
+//!   `STRUCTURED_REPLY`, `EXTENDED_HEADERS`, `LIST_META_CONTEXT`, `SET_META_CONTEXT`, `STARTTLS`:
+//!   see `tls`, and without TLS configured `ERR_POLICY`, as qemu-nbd; others `ERR_UNSUP`).
 //! - `conn`: one connection's requests (compact or extended headers), served concurrently by tasks
 //!   and answered out of order, within a budget (64 requests, 64 MiB of buffers) that stops the
 //!   reader while it is spent.

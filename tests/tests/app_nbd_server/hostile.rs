@@ -33,6 +33,12 @@ fn options_are_answered_and_unknown_ones_refused() {
         let r = c.opt_reply().unwrap();
         assert_eq!((r.option, r.kind), (unknown, REP_ERR_UNSUP));
     }
+    // No TLS configured: as qemu-nbd, STARTTLS is against the server's policy (with data, invalid),
+    // and the options go on in the clear.
+    c.send_option(OPT_STARTTLS, &[]).unwrap();
+    assert_eq!(c.opt_reply().unwrap().kind, REP_ERR_POLICY);
+    c.send_option(OPT_STARTTLS, b"x").unwrap();
+    assert_eq!(c.opt_reply().unwrap().kind, REP_ERR_INVALID);
     assert_eq!(c.info_or_go(OPT_INFO, "nope"), Err(REP_ERR_UNKNOWN));
     let mut bad_info = Client::info_data("disk", &[3]);
     bad_info.push(0);
