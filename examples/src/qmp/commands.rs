@@ -333,6 +333,8 @@ fn query_iothreads(
             "poll-max-ns": params.max_ns,
             "poll-grow": params.grow,
             "poll-shrink": params.shrink,
+            "poll-weight": params.weight,
+            "x-aioctx-poll-min-hit-percent": params.min_hit_percent,
             "aio-max-batch": entry
                 .io
                 .max_batch()
@@ -358,8 +360,17 @@ enum Node<'a> {
     IoThread(&'a IoThreadEntry),
 }
 
-/// The properties of an `iothread` object, as QEMU lists them (all `int` but `type`).
-const IOTHREAD_PROPERTIES: &[&str] = &["aio-max-batch", "poll-max-ns", "poll-grow", "poll-shrink"];
+/// The properties of an `iothread` object, as QEMU lists them (all `int` but `type`), then
+/// `poll-weight` (the weight of the block-time averages; not a property of QEMU 10.0's iothread) and
+/// aioctx's own polling gate (`PollParams`).
+const IOTHREAD_PROPERTIES: &[&str] = &[
+    "aio-max-batch",
+    "poll-max-ns",
+    "poll-grow",
+    "poll-shrink",
+    "poll-weight",
+    "x-aioctx-poll-min-hit-percent",
+];
 
 /// Resolves an absolute path, or a partial one naming an object uniquely (QEMU's partial paths).
 fn resolve<'a>(shared: &'a Shared, path: &str) -> Result<Node<'a>, QmpError> {
@@ -437,6 +448,8 @@ fn qom_get(shared: &Shared, _: &Session, args: &mut Args) -> Result<(Value, Afte
             "poll-max-ns" => params.max_ns,
             "poll-grow" => params.grow,
             "poll-shrink" => params.shrink,
+            "poll-weight" => params.weight,
+            "x-aioctx-poll-min-hit-percent" => params.min_hit_percent,
             _ => return Err(no_property(&node, &property)),
         }
     };

@@ -13,9 +13,10 @@
 //!
 //! Commands: `qmp_capabilities`, `query-version`, `query-commands`, `qom-list` (`/objects` lists
 //! one `child<iothread>` per IOThread), `qom-get`/`qom-set` of an IOThread's `poll-max-ns`,
-//! `poll-grow`, `poll-shrink` and `aio-max-batch` (applied to the running IOThread and read back
-//! from it), `query-iothreads` (the system
-//! emulator's shape plus `x-aioctx-stats`: iterations, poll hits and misses, ns spent polling,
+//! `poll-grow`, `poll-shrink`, `aio-max-batch`, `poll-weight` (the weight of the block-time averages;
+//! not a property of QEMU 10.0's iothread) and `x-aioctx-poll-min-hit-percent` (the
+//! polling gate), applied to the running IOThread and read back from it; `query-iothreads` (the
+//! system emulator's shape plus those two and `x-aioctx-stats`: iterations, poll hits and misses, ns spent polling,
 //! eventfd writes made and avoided, io_uring enters; allowed out of band, unlike QEMU: it needs no main
 //! thread, but it asks each IOThread for its parameters, so an IOThread stuck in a callback delays it),
 //! `query-block-exports` and `quit` (replies, sends the `SHUTDOWN` event and stops the main loop).
@@ -404,10 +405,24 @@ impl IoThreadEntry {
                 grow: value,
                 ..current
             },
-            _ => PollParams {
+            "poll-shrink" => PollParams {
                 shrink: value,
                 ..current
             },
+            "poll-weight" => PollParams {
+                weight: value,
+                ..current
+            },
+            "x-aioctx-poll-min-hit-percent" => PollParams {
+                min_hit_percent: value,
+                ..current
+            },
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("no property {property}"),
+                ))
+            }
         };
         self.io.set_poll_params(params)
     }

@@ -142,6 +142,20 @@ async def aioctx_only(client):
     io1 = await iothread(client, "io1")
     assert io1["poll-max-ns"] == 0 and io1["poll-grow"] == 4 and io1["aio-max-batch"] == 16, io1
 
+    # aioctx's polling knobs beyond QEMU 10.0's: set on the running IOThread, read back, and
+    # refused out of range (PollParams::validate) with the monitor serving on.
+    path = "/objects/io1"
+    for prop, value in (("poll-weight", 5), ("x-aioctx-poll-min-hit-percent", 40)):
+        assert await client.execute("qom-set", {"path": path, "property": prop, "value": value}) == {}
+        got = await client.execute("qom-get", {"path": path, "property": prop})
+        assert got == value, (prop, got, value)
+    io1 = await iothread(client, "io1")
+    assert io1["poll-weight"] == 5 and io1["x-aioctx-poll-min-hit-percent"] == 40, io1
+    for prop, value in (("poll-weight", 63), ("x-aioctx-poll-min-hit-percent", 101)):
+        err = await error_of(client, "qom-set", {"path": path, "property": prop, "value": value})
+        assert err["class"] == "GenericError" and "IOThread 'io1'" in err["desc"], (prop, err)
+    assert (await iothread(client, "io1"))["poll-weight"] == 5
+
     # Polling follows qom-set on the running IOThread. The wake-ups of qom-gets (each one a call
     # into the IOThread) come a QMP round trip apart, longer than QEMU's default window of 32768 ns,
     # so io0 polls once its poll-max-ns is 100 ms (the window grows to cover the gaps), and stops
