@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::results::{parse, Outcome};
-use super::stacks;
 use super::{image, require, tail, QEMU_PACKAGES};
+use super::{monitor, stacks};
 
 /// How long a guest may run (boot, job, power-off) before it is killed and its test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
@@ -322,6 +322,16 @@ impl Guest {
     /// Boots the guest; it runs until its job powers it off, [`Running::kill`], or its timeout.
     pub fn start(&self) -> Running {
         let mut cmd = self.command();
+        // The human monitor, asked about the vCPUs if the guest gets stuck (see `monitor.rs`).
+        let monitor = tempfile::Builder::new()
+            .prefix("aioctx-qemu-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("a directory for QEMU's monitor socket: {e}"));
+        let monitor_socket = monitor.path().join("monitor.sock");
+        cmd.arg("-monitor").arg(format!(
+            "unix:{},server=on,wait=off",
+            qemu_path(&monitor_socket)
+        ));
         let command = format!("{cmd:?}");
         let mut child = cmd
             .stdin(Stdio::null())
@@ -365,14 +375,18 @@ impl Guest {
             timeout: self.timeout,
             label: self.label(),
             command,
+            cpus: self.cpus,
+            monitor_socket,
+            _monitor_dir: monitor,
         }
     }
 
     /// Boots the guest and waits until it powers off: [`Guest::start`] then [`Running::wait`].
     ///
-    /// QEMU 10's multi-threaded TCG has been seen to abort on an assertion of its own (`iotlb_to_section`, 4 vCPUs)
-    /// while the guest was still in the firmware: such a run, which never reached the guest's init,
-    /// is booted once more (with a line on stderr); any other failure is the test's.
+    /// QEMU 10's multi-threaded TCG has been seen to abort on an assertion of its own
+    /// (`iotlb_to_section`, 4 vCPUs) while the guest was still in the firmware: such a run, which
+    /// never reached the guest's init, is booted once more (with a line on stderr); any other
+    /// failure is the test's.
     pub fn run(&self) -> Outcome {
         let out = self.start().wait();
         if out.values.is_empty()
@@ -421,6 +435,9 @@ pub struct Running {
     timeout: Duration,
     label: String,
     command: String,
+    cpus: u32,
+    monitor_socket: PathBuf,
+    _monitor_dir: tempfile::TempDir,
 }
 
 impl Running {
@@ -540,12 +557,14 @@ impl Running {
         Ok(self.finish(false))
     }
 
-    /// Kills QEMU after taking a snapshot of the host's threads (QEMU's and this process's): a guest
-    /// that stopped making progress, for a failure message.
+    /// Kills QEMU after asking its monitor about the vCPUs and taking a snapshot of the host's
+    /// threads (QEMU's and this process's): a guest that stopped making progress, for a failure
+    /// message.
     fn finish_stuck(&mut self) -> Outcome {
+        let vcpus = monitor::vcpus(&self.monitor_socket, self.cpus);
         let threads = stacks::snapshot(self.pid());
         let mut outcome = self.finish(true);
-        outcome.host_threads = threads;
+        outcome.diagnosis = format!("{vcpus}{threads}");
         outcome
     }
 

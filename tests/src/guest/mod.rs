@@ -56,8 +56,9 @@
 //! inside its timeout on a shared 2-core machine. A guest's vCPUs take turns on one host thread
 //! (`-accel tcg,thread=single`; see [`Guest::multi_threaded_tcg`] for what the default
 //! multi-threaded TCG did to 4-vCPU guests here). A guest that runs past its timeout fails with the
-//! console's tail and the host's threads: every thread of QEMU and of the test process, its state,
-//! its kernel wait and (gdb) its stack. The tools are `qemu-system-x86_64`,
+//! console's tail, what QEMU's monitor says of each vCPU (where it is, whether it halted, its local
+//! APIC's in-service and pending vectors) and the host's threads: every thread of QEMU and of the
+//! test process, its state, its kernel wait and (gdb) its stack. The tools are `qemu-system-x86_64`,
 //! `qemu-storage-daemon` (qemu-system-x86 and qemu-utils 10 from bookworm-backports), busybox-static,
 //! fio, util-linux, dpkg and apt; `scripts/test` installs them. A missing tool fails the test with
 //! the package to install: nothing is skipped.
@@ -67,6 +68,7 @@
 
 mod boot;
 mod image;
+mod monitor;
 mod results;
 mod stacks;
 mod storage_daemon;

@@ -34,9 +34,9 @@ pub struct Outcome {
     pub marks: Vec<String>,
     /// `done job=JOB rc=N`: the job and its exit code.
     pub done: Option<(String, i32)>,
-    /// For a guest that stopped making progress: the host's threads (QEMU's and this process's),
-    /// taken before QEMU was killed.
-    pub host_threads: String,
+    /// For a guest that stopped making progress: its vCPUs as QEMU's monitor saw them, and the host's
+    /// threads (QEMU's and this process's), taken before QEMU was killed.
+    pub diagnosis: String,
 }
 
 /// One section of the console: a program's output and how it exited.
@@ -186,10 +186,10 @@ impl Outcome {
     /// The console's tail, QEMU's stderr and command, for failure messages.
     pub fn report(&self) -> String {
         let report = report(&self.console, &self.qemu_stderr, &self.command);
-        if self.host_threads.is_empty() {
+        if self.diagnosis.is_empty() {
             report
         } else {
-            format!("{report}\n{}", self.host_threads)
+            format!("{report}\n{}", self.diagnosis)
         }
     }
 }
