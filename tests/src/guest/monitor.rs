@@ -16,7 +16,8 @@ const REPLY_BOUND: Duration = Duration::from_secs(5);
 pub(crate) fn vcpus(socket: &Path, cpus: u32) -> String {
     let mut out = String::from("--- QEMU's monitor: vCPUs and their local APICs ---\n");
     let answer = Monitor::connect(socket).and_then(|mut monitor| {
-        let mut lines = monitor.lines("info registers -a", &["CPU#", "RIP="])?;
+        // The line with the instruction pointer: RIP in long mode, EIP before it.
+        let mut lines = monitor.lines("info registers -a", &["CPU#", "RIP=", "EIP="])?;
         for cpu in 0..cpus {
             monitor.command(&format!("cpu {cpu}"))?;
             lines += &monitor.lines("info lapic", &["dumping", "ISR", "IRR", "APR"])?;
@@ -74,5 +75,57 @@ impl Monitor {
             text.extend_from_slice(&buf[..n]);
         }
         Ok(String::from_utf8_lossy(&text).replace('\r', ""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::{require, QEMU_PACKAGES};
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn a_paused_qemu_reports_each_vcpu_and_its_apic() {
+        require("qemu-system-x86_64", QEMU_PACKAGES);
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("monitor.sock");
+        // Paused before the first instruction (-S): the monitor answers, no guest needed.
+        let mut qemu = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-S", "-nodefaults", "-display", "none"])
+            .args(["-smp", "2", "-monitor"])
+            .arg(format!("unix:{},server=on,wait=on", socket.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        // With wait=on QEMU creates the socket, then waits for us before it runs.
+        let give_up = std::time::Instant::now() + crate::BOUND;
+        while !socket.exists() && std::time::Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let report = vcpus(&socket, 2);
+        let _ = qemu.kill();
+        let _ = qemu.wait();
+        for needle in [
+            "CPU#0\n",
+            "CPU#1\n",
+            // A vCPU that never ran sits at the reset vector.
+            "EIP=0000fff0",
+            "dumping local APIC state for CPU 0",
+            "dumping local APIC state for CPU 1",
+            "ISR",
+            "IRR",
+        ] {
+            assert!(
+                report.contains(needle),
+                "{needle:?} missing from:\n{report}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_monitor_is_reported_not_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = vcpus(&dir.path().join("nothing.sock"), 1);
+        assert!(report.contains("the monitor did not answer"), "{report}");
     }
 }
