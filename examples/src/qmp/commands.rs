@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Map, Value};
 
-use super::{IoThreadEntry, Session, Shared};
+use super::{poll_param, IoThreadEntry, Session, Shared};
 
 /// A QMP error: its class and description.
 #[derive(Debug)]
@@ -440,17 +440,13 @@ fn qom_get(shared: &Shared, _: &Session, args: &mut Args) -> Result<(Value, Afte
             .max_batch()
             .map_err(|e| generic(format!("IOThread '{}': {e}", entry.io.name())))? as u64
     } else {
-        let params = entry
+        let mut params = entry
             .io
             .poll_params()
             .map_err(|e| generic(format!("IOThread '{}': {e}", entry.io.name())))?;
-        match property.as_str() {
-            "poll-max-ns" => params.max_ns,
-            "poll-grow" => params.grow,
-            "poll-shrink" => params.shrink,
-            "poll-weight" => params.weight,
-            "x-aioctx-poll-min-hit-percent" => params.min_hit_percent,
-            _ => return Err(no_property(&node, &property)),
+        match poll_param(&mut params, &property) {
+            Some(value) => *value,
+            None => return Err(no_property(&node, &property)),
         }
     };
     Ok((json!(value), After::Nothing))

@@ -395,37 +395,29 @@ impl IoThreadEntry {
             })?;
             return self.io.set_max_batch(max_batch);
         }
-        let current = self.io.poll_params()?;
-        let params = match property {
-            "poll-max-ns" => PollParams {
-                max_ns: value,
-                ..current
-            },
-            "poll-grow" => PollParams {
-                grow: value,
-                ..current
-            },
-            "poll-shrink" => PollParams {
-                shrink: value,
-                ..current
-            },
-            "poll-weight" => PollParams {
-                weight: value,
-                ..current
-            },
-            "x-aioctx-poll-min-hit-percent" => PollParams {
-                min_hit_percent: value,
-                ..current
-            },
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("no property {property}"),
-                ))
-            }
-        };
+        let mut params = self.io.poll_params()?;
+        let field = poll_param(&mut params, property).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no property {property}"),
+            )
+        })?;
+        *field = value;
         self.io.set_poll_params(params)
     }
+}
+
+/// The `PollParams` field an iothread property names (qom-get and qom-set share it); `None` for
+/// `aio-max-batch`, `type` and unknown names.
+fn poll_param<'a>(params: &'a mut PollParams, property: &str) -> Option<&'a mut u64> {
+    Some(match property {
+        "poll-max-ns" => &mut params.max_ns,
+        "poll-grow" => &mut params.grow,
+        "poll-shrink" => &mut params.shrink,
+        "poll-weight" => &mut params.weight,
+        "x-aioctx-poll-min-hit-percent" => &mut params.min_hit_percent,
+        _ => return None,
+    })
 }
 
 /// A connection past its greeting, as events reach it.
