@@ -8,6 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use super::lines_starting_with;
+
 /// How long one monitor command may take.
 const REPLY_BOUND: Duration = Duration::from_secs(5);
 
@@ -53,12 +55,11 @@ impl Monitor {
     /// Runs `command` and keeps the lines that start with one of `keep` (the monitor echoes the
     /// command with terminal escapes, which no kept line starts with).
     fn lines(&mut self, command: &str, keep: &[&str]) -> io::Result<String> {
-        Ok(self
-            .command(command)?
-            .lines()
-            .filter(|line| keep.iter().any(|k| line.starts_with(k)))
-            .map(|line| format!("{}\n", line.trim_end()))
-            .collect())
+        Ok(lines_starting_with(
+            &self.command(command)?,
+            keep,
+            usize::MAX,
+        ))
     }
 
     fn read_to_prompt(&mut self) -> io::Result<String> {
@@ -82,6 +83,7 @@ impl Monitor {
 mod tests {
     use super::*;
     use crate::guest::{require, QEMU_PACKAGES};
+    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
     #[test]
@@ -95,16 +97,23 @@ mod tests {
             .args(["-smp", "2", "-monitor"])
             .arg(format!("unix:{},server=on,wait=on", socket.display()))
             .stdin(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // With wait=on QEMU creates the socket, then waits for us before it runs.
-        let give_up = std::time::Instant::now() + crate::BOUND;
-        while !socket.exists() && std::time::Instant::now() < give_up {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // With wait=on QEMU listens, says so on stderr, and waits for a client before it goes on.
+        let stderr = BufReader::new(qemu.stderr.take().unwrap());
+        let said: Vec<String> = stderr
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|line| !line.contains("waiting for connection"))
+            .collect();
         let report = vcpus(&socket, 2);
         let _ = qemu.kill();
         let _ = qemu.wait();
+        assert!(
+            !report.contains("did not answer"),
+            "QEMU said: {said:?}\n{report}"
+        );
         for needle in [
             "CPU#0\n",
             "CPU#1\n",

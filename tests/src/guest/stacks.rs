@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use super::lines_starting_with;
+
 /// Frames per thread in the gdb part.
 const FRAMES: u32 = 14;
 /// Characters kept of a frame's line (Rust frames spell out every generic argument).
@@ -66,11 +68,7 @@ fn stacks(pid: u32) -> String {
     match output {
         Ok(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
-            let frames: String = text
-                .lines()
-                .filter(|l| l.starts_with("Thread ") || l.starts_with('#'))
-                .map(|l| format!("{}\n", l.chars().take(LINE).collect::<String>()))
-                .collect();
+            let frames = lines_starting_with(&text, &["Thread ", "#"], LINE);
             if frames.is_empty() {
                 format!(
                     "(gdb printed no stack: {})\n",
