@@ -13,7 +13,8 @@
 # Environment: COUNT (requests per run, default 75000), SIZE (file size, default 1G), RUNS (runs per
 # cell and server, alternating between the servers; the median is kept, default 5), POLL_OFF=1 adds a
 # column for nbd-server with busy-polling off, POLL_OFF=2 a second such server as a control: how far
-# two identical servers differ on this machine is the noise any on/off ratio has to clear.
+# two identical servers differ on this machine is the noise any on/off ratio has to clear. POLL_MAX_NS
+# sets the polling nbd-server's --poll-max-ns (default: the IOThread default).
 set -euo pipefail
 
 kinds=("${@:-all}")
@@ -116,6 +117,7 @@ start() {
     case $server in
         nbd-server|nbd-server-nopoll|nbd-server-nopoll2)
             [ "$server" != nbd-server ] && args+=(--poll-max-ns 0)
+            [ "$server" = nbd-server ] && [ -n "${POLL_MAX_NS:-}" ] && args+=(--poll-max-ns "$POLL_MAX_NS")
             if [ "$kind" = unix ]; then args+=(--socket "$addr"); else args+=(--listen "127.0.0.1:$addr"); fi
             [ "$kind" = tls ] && args+=(--tls-creds "$creds/server")
             "$server_bin" "$file" --iothreads 1 "${args[@]}" >/dev/null 2>&1 &

@@ -63,7 +63,7 @@ impl IoThreadBuilder {
         self
     }
 
-    /// QEMU's `poll-max-ns` (default 32768, as for QEMU's IOThreads).
+    /// QEMU's `poll-max-ns` (default 65536, twice QEMU's IOThreads': [`PollParams::IOTHREAD`] says why).
     ///
     /// ```
     /// let io = aioctx::IoThread::builder().poll_max_ns(16_384).spawn()?;
@@ -397,7 +397,7 @@ impl IoThread {
     ///
     /// ```
     /// let io = aioctx::IoThread::spawn("params")?;
-    /// assert_eq!(io.poll_params()?.max_ns, 32_768); // QEMU's IOThread default
+    /// assert_eq!(io.poll_params()?.max_ns, 65_536); // the IOThread default (QEMU's is 32768)
     /// io.stop();
     /// # Ok::<(), std::io::Error>(())
     /// ```

@@ -96,8 +96,8 @@ impl AioctxRig {
         })
     }
 
-    /// Sets the IoThread's polling parameters (`PollParams::IOTHREAD`: QEMU's IOThread default, 32 us;
-    /// `PollParams::default()`: polling off).
+    /// Sets the IoThread's polling parameters (`PollParams::IOTHREAD`: the IoThread default, up to
+    /// 64 us; `PollParams::default()`: polling off).
     pub fn set_poll_params(&self, params: PollParams) -> io::Result<()> {
         self.iothread()?.set_poll_params(params)
     }
@@ -202,7 +202,7 @@ pub fn compare_run<D>(
     Ok(result)
 }
 
-/// The compare workload against the aioctx device on an IoThread with its defaults (io_uring, 32 us
+/// The compare workload against the aioctx device on an IoThread with its defaults (io_uring, 64 us
 /// adaptive polling); see [`compare_run`].
 pub fn aioctx_compare_run(
     iodepth: usize,

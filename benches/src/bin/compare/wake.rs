@@ -1,9 +1,10 @@
 //! Latency scenarios: cross-thread wakeups and short sleeps.
 //!
 //! "MSG_RING" rows wake aioctx's IOThread by posting a completion into its ring instead of writing
-//! its eventfd (`IoThreadBuilder::wake_by_msg_ring`). "polling on" rows run aioctx with an IOThread's adaptive polling (32 us window, QEMU's default)
-//! and glommio with the same 32 us of `spin_before_park`, its counterpart; tokio, compio, monoio and
-//! smol have no busy-polling mode and run the same in both rows.
+//! its eventfd (`IoThreadBuilder::wake_by_msg_ring`). "polling on" rows run aioctx with an IOThread's
+//! adaptive polling (up to 64 us, the IOThread default) and glommio with the same 64 us of
+//! `spin_before_park`, its counterpart; tokio, compio, monoio and smol have no busy-polling mode and
+//! run the same in both rows.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use crate::harness::{percentile, Config, Metric, Scenario, Side, Table};
 use crate::runtimes::{with_executor, Executor, Glommio};
 
 /// How long glommio spins before it parks in the "polling on" rows: aioctx's IOThread default.
-const GLOMMIO_SPIN: Duration = Duration::from_micros(32);
+const GLOMMIO_SPIN: Duration = Duration::from_nanos(aioctx::PollParams::IOTHREAD.max_ns);
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
