@@ -12,7 +12,7 @@ use std::time::Duration;
 use aioctx::PollParams;
 use clap::{Parser, ValueEnum};
 use examples::virtio_blk::bench::{AioctxRig, Measurement};
-use examples::virtio_blk::workload::{Rw, Workload};
+use examples::virtio_blk::workload::{Rw, Workload, WorkloadResult};
 use examples::virtio_blk::GuestWait;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -70,7 +70,7 @@ struct Args {
     poll_max_ns: u64,
     /// Rounds: every row runs this many times, polling on and off taking turns in alternating order
     /// (on first in even rounds, off first in odd ones), and a summary gives each row's median IOPS and
-    /// p99 with polling on against off.
+    /// p99 with polling on against off, and the p99 of all rounds' requests pooled.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Also write the table as JSON to this file.
@@ -312,25 +312,47 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Per workload and depth: median IOPS and p99 over the rounds, polling on against off.
 fn print_summary(rows: &[Row], workloads: &[Rw], depths: &[usize], rounds: usize) {
     println!(
-        "\npolling on against off, medians of {rounds} rounds\n{:<10} {:>3} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7}",
-        "workload", "qd", "IOPS on", "IOPS off", "on/off", "p99 on", "p99 off", "on/off"
+        "\npolling on against off, medians of {rounds} rounds (p99 pooled: of every round's requests \
+         together)\n{:<10} {:>3} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>10} {:>10} {:>7}",
+        "workload",
+        "qd",
+        "IOPS on",
+        "IOPS off",
+        "on/off",
+        "p99 on",
+        "p99 off",
+        "on/off",
+        "pooled on",
+        "pooled off",
+        "on/off"
     );
     for &rw in workloads {
         for &iodepth in depths {
-            let side = |polling: bool, f: &dyn Fn(&Measurement) -> f64| {
-                median(
-                    rows.iter()
-                        .filter(|r| r.rw == rw && r.iodepth == iodepth && r.polling == polling)
-                        .map(|r| f(&r.m))
-                        .collect(),
-                )
+            let measured = |polling: bool| {
+                rows.iter()
+                    .filter(move |r| r.rw == rw && r.iodepth == iodepth && r.polling == polling)
+                    .map(|r| &r.m)
+            };
+            let median_of = |polling: bool, f: &dyn Fn(&Measurement) -> f64| {
+                median(measured(polling).map(f).collect())
+            };
+            let pooled_p99 = |polling: bool| {
+                let mut pooled = WorkloadResult::default();
+                for m in measured(polling) {
+                    pooled
+                        .latencies_ns
+                        .extend_from_slice(&m.result.latencies_ns);
+                }
+                pooled.latencies_ns.sort_unstable();
+                pooled.percentile(99.0).as_nanos() as f64 / 1000.0
             };
             let iops = |m: &Measurement| m.result.iops();
             let p99 = |m: &Measurement| m.result.percentile(99.0).as_nanos() as f64 / 1000.0;
-            let (iops_on, iops_off) = (side(true, &iops), side(false, &iops));
-            let (p99_on, p99_off) = (side(true, &p99), side(false, &p99));
+            let (iops_on, iops_off) = (median_of(true, &iops), median_of(false, &iops));
+            let (p99_on, p99_off) = (median_of(true, &p99), median_of(false, &p99));
+            let (pooled_on, pooled_off) = (pooled_p99(true), pooled_p99(false));
             println!(
-                "{:<10} {:>3} {:>9.0} {:>9.0} {:>7.2} {:>9.1} {:>9.1} {:>7.2}",
+                "{:<10} {:>3} {:>9.0} {:>9.0} {:>7.2} {:>9.1} {:>9.1} {:>7.2} {:>10.1} {:>10.1} {:>7.2}",
                 rw.to_string(),
                 iodepth,
                 iops_on,
@@ -339,6 +361,9 @@ fn print_summary(rows: &[Row], workloads: &[Rw], depths: &[usize], rounds: usize
                 p99_on,
                 p99_off,
                 p99_on / p99_off.max(1e-9),
+                pooled_on,
+                pooled_off,
+                pooled_on / pooled_off.max(1e-9),
             );
         }
     }
