@@ -309,7 +309,8 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Per workload and depth: median IOPS and p99 over the rounds, polling on against off.
+/// Per workload and depth, polling on against off: the median IOPS and p99 over the rounds, and the p99
+/// of every round's requests pooled.
 fn print_summary(rows: &[Row], workloads: &[Rw], depths: &[usize], rounds: usize) {
     println!(
         "\npolling on against off, medians of {rounds} rounds (p99 pooled: of every round's requests \

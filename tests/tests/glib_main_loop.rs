@@ -25,6 +25,9 @@ fn main_loop(backend: Backend) -> MainLoop {
 /// Serialises the tests that run a main loop on glib's global default context.
 static DEFAULT_CONTEXT: Mutex<()> = Mutex::new(());
 
+/// Held by the tests that signal the process: every main loop handling signals sees each of them.
+static SIGNALS: Mutex<()> = Mutex::new(());
+
 /// A main loop on glib's global default context, as QEMU's main loop runs: glib's `timeout_add*` and
 /// `idle_add*` attach there (always there, whatever the thread's default context). One test at a
 /// time owns it.
@@ -672,10 +675,63 @@ fn main_loop_new_owns_the_default_glib_context() {
         .unwrap();
 }
 
+/// `run_until` gives up on a future that is still pending when SIGINT or SIGTERM arrives (the loop
+/// handling signals), and says which; `block_on` finishes its future through a stop request, which
+/// then ends the next `run`.
+#[test]
+fn a_signal_ends_run_until_but_not_block_on() {
+    let _signals = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
+    let ml = MainLoop::builder()
+        .context(glib::MainContext::new())
+        .build()
+        .unwrap();
+    for signum in [libc::SIGINT, libc::SIGTERM] {
+        let served = ml.run_until(async {
+            // SAFETY: kill sends a signal to this process; the main loop installed handlers for both.
+            assert_eq!(unsafe { libc::kill(libc::getpid(), signum) }, 0);
+            std::future::pending::<()>().await
+        });
+        assert_eq!(served, Err(Stopped::Signal(signum)));
+    }
+    // block_on goes on through a stop request (`quit` makes it at once, where a signal's handler
+    // runs at some later iteration) and leaves it for the next `run`.
+    let out = ml.block_on(async {
+        ml.handle().quit();
+        for _ in 0..3 {
+            aioctx::yield_now().await; // each yield goes through the loop's wait
+        }
+        "finished"
+    });
+    assert_eq!(out, "finished");
+    assert_eq!(ml.run(), Stopped::Quit);
+}
+
+/// A stop requested while `run_until`'s future can finish does not cost its output: the future wins,
+/// and the request ends the next `run` instead.
+#[test]
+fn run_until_prefers_a_ready_output_to_a_pending_stop() {
+    let ml = MainLoop::builder()
+        .context(glib::MainContext::new())
+        .handle_signals(false)
+        .build()
+        .unwrap();
+    ml.handle().quit();
+    assert_eq!(ml.run_until(async { 7 }), Ok(7));
+    assert_eq!(ml.run(), Stopped::Quit);
+    // From another thread, while the future waits on a timer.
+    let handle = ml.handle();
+    let served = ml.run_until(async move {
+        std::thread::spawn(move || handle.quit());
+        aioctx::time::sleep(Duration::from_secs(3600)).await
+    });
+    assert_eq!(served, Err(Stopped::Quit));
+}
+
 /// SIGTERM and SIGINT, delivered to the process, make `run` return; the handler runs on the main
 /// loop's iohandler context.
 #[test]
 fn signals_stop_the_main_loop() {
+    let _signals = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
     let ml = MainLoop::builder()
         .context(glib::MainContext::new())
         .build()

@@ -14,6 +14,7 @@
 mod wait;
 
 use std::cell::RefCell;
+use std::convert::Infallible;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -173,7 +174,7 @@ impl Shared {
     }
 }
 
-/// Why [`MainLoop::run`] returned.
+/// Why [`MainLoop::run`] returned, or [`MainLoop::run_until`] gave up on its future.
 ///
 /// ```
 /// use aioctx::{glib, MainLoop, Stopped};
@@ -372,18 +373,50 @@ impl MainLoop {
     /// ```
     pub fn run(&self) -> Stopped {
         loop {
-            // Acquire pairs with `request_stop`'s AcqRel exchange.
-            match self.shared.stop.swap(RUNNING, Ordering::AcqRel) {
-                RUNNING => {}
-                QUIT => return Stopped::Quit,
-                signum => return Stopped::Signal(signum),
+            if let Some(stopped) = self.take_stop() {
+                return stopped;
             }
             self.wait(false);
         }
     }
 
+    /// Takes the pending stop request, if any: it ends one `run` (or `run_until`).
+    fn take_stop(&self) -> Option<Stopped> {
+        // Acquire pairs with `request_stop`'s AcqRel exchange.
+        match self.shared.stop.swap(RUNNING, Ordering::AcqRel) {
+            RUNNING => None,
+            QUIT => Some(Stopped::Quit),
+            signum => Some(Stopped::Signal(signum)),
+        }
+    }
+
+    /// Runs `future` on this thread as [`block_on`](Self::block_on) does, until it completes or the
+    /// loop is asked to stop as [`run`](Self::run) is ([`MainLoopHandle::quit`], or SIGINT or SIGTERM
+    /// when the loop handles signals), whichever comes first; on a stop the future is dropped
+    /// unfinished and the error says why. A future that is ready when the stop arrives still gives its
+    /// output. This is the way to serve until Ctrl-C: `block_on` does not look at stop requests, so
+    /// with signals handled by the loop it would keep running through SIGINT.
+    ///
+    /// ```
+    /// use aioctx::{glib, MainLoop, Stopped};
+    /// let ml = MainLoop::builder().context(glib::MainContext::new()).handle_signals(false).build()?;
+    /// assert_eq!(ml.run_until(async { 42 }), Ok(42));
+    /// let served = ml.run_until(async {
+    ///     ml.handle().quit(); // e.g. a QMP `quit` handled by a task of the loop
+    ///     std::future::pending::<()>().await // a server that never finishes by itself
+    /// });
+    /// assert_eq!(served, Err(Stopped::Quit));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn run_until<F: Future>(&self, future: F) -> Result<F::Output, Stopped> {
+        self.drive(future, || self.take_stop())
+    }
+
     /// Runs `future` to completion on this thread, running the main loop (glib, both contexts)
-    /// while it waits. The future need not be `Send` or `'static`.
+    /// while it waits. The future need not be `Send` or `'static`. Stop requests
+    /// ([`MainLoopHandle::quit`], and SIGINT or SIGTERM when the loop handles signals) do not end
+    /// it: they stay pending for the next [`run`](Self::run); [`run_until`](Self::run_until) is the
+    /// same with stops honoured.
     ///
     /// ```
     /// use std::time::Duration;
@@ -398,6 +431,17 @@ impl MainLoop {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let Ok(out) = self.drive(future, || None::<Infallible>);
+        out
+    }
+
+    /// Polls `future` whenever it was woken and waits in the main loop between polls, until it is
+    /// ready or `stop` (asked after each poll that left it pending) says to give up.
+    fn drive<F: Future, E>(
+        &self,
+        future: F,
+        mut stop: impl FnMut() -> Option<E>,
+    ) -> Result<F::Output, E> {
         let _hidden = crate::task::hide_running_task();
         let flag =
             crate::task::block_on::BlockOnWaker::new(Arc::clone(self.aio.home().shared().wakeup()));
@@ -407,8 +451,11 @@ impl MainLoop {
         loop {
             if flag.take() {
                 if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-                    return out;
+                    return Ok(out);
                 }
+            }
+            if let Some(why) = stop() {
+                return Err(why);
             }
             self.wait(false);
         }
