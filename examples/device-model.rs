@@ -129,12 +129,6 @@ fn run(args: Args) -> io::Result<()> {
             "--rounds must be 1 to 1000",
         ));
     }
-    if args.poll_max_ns > i64::MAX as u64 || args.min_hit_percent > 100 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "--poll-max-ns must fit in i64 and --min-hit-percent be at most 100",
-        ));
-    }
     let block_size = usize::try_from(args.bs).unwrap_or(usize::MAX);
     let workloads = match args.rw {
         Some(rw) => vec![rw],
@@ -166,6 +160,13 @@ fn run(args: Args) -> io::Result<()> {
     };
     let slots = depths.iter().copied().max().unwrap_or(1);
     let mut rig = AioctxRig::new(&disk, args.size, slots, block_size)?;
+    let polling_on = PollParams {
+        min_hit_percent: args.min_hit_percent,
+        max_ns: args.poll_max_ns,
+        ..PollParams::IOTHREAD
+    };
+    // The IoThread checks the parameters (ranges of --poll-max-ns, --min-hit-percent) before any row.
+    rig.set_poll_params(polling_on)?;
     println!(
         "virtio-blk on an aioctx IoThread: disk {} ({} MiB), {} B requests, guest waits by {}, \
          {:.2} s per row, polling on: up to {} ns, min hit {}%",
@@ -195,11 +196,7 @@ fn run(args: Args) -> io::Result<()> {
                 };
                 for polling in order {
                     rig.set_poll_params(if polling {
-                        PollParams {
-                            min_hit_percent: args.min_hit_percent,
-                            max_ns: args.poll_max_ns,
-                            ..PollParams::IOTHREAD
-                        }
+                        polling_on
                     } else {
                         PollParams::default()
                     })?;

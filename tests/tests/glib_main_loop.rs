@@ -28,6 +28,16 @@ static DEFAULT_CONTEXT: Mutex<()> = Mutex::new(());
 /// Held by the tests that signal the process: every main loop handling signals sees each of them.
 static SIGNALS: Mutex<()> = Mutex::new(());
 
+/// A main loop that handles SIGINT and SIGTERM, and the lock to hold while signalling the process.
+fn signal_handling_main_loop() -> (MainLoop, MutexGuard<'static, ()>) {
+    let signals = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
+    let ml = MainLoop::builder()
+        .context(glib::MainContext::new())
+        .build()
+        .unwrap();
+    (ml, signals)
+}
+
 /// A main loop on glib's global default context, as QEMU's main loop runs: glib's `timeout_add*` and
 /// `idle_add*` attach there (always there, whatever the thread's default context). One test at a
 /// time owns it.
@@ -680,11 +690,7 @@ fn main_loop_new_owns_the_default_glib_context() {
 /// then ends the next `run`.
 #[test]
 fn a_signal_ends_run_until_but_not_block_on() {
-    let _signals = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
-    let ml = MainLoop::builder()
-        .context(glib::MainContext::new())
-        .build()
-        .unwrap();
+    let (ml, _signals) = signal_handling_main_loop();
     for signum in [libc::SIGINT, libc::SIGTERM] {
         let served = ml.run_until(async {
             // SAFETY: kill sends a signal to this process; the main loop installed handlers for both.
@@ -731,11 +737,7 @@ fn run_until_prefers_a_ready_output_to_a_pending_stop() {
 /// loop's iohandler context.
 #[test]
 fn signals_stop_the_main_loop() {
-    let _signals = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
-    let ml = MainLoop::builder()
-        .context(glib::MainContext::new())
-        .build()
-        .unwrap();
+    let (ml, _signals) = signal_handling_main_loop();
     for signum in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: kill sends a signal to this process; the main loop installed handlers for both.
         assert_eq!(unsafe { libc::kill(libc::getpid(), signum) }, 0);

@@ -152,7 +152,6 @@ impl Scratch {
     }
 }
 
-/// The last `lines` lines of `text`.
 /// The lines of `text` that start with one of `prefixes`, each cut to `max_chars`, one per line: what
 /// a failure message keeps of a tool's output (gdb's frames, QEMU's monitor).
 pub(crate) fn lines_starting_with(text: &str, prefixes: &[&str], max_chars: usize) -> String {
@@ -167,6 +166,7 @@ pub(crate) fn lines_starting_with(text: &str, prefixes: &[&str], max_chars: usiz
         .collect()
 }
 
+/// The last `lines` lines of `text`.
 pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
